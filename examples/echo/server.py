@@ -1,0 +1,62 @@
+"""Echo function: answers every request with what it received, as JSON.
+
+Standard library only, so it runs on any Python base image. Environment
+variables whose names start with ECHO_ or FAAS_ are echoed too, which lets
+tests see configuration changes from the outside.
+"""
+
+import json
+import os
+import signal
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+
+class Echo(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Without TCP_NODELAY keep-alive clients see a 40 ms delayed-ACK stall.
+    disable_nagle_algorithm = True
+
+    def _echo(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        url = urlsplit(self.path)
+        payload = {
+            "method": self.command,
+            "path": url.path,
+            "query": parse_qs(url.query, keep_blank_values=True),
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "body": body.decode("utf-8", "replace"),
+            "env": {k: v for k, v in os.environ.items() if k.startswith(("ECHO_", "FAAS_"))},
+        }
+        data = json.dumps(payload).encode()
+        status = int(self.headers.get("X-Echo-Status") or 200)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("X-Echo", "1")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _echo
+
+    def log_message(self, format: str, *args: object) -> None:
+        sys.stdout.write("%s %s\n" % (self.address_string(), format % args))
+
+
+def main() -> None:
+    port = int(os.environ.get("PORT", "8080"))
+    server = ThreadingHTTPServer(("0.0.0.0", port), Echo)
+    server.daemon_threads = True
+    # shutdown() waits for serve_forever() to return, so it must not run on
+    # the thread that is serving.
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    print(f"echo listening on :{port}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

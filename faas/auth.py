@@ -1,0 +1,43 @@
+"""The admin token: where it comes from and how it is checked."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from .config import Settings
+
+
+def admin_token(settings: Settings) -> str:
+    """FAAS_ADMIN_TOKEN if set, else the token file, created on first use."""
+    if settings.admin_token is not None:
+        return settings.admin_token.get_secret_value()
+    path = settings.token_file
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    return _create_token_file(path)
+
+
+def _create_token_file(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    token = secrets.token_urlsafe(32)
+    try:
+        # O_EXCL: when two processes race here, one creates and both read it.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def bearer_matches(authorization: str | None, token: str) -> bool:
+    """Constant-time check of an `Authorization: Bearer <token>` header."""
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())

@@ -1,0 +1,238 @@
+"""The `faas` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, ParamSpec, TypeVar
+
+import typer
+
+from .client import Client
+from .config import Settings
+from .errors import FaasError
+
+app = typer.Typer(
+    help="Functions as containers on Docker, routed by Traefik.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class State:
+    url: str = "http://127.0.0.1:8080"
+    token: str | None = None
+
+    @classmethod
+    def client(cls) -> Client:
+        return Client(cls.url, cls.token)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"faas: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn platform errors into one line on stderr and exit code 1."""
+
+    @wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except FaasError as exc:
+            raise fail(exc.message) from None
+
+    return wrapper
+
+
+def _default_token() -> str | None:
+    """On the host that runs `faas up`, the token file saves typing --token."""
+    try:
+        return Settings().token_file.read_text().strip() or None
+    except (OSError, ValueError):
+        return None
+
+
+@app.callback()
+def main(
+    url: Annotated[
+        str, typer.Option(envvar="FAAS_URL", help="Where faas listens (Traefik's web entrypoint).")
+    ] = "http://127.0.0.1:8080",
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FAAS_TOKEN",
+            help="Admin token; defaults to the token file of a local `faas up`.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    State.url = url
+    State.token = token or _default_token()
+
+
+@app.command()
+@reports_errors
+def up(
+    port: Annotated[int | None, typer.Option(help="Port of Traefik's web entrypoint.")] = None,
+    host: Annotated[str | None, typer.Option(help="Address of Traefik's web entrypoint.")] = None,
+    reload: Annotated[
+        bool, typer.Option(help="Restart the gateway when its code changes.")
+    ] = False,
+) -> None:
+    """Run Traefik and the gateway on this host until Ctrl-C."""
+    from . import up as up_module
+    from .logging import configure_logging
+
+    overrides: dict[str, object] = {}
+    if port is not None:
+        overrides["http_port"] = port
+    if host is not None:
+        overrides["http_host"] = host
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise fail(f"bad settings: {exc}", 2) from None
+    configure_logging(settings.log_level)
+    raise typer.Exit(up_module.run(settings, reload=reload))
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--env")
+        env[key] = value
+    return env
+
+
+@app.command()
+@reports_errors
+def deploy(
+    name: Annotated[str, typer.Argument(help="Function name.")],
+    image: Annotated[str, typer.Option(help="Image to run.")],
+    port: Annotated[int, typer.Option(help="Port the function listens on.")] = 8080,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable.")
+    ] = None,
+    health_path: Annotated[str, typer.Option(help="Path probed until it answers.")] = "/",
+) -> None:
+    """Deploy a function, or replace it; returns once it answers through Traefik."""
+    spec = {
+        "name": name,
+        "image": image,
+        "port": port,
+        "env": _parse_env(env or []),
+        "health_path": health_path,
+    }
+    function = State.client().deploy(spec)
+    typer.echo(f"deployed {name}: {State.url}/function/{name} ({function['state']})")
+
+
+@app.command("list")
+@reports_errors
+def list_() -> None:
+    """List functions."""
+    rows = [["NAME", "STATE", "IMAGE", "PORT", "CREATED"]]
+    for fn in State.client().list():
+        state = str(fn["state"]) + (f" ({fn['reason']})" if fn.get("reason") else "")
+        rows.append([str(fn["name"]), state, str(fn["image"]), str(fn["port"]), str(fn["created"])])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@app.command()
+@reports_errors
+def describe(name: Annotated[str, typer.Argument(help="Function name.")]) -> None:
+    """Show a function's spec and state as JSON."""
+    typer.echo(json.dumps(State.client().get(name), indent=2))
+
+
+def _parse_header(raw: str) -> tuple[str, str]:
+    key, sep, value = raw.partition(":")
+    if not sep or not key.strip():
+        raise typer.BadParameter(f"{raw!r} is not 'Name: value'", param_hint="-H")
+    return key.strip(), value.strip()
+
+
+def _read_data(data: str | None) -> bytes | None:
+    if data is None:
+        return None
+    if data == "@-":
+        return sys.stdin.buffer.read()
+    if data.startswith("@"):
+        try:
+            return Path(data[1:]).read_bytes()
+        except OSError as exc:
+            raise typer.BadParameter(
+                f"cannot read {data[1:]}: {exc.strerror}", param_hint="-d"
+            ) from None
+    return data.encode()
+
+
+@app.command()
+@reports_errors
+def invoke(
+    name: Annotated[str, typer.Argument(help="Function name.")],
+    path: Annotated[str, typer.Argument(help="Path (and ?query) under the function.")] = "/",
+    data: Annotated[
+        str | None, typer.Option("--data", "-d", help="Body; @FILE reads a file, @- stdin.")
+    ] = None,
+    method: Annotated[
+        str | None, typer.Option("--request", "-X", help="Method; POST with -d, else GET.")
+    ] = None,
+    header: Annotated[
+        list[str] | None, typer.Option("--header", "-H", help="'Name: value', repeatable.")
+    ] = None,
+    include: Annotated[
+        bool, typer.Option("--include", "-i", help="Print status line and headers.")
+    ] = False,
+) -> None:
+    """Call a function through Traefik and print its answer; exit 1 on HTTP >= 400."""
+    body = _read_data(data)
+    headers = dict(_parse_header(h) for h in header or [])
+    verb = (method or ("POST" if body is not None else "GET")).upper()
+    response = State.client().invoke(name, path, verb, body, headers)
+    if include:
+        typer.echo(f"HTTP {response.status_code} {response.reason}")
+        for key, value in response.headers.items():
+            typer.echo(f"{key}: {value}")
+        typer.echo("")
+    sys.stdout.buffer.write(response.content)
+    sys.stdout.flush()
+    if response.status_code >= 400:
+        raise fail(f"{name} answered HTTP {response.status_code}")
+
+
+@app.command()
+@reports_errors
+def logs(
+    name: Annotated[str, typer.Argument(help="Function name.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming.")] = False,
+    tail: Annotated[int | None, typer.Option(help="Only the last N lines.")] = None,
+) -> None:
+    """Print a function's logs, with timestamps."""
+    try:
+        for chunk in State.client().logs(name, follow=follow, tail=tail):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command("rm")
+@reports_errors
+def remove(name: Annotated[str, typer.Argument(help="Function name.")]) -> None:
+    """Remove a function and its container."""
+    State.client().remove(name)
+    typer.echo(f"removed {name}")

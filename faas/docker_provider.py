@@ -1,0 +1,353 @@
+"""Provider on a Docker engine, through the docker SDK.
+
+The only module that imports `docker`: SDK exceptions become `faas.errors`
+here (see `_engine_errors`), and nothing above this layer knows about
+containers. All state is in container labels (`faas.labels`); this class keeps
+nothing but locks.
+"""
+
+from __future__ import annotations
+
+import http.client
+import secrets
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.models.containers import Container
+from docker.types import LogConfig
+from loguru import logger
+
+from . import labels
+from .config import Settings
+from .errors import (
+    DeployFailed,
+    FaasError,
+    FunctionNotFound,
+    ImageNotFound,
+    InvalidSpec,
+    ProviderError,
+)
+from .provider import Function, LogStream, State
+from .spec import FunctionSpec
+
+# Called once a new container answers, with its address; returns when the
+# router sends traffic there (see faas.traefik.RouteWatcher).
+RouteCheck = Callable[[FunctionSpec, str], None]
+
+# Exit codes of a container that was stopped on purpose (by `docker stop`:
+# SIGTERM honoured, or SIGKILL after the grace period), not one that crashed.
+_STOP_EXIT_CODES = (0, 143, 137)
+
+
+@contextmanager
+def _engine_errors() -> Iterator[None]:
+    """Translate docker SDK failures into the project's errors."""
+    try:
+        yield
+    except FaasError:
+        raise
+    except docker.errors.APIError as exc:
+        raise ProviderError(f"Docker engine: {exc.explanation or exc}") from exc
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise ProviderError(f"Docker engine unreachable: {exc}") from exc
+
+
+class DockerProvider:
+    """Functions as containers on one Docker engine."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client: docker.DockerClient | None = None,
+        route_check: RouteCheck | None = None,
+    ) -> None:
+        self.settings = settings
+        self._client = client
+        self._route_check = route_check
+        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._locks_guard = threading.Lock()
+
+    @property
+    def client(self) -> docker.DockerClient:
+        # Connect lazily so the gateway starts (and reports 503) while the
+        # engine is down, instead of refusing to start.
+        if self._client is None:
+            with _engine_errors():
+                self._client = docker.DockerClient.from_env()
+        return self._client
+
+    def _lock(self, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks[name]
+
+    # -- reading -----------------------------------------------------------
+
+    def _containers(self, name: str | None = None) -> list[dict[str, Any]]:
+        wanted = [f"{labels.NAMESPACE}={self.settings.namespace}"]
+        if name is not None:
+            wanted.append(f"{labels.FUNCTION}={name}")
+        with _engine_errors():
+            found = self.client.api.containers(all=True, filters={"label": wanted})
+        return cast(list[dict[str, Any]], found)
+
+    def _function(self, summary: dict[str, Any]) -> Function:
+        spec = labels.spec_from_labels(summary["Labels"])
+        state, reason = _state(summary)
+        address = None
+        if state is State.RUNNING:
+            nets = summary.get("NetworkSettings", {}).get("Networks", {})
+            ip = nets.get(self.settings.function_network, {}).get("IPAddress")
+            address = f"{ip}:{spec.port}" if ip else None
+        return Function(
+            spec=spec,
+            state=state,
+            container_id=summary["Id"],
+            created=datetime.fromtimestamp(summary["Created"], UTC),
+            address=address,
+            reason=reason,
+        )
+
+    def list(self) -> list[Function]:
+        newest: dict[str, dict[str, Any]] = {}
+        for summary in self._containers():
+            name = summary["Labels"].get(labels.FUNCTION, "")
+            if name not in newest or _newer(summary, newest[name]):
+                newest[name] = summary
+        return [self._function(s) for _, s in sorted(newest.items())]
+
+    def get(self, name: str) -> Function:
+        found = self._containers(name)
+        if not found:
+            raise FunctionNotFound(name)
+        best = found[0]
+        for summary in found[1:]:
+            if _newer(summary, best):
+                best = summary
+        return self._function(best)
+
+    def logs(
+        self, name: str, *, follow: bool = False, tail: int | None = None, since: int | None = None
+    ) -> LogStream:
+        fn = self.get(name)
+        with _engine_errors():
+            stream = self.client.api.logs(
+                fn.container_id,
+                stream=True,
+                follow=follow,
+                timestamps=True,
+                tail="all" if tail is None else tail,
+                since=since,
+            )
+        return cast(LogStream, stream)
+
+    # -- changing ----------------------------------------------------------
+
+    def deploy(self, spec: FunctionSpec) -> Function:
+        with self._lock(spec.name):
+            self._ensure_image(spec.image)
+            self._ensure_network()
+            old = [c["Id"] for c in self._containers(spec.name)]
+            container = self._create(spec)
+            try:
+                address = self._start_and_wait(spec, container)
+                if self._route_check is not None:
+                    self._route_check(spec, address)
+            except BaseException:
+                self._discard(container)
+                raise
+            for container_id in old:
+                self._retire(container_id)
+            logger.info("deployed {} ({}) at {}", spec.name, spec.image, address)
+            return self.get(spec.name)
+
+    def remove(self, name: str) -> None:
+        with self._lock(name):
+            found = self._containers(name)
+            if not found:
+                raise FunctionNotFound(name)
+            for summary in found:
+                self._retire(summary["Id"])
+            logger.info("removed {}", name)
+
+    def start(self, name: str) -> Function:
+        with self._lock(name):
+            fn = self.get(name)
+            with _engine_errors():
+                container = self.client.containers.get(fn.container_id)
+            address = self._start_and_wait(fn.spec, container)
+            if self._route_check is not None:
+                self._route_check(fn.spec, address)
+            return self.get(name)
+
+    def stop(self, name: str) -> None:
+        with self._lock(name):
+            fn = self.get(name)
+            with _engine_errors():
+                self.client.api.stop(fn.container_id, timeout=self.settings.stop_timeout)
+
+    # -- helpers -----------------------------------------------------------
+
+    def _ensure_image(self, image: str) -> None:
+        with _engine_errors():
+            try:
+                self.client.images.get(image)
+                return
+            except docker.errors.ImageNotFound:
+                pass
+            if image.startswith("sha256:"):
+                raise ImageNotFound(image, "no such image id on the engine")
+            logger.info("pulling {}", image)
+            try:
+                self.client.images.pull(image)
+            except docker.errors.APIError as exc:
+                raise ImageNotFound(image, str(exc.explanation or exc)) from exc
+
+    def _ensure_network(self) -> None:
+        net = self.settings.function_network
+        with self._lock("\0network"), _engine_errors():
+            # The names filter matches substrings; compare exactly.
+            if any(n["Name"] == net for n in self.client.api.networks(names=[net])):
+                return
+            logger.info("creating network {}", net)
+            self.client.networks.create(
+                net,
+                driver="bridge",
+                check_duplicate=True,
+                labels={labels.NAMESPACE: self.settings.namespace},
+            )
+
+    def _create(self, spec: FunctionSpec) -> Container:
+        s = self.settings
+        name = f"faas-{s.namespace}-{spec.name}-{secrets.token_hex(3)}"
+        memory = s.default_memory
+        with _engine_errors():
+            try:
+                return self.client.containers.create(
+                    spec.image,
+                    name=name,
+                    hostname=spec.name,
+                    labels=labels.container_labels(spec, s.namespace, s.function_network),
+                    environment={**spec.env, "FAAS_FUNCTION_NAME": spec.name},
+                    network=s.function_network,
+                    init=True,
+                    security_opt=["no-new-privileges:true"],
+                    cap_drop=["ALL"],
+                    pids_limit=s.default_pids,
+                    mem_limit=memory,
+                    memswap_limit=memory,  # the same figure: no swap
+                    nano_cpus=int(s.default_cpus * 1e9),
+                    # Valid for Docker, missing from the stubs' Literal.
+                    restart_policy={"Name": "unless-stopped"},  # type: ignore[arg-type]
+                    log_config=LogConfig(
+                        type="json-file", config={"max-size": "10m", "max-file": "3"}
+                    ),
+                )
+            except docker.errors.APIError as exc:
+                if exc.status_code == 400:
+                    raise InvalidSpec("", str(exc.explanation or exc)) from exc
+                raise
+
+    def _start_and_wait(self, spec: FunctionSpec, container: Container) -> str:
+        """Start the container and return its address once it answers HTTP."""
+        with _engine_errors():
+            container.start()
+        deadline = time.monotonic() + self.settings.ready_timeout
+        while True:
+            with _engine_errors():
+                container.reload()
+            state = container.attrs["State"]
+            if state["Status"] in ("exited", "dead") or state.get("Restarting"):
+                raise DeployFailed(spec.name, _exit_reason(state), self._tail(container))
+            ip = (
+                container.attrs["NetworkSettings"]["Networks"]
+                .get(self.settings.function_network, {})
+                .get("IPAddress")
+            )
+            if ip and _answers(ip, spec.port, spec.health_path):
+                return f"{ip}:{spec.port}"
+            if time.monotonic() > deadline:
+                raise DeployFailed(
+                    spec.name,
+                    f"no HTTP answer on port {spec.port} within {self.settings.ready_timeout:g}s",
+                    self._tail(container),
+                )
+            time.sleep(0.02)
+
+    def _tail(self, container: Container, lines: int = 20) -> str:
+        try:
+            return container.logs(tail=lines).decode("utf-8", "replace")
+        except docker.errors.DockerException:
+            return ""
+
+    def _retire(self, container_id: str) -> None:
+        """Stop gracefully (in-flight requests finish), then delete."""
+        with _engine_errors():
+            try:
+                self.client.api.stop(container_id, timeout=self.settings.stop_timeout)
+                self.client.api.remove_container(container_id, force=True)
+            except docker.errors.NotFound:
+                pass
+
+    def _discard(self, container: Container) -> None:
+        try:
+            container.remove(force=True)
+        except docker.errors.DockerException as exc:
+            logger.warning("could not remove failed container {}: {}", container.name, exc)
+
+
+def _answers(ip: str, port: int, path: str) -> bool:
+    """True once something answers HTTP below 500 on ip:port."""
+    conn = http.client.HTTPConnection(ip, port, timeout=1)
+    try:
+        conn.request("GET", path, headers={"User-Agent": "faas-readiness"})
+        return conn.getresponse().status < 500
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def _newer(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Prefer a running container, then the most recently created."""
+    rank_a = (a["State"] == "running", a["Created"])
+    rank_b = (b["State"] == "running", b["Created"])
+    return rank_a > rank_b
+
+
+def _state(summary: dict[str, Any]) -> tuple[State, str]:
+    status = summary["State"]
+    if status == "running":
+        return State.RUNNING, ""
+    if status in ("created", "restarting"):
+        return State.STARTING, ""
+    if status == "exited":
+        code = _exit_code(summary.get("Status", ""))
+        if code in _STOP_EXIT_CODES:
+            return State.STOPPED, ""
+        return State.FAILED, f"exited with code {code}"
+    return State.FAILED, status
+
+
+def _exit_code(status_text: str) -> int | None:
+    # The list API gives only "Exited (137) 5 minutes ago".
+    try:
+        return int(status_text.split("(", 1)[1].split(")", 1)[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def _exit_reason(state: dict[str, Any]) -> str:
+    if state.get("OOMKilled"):
+        return "out of memory"
+    if state.get("Error"):
+        return str(state["Error"])
+    return f"exited with code {state.get('ExitCode')}"

@@ -1,0 +1,91 @@
+"""The project's errors, one hierarchy.
+
+    FaasError
+    ├── InvalidSpec(field, reason)        bad input; nothing was changed
+    ├── FunctionNotFound(name)
+    ├── FunctionExists(name)
+    ├── ImageNotFound(image, reason)
+    ├── DeployFailed(name, reason, logs)  the new version never became ready
+    ├── Unauthorized(reason)
+    ├── ProviderError(reason)             the engine failed or is unreachable
+    └── ApiError(status, message)         the management API refused (client side)
+
+Foreign exceptions (Docker SDK, HTTP clients) are translated into these at the
+one module that talks to each foreign library; the HTTP layer maps them to
+status codes in one table (`faas.api.STATUS`).
+"""
+
+
+class FaasError(Exception):
+    """Root of every error the platform raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def detail(self) -> object:
+        """Structured detail for the JSON error body."""
+        return None
+
+
+class InvalidSpec(FaasError):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.field = field
+        self.reason = reason
+
+    def detail(self) -> object:
+        return {"field": self.field, "reason": self.reason}
+
+
+class FunctionNotFound(FaasError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"function {name!r} not found")
+        self.name = name
+
+
+class FunctionExists(FaasError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"function {name!r} already exists (use PUT to update it)")
+        self.name = name
+
+
+class ImageNotFound(FaasError):
+    def __init__(self, image: str, reason: str) -> None:
+        super().__init__(f"image {image!r} not found: {reason}")
+        self.image = image
+        self.reason = reason
+
+    def detail(self) -> object:
+        return {"image": self.image, "reason": self.reason}
+
+
+class DeployFailed(FaasError):
+    def __init__(self, name: str, reason: str, logs: str = "") -> None:
+        super().__init__(f"function {name!r} did not start: {reason}")
+        self.name = name
+        self.reason = reason
+        self.logs = logs
+
+    def detail(self) -> object:
+        return {"function": self.name, "reason": self.reason, "logs": self.logs}
+
+
+class Unauthorized(FaasError):
+    pass
+
+
+class ProviderError(FaasError):
+    pass
+
+
+class ApiError(FaasError):
+    """The management API answered with an error (raised by the client)."""
+
+    def __init__(self, status: int, message: str, detail: object = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self._detail = detail
+
+    def detail(self) -> object:
+        return self._detail

@@ -1,0 +1,192 @@
+"""The gateway: the management REST API under /api/v1, guarded by the admin token.
+
+Run with `uvicorn faas.gateway:create_app --factory`; `faas up` does that.
+It keeps no state: every answer is read from the provider (Docker labels), so
+a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from loguru import logger
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from . import __version__, auth, openapi
+from .config import Settings
+from .docker_provider import DockerProvider
+from .errors import (
+    DeployFailed,
+    FaasError,
+    FunctionExists,
+    FunctionNotFound,
+    ImageNotFound,
+    InvalidSpec,
+    ProviderError,
+    Unauthorized,
+)
+from .logging import configure_logging
+from .provider import LogStream, Provider
+from .spec import FunctionSpec, check_name, parse_spec
+from .traefik import RouteCheck
+
+# One table from error type to HTTP status.
+STATUS: dict[type[FaasError], int] = {
+    InvalidSpec: 422,
+    FunctionNotFound: 404,
+    FunctionExists: 409,
+    ImageNotFound: 422,
+    DeployFailed: 502,
+    Unauthorized: 401,
+    ProviderError: 503,
+}
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def error_response(exc: FaasError) -> JSONResponse:
+    status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(
+        {"error": exc.message, "detail": exc.detail()}, status_code=status, headers=headers
+    )
+
+
+class Api:
+    """The endpoints, bound to one provider and one admin token."""
+
+    def __init__(self, provider: Provider, token: str) -> None:
+        self.provider = provider
+        self.token = token
+
+    def admin(self, endpoint: Endpoint) -> Endpoint:
+        """Wrap an endpoint: require the admin token, turn FaasError into JSON."""
+
+        async def guarded(request: Request) -> Response:
+            try:
+                if not auth.bearer_matches(request.headers.get("authorization"), self.token):
+                    raise Unauthorized("missing or wrong admin token (Authorization: Bearer ...)")
+                return await endpoint(request)
+            except FaasError as exc:
+                return error_response(exc)
+
+        return guarded
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi.document())
+
+    async def list_functions(self, request: Request) -> Response:
+        functions = await run_in_threadpool(self.provider.list)
+        return JSONResponse([f.to_json() for f in functions])
+
+    async def create_function(self, request: Request) -> Response:
+        spec = parse_spec(await _json_body(request))
+        try:
+            await run_in_threadpool(self.provider.get, spec.name)
+        except FunctionNotFound:
+            pass
+        else:
+            raise FunctionExists(spec.name)
+        return await self._deploy(spec, status=201)
+
+    async def get_function(self, request: Request) -> Response:
+        name = check_name(request.path_params["name"])
+        function = await run_in_threadpool(self.provider.get, name)
+        return JSONResponse(function.to_json())
+
+    async def put_function(self, request: Request) -> Response:
+        name = check_name(request.path_params["name"])
+        body = await _json_body(request)
+        if isinstance(body, dict) and body.setdefault("name", name) != name:
+            raise InvalidSpec("name", f"does not match the URL ({name!r})")
+        return await self._deploy(parse_spec(body), status=200)
+
+    async def delete_function(self, request: Request) -> Response:
+        name = check_name(request.path_params["name"])
+        await run_in_threadpool(self.provider.remove, name)
+        return Response(status_code=204)
+
+    async def logs(self, request: Request) -> Response:
+        name = check_name(request.path_params["name"])
+        follow = request.query_params.get("follow", "false").lower() in ("1", "true", "yes")
+        tail = _int_param(request, "tail")
+        since = _int_param(request, "since")
+        stream = await run_in_threadpool(
+            lambda: self.provider.logs(name, follow=follow, tail=tail, since=since)
+        )
+        return StreamingResponse(_drain(stream), media_type="text/plain; charset=utf-8")
+
+    async def _deploy(self, spec: FunctionSpec, status: int) -> Response:
+        logger.info("deploying {} from {}", spec.name, spec.image)
+        function = await run_in_threadpool(self.provider.deploy, spec)
+        return JSONResponse(function.to_json(), status_code=status)
+
+
+async def _json_body(request: Request) -> object:
+    try:
+        return json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidSpec("", f"request body is not valid JSON: {exc}") from exc
+
+
+def _int_param(request: Request, key: str) -> int | None:
+    raw = request.query_params.get(key)
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise InvalidSpec(key, "must be a non-negative integer")
+    return int(raw)
+
+
+async def _drain(stream: LogStream) -> AsyncIterator[bytes]:
+    """Relay a blocking log stream; closing it on disconnect frees its thread."""
+    chunks = iter(stream)
+    try:
+        while True:
+            chunk = await run_in_threadpool(next, chunks, None)
+            if chunk is None:
+                return
+            yield chunk
+    finally:
+        stream.close()
+
+
+def build_app(provider: Provider, token: str) -> Starlette:
+    api = Api(provider, token)
+    routes = [
+        Route("/api/v1/healthz", api.healthz),
+        Route("/api/v1/openapi.json", api.admin(api.openapi)),
+        Route("/api/v1/functions", api.admin(api.list_functions), methods=["GET"]),
+        Route("/api/v1/functions", api.admin(api.create_function), methods=["POST"]),
+        Route("/api/v1/functions/{name}", api.admin(api.get_function), methods=["GET"]),
+        Route("/api/v1/functions/{name}", api.admin(api.put_function), methods=["PUT"]),
+        Route("/api/v1/functions/{name}", api.admin(api.delete_function), methods=["DELETE"]),
+        Route("/api/v1/functions/{name}/logs", api.admin(api.logs), methods=["GET"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": f"no such endpoint: {request.url.path}", "detail": None}, 404)
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": f"method {request.method} not allowed", "detail": None}, 405)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The app uvicorn serves: settings from FAAS_*, the Docker provider."""
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+    api_url = settings.traefik_api
+    check = RouteCheck(api_url, settings.ready_timeout) if api_url else None
+    provider = DockerProvider(settings, route_check=check)
+    return build_app(provider, auth.admin_token(settings))

@@ -1,0 +1,95 @@
+"""The OpenAPI document of /api/v1, built from the models so it cannot drift."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import cache
+
+from . import __version__
+from .spec import FunctionSpec
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _responses(ok: str, schema: Mapping[str, object] | None, *errors: int) -> dict[str, object]:
+    out: dict[str, object] = {
+        ok: {"description": "OK"}
+        if schema is None
+        else {"description": "OK", "content": {"application/json": {"schema": schema}}}
+    }
+    for code in (401, *errors):
+        out[str(code)] = {
+            "description": "Error",
+            "content": {"application/json": {"schema": _ERROR}},
+        }
+    return out
+
+
+@cache
+def document() -> dict[str, object]:
+    spec_ref = {"$ref": "#/components/schemas/FunctionSpec"}
+    fn_ref = {"$ref": "#/components/schemas/Function"}
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    body = {"required": True, "content": {"application/json": {"schema": spec_ref}}}
+    spec_schema = FunctionSpec.model_json_schema()
+    function_schema = {
+        "allOf": [
+            spec_ref,
+            {
+                "type": "object",
+                "properties": {
+                    "state": {"enum": ["running", "stopped", "starting", "failed"]},
+                    "reason": {"type": "string"},
+                    "container": {"type": "string"},
+                    "created": {"type": "string", "format": "date-time"},
+                    "address": {"type": ["string", "null"]},
+                },
+            },
+        ]
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "faas management API", "version": __version__},
+        "components": {
+            "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "FunctionSpec": spec_schema,
+                "Function": function_schema,
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "string"}, "detail": {}},
+                },
+            },
+        },
+        "security": [{"admin": []}],
+        "paths": {
+            "/api/v1/healthz": {
+                "get": {"security": [], "responses": {"200": {"description": "OK"}}}
+            },
+            "/api/v1/functions": {
+                "get": {"responses": _responses("200", {"type": "array", "items": fn_ref})},
+                "post": {
+                    "requestBody": body,
+                    "responses": _responses("201", fn_ref, 409, 422, 502),
+                },
+            },
+            "/api/v1/functions/{name}": {
+                "parameters": [name],
+                "get": {"responses": _responses("200", fn_ref, 404)},
+                "put": {"requestBody": body, "responses": _responses("200", fn_ref, 422, 502)},
+                "delete": {"responses": _responses("204", None, 404)},
+            },
+            "/api/v1/functions/{name}/logs": {
+                "parameters": [
+                    name,
+                    {"name": "follow", "in": "query", "schema": {"type": "boolean"}},
+                    {"name": "tail", "in": "query", "schema": {"type": "integer"}},
+                    {"name": "since", "in": "query", "schema": {"type": "integer"}},
+                ],
+                "get": {
+                    "responses": _responses("200", None, 404),
+                },
+            },
+        },
+    }

@@ -1,0 +1,71 @@
+"""The contract between the platform and whatever runs containers."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from .spec import FunctionSpec
+
+
+class State(enum.StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+    STARTING = "starting"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Function:
+    """A deployed function as the provider sees it right now."""
+
+    spec: FunctionSpec
+    state: State
+    container_id: str
+    created: datetime
+    address: str | None = None  # "ip:port" on the function network, when running
+    reason: str = ""  # why it is failed or stopped, when known
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            **self.spec.model_dump(),
+            "state": self.state.value,
+            "reason": self.reason,
+            "container": self.container_id[:12],
+            "created": self.created.isoformat(),
+            "address": self.address,
+        }
+
+
+class LogStream(Protocol):
+    """Chunks of a function's log output; close() ends a follow early."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class Provider(Protocol):
+    """Runs function containers. Implementations translate their engine's errors
+    into `faas.errors` and keep all state on the engine's side."""
+
+    def deploy(self, spec: FunctionSpec) -> Function:
+        """Start `spec` as a new container, ready to serve, and retire older ones."""
+        ...
+
+    def remove(self, name: str) -> None: ...
+
+    def get(self, name: str) -> Function: ...
+
+    def list(self) -> list[Function]: ...
+
+    def start(self, name: str) -> Function: ...
+
+    def stop(self, name: str) -> None: ...
+
+    def logs(
+        self, name: str, *, follow: bool = False, tail: int | None = None, since: int | None = None
+    ) -> LogStream: ...

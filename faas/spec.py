@@ -1,0 +1,100 @@
+"""FunctionSpec: what a user asks for when deploying a function, validated."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import InvalidSpec
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
+
+# The distribution reference grammar (docker/distribution reference/regexp.go),
+# written out: [domain[:port]/]path[:tag][@digest]
+_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_DOMAIN = rf"(?:{_LABEL}(?:\.{_LABEL})*(?::[0-9]+)?/)?"
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_TAG = r"(?::[\w][\w.-]{0,127})?"
+_DIGEST = r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
+IMAGE_RE = re.compile(rf"^{_DOMAIN}{_COMPONENT}(?:/{_COMPONENT})*{_TAG}{_DIGEST}$")
+IMAGE_ID_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+RESERVED_ENV_PREFIX = "FAAS_"
+MAX_ENV_BYTES = 64 * 1024
+
+Name = Annotated[str, Field(description="Function name: ^[a-z][a-z0-9-]{0,62}$")]
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise InvalidSpec(
+            "name",
+            f"{name!r} is not a valid function name: use 1-63 lowercase letters, digits "
+            "and '-', starting with a letter",
+        )
+    return name
+
+
+class FunctionSpec(BaseModel):
+    """A function: an image plus how to run and route it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Name
+    image: str = Field(description="Image reference (repo[:tag][@digest]) or image id.")
+    port: int = Field(8080, ge=1, le=65535, description="Port the function listens on.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables.")
+    health_path: str = Field(
+        "/", description="Path probed over HTTP until the function answers (any status < 500)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_RE.match(value):
+            raise ValueError("use 1-63 lowercase letters, digits and '-', starting with a letter")
+        return value
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        if len(value) > 512 or not (IMAGE_RE.match(value) or IMAGE_ID_RE.match(value)):
+            raise ValueError(f"{value!r} is not a valid image reference")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, val in value.items():
+            if not ENV_KEY_RE.match(key):
+                raise ValueError(f"{key!r} is not a valid variable name")
+            if key.upper().startswith(RESERVED_ENV_PREFIX):
+                raise ValueError(f"{key!r}: names starting with {RESERVED_ENV_PREFIX} are reserved")
+            if "\x00" in val:
+                raise ValueError(f"{key!r}: value contains a NUL byte")
+        if sum(len(k) + len(v) for k, v in value.items()) > MAX_ENV_BYTES:
+            raise ValueError(f"more than {MAX_ENV_BYTES} bytes of environment")
+        return value
+
+    @field_validator("health_path")
+    @classmethod
+    def _health_path(cls, value: str) -> str:
+        if not value.startswith("/") or len(value) > 1024 or any(c in value for c in " \r\n\t"):
+            raise ValueError("must be an absolute URL path without whitespace")
+        return value
+
+
+def parse_spec(data: object) -> FunctionSpec:
+    """Validate untrusted input into a spec, or raise InvalidSpec naming the field."""
+    try:
+        return FunctionSpec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        reason = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            reason = "unknown field"
+        raise InvalidSpec(field, reason) from exc
