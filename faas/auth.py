@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from .config import Settings
@@ -25,13 +26,17 @@ def admin_token(settings: Settings) -> str:
 def _create_token_file(path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     token = secrets.token_urlsafe(32)
+    # Write a private temp file, then link it into place: the link either
+    # publishes a complete token or fails because another process won.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".admin-token.")
     try:
-        # O_EXCL: when two processes race here, one creates and both read it.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        os.link(tmp, path)
     except FileExistsError:
         return path.read_text().strip()
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+    finally:
+        os.unlink(tmp)
     return token
 
 

@@ -236,3 +236,7 @@ def remove(name: Annotated[str, typer.Argument(help="Function name.")]) -> None:
     """Remove a function and its container."""
     State.client().remove(name)
     typer.echo(f"removed {name}")
+
+
+if __name__ == "__main__":
+    app()

@@ -13,7 +13,7 @@ import secrets
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -35,12 +35,12 @@ from .errors import (
     InvalidSpec,
     ProviderError,
 )
-from .provider import Function, LogStream, State
+from .provider import Function, LogStream, Router, State
 from .spec import FunctionSpec
 
-# Called once a new container answers, with its address; returns when the
-# router sends traffic there (see faas.traefik.RouteWatcher).
-RouteCheck = Callable[[FunctionSpec, str], None]
+# A container as the engine's list endpoint describes it.
+Summary = dict[str, Any]
+Summaries = list[Summary]
 
 # Exit codes of a container that was stopped on purpose (by `docker stop`:
 # SIGTERM honoured, or SIGKILL after the grace period), not one that crashed.
@@ -68,11 +68,11 @@ class DockerProvider:
         settings: Settings,
         *,
         client: docker.DockerClient | None = None,
-        route_check: RouteCheck | None = None,
+        router: Router | None = None,
     ) -> None:
         self.settings = settings
         self._client = client
-        self._route_check = route_check
+        self._router = router
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
 
@@ -155,17 +155,23 @@ class DockerProvider:
         with self._lock(spec.name):
             self._ensure_image(spec.image)
             self._ensure_network()
-            old = [c["Id"] for c in self._containers(spec.name)]
+            current = self._containers(spec.name)
+            old = [c["Id"] for c in current]
             container = self._create(spec)
             try:
                 address = self._start_and_wait(spec, container)
-                if self._route_check is not None:
-                    self._route_check(spec, address)
+                if self._router is not None:
+                    self._router.routed(spec, address)
             except BaseException:
                 self._discard(container)
+                self._restore_route(current)
                 raise
+            # Traefik now balances over old and new; retire the old ones and
+            # return only once it has dropped them too.
             for container_id in old:
                 self._retire(container_id)
+            if old and self._router is not None:
+                self._router.routed(spec, address, only=True)
             logger.info("deployed {} ({}) at {}", spec.name, spec.image, address)
             return self.get(spec.name)
 
@@ -176,6 +182,8 @@ class DockerProvider:
                 raise FunctionNotFound(name)
             for summary in found:
                 self._retire(summary["Id"])
+            if self._router is not None:
+                self._router.unrouted(name)
             logger.info("removed {}", name)
 
     def start(self, name: str) -> Function:
@@ -184,8 +192,8 @@ class DockerProvider:
             with _engine_errors():
                 container = self.client.containers.get(fn.container_id)
             address = self._start_and_wait(fn.spec, container)
-            if self._route_check is not None:
-                self._route_check(fn.spec, address)
+            if self._router is not None:
+                self._router.routed(fn.spec, address)
             return self.get(name)
 
     def stop(self, name: str) -> None:
@@ -296,6 +304,18 @@ class DockerProvider:
                 self.client.api.remove_container(container_id, force=True)
             except docker.errors.NotFound:
                 pass
+
+    def _restore_route(self, current: Summaries) -> None:
+        """After a failed update, wait until Traefik forgets the discarded container."""
+        if self._router is None or not current:
+            return
+        fn = self._function(current[0])
+        if fn.address is None:
+            return
+        try:
+            self._router.routed(fn.spec, fn.address, only=True)
+        except FaasError as exc:
+            logger.warning("route of {} not restored: {}", fn.spec.name, exc)
 
     def _discard(self, container: Container) -> None:
         try:

@@ -33,7 +33,7 @@ from .errors import (
 from .logging import configure_logging
 from .provider import LogStream, Provider
 from .spec import FunctionSpec, check_name, parse_spec
-from .traefik import RouteCheck
+from .traefik import TraefikRouter
 
 # One table from error type to HTTP status.
 STATUS: dict[type[FaasError], int] = {
@@ -187,6 +187,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     configure_logging(settings.log_level)
     api_url = settings.traefik_api
-    check = RouteCheck(api_url, settings.ready_timeout) if api_url else None
-    provider = DockerProvider(settings, route_check=check)
+    router = TraefikRouter(api_url, settings.ready_timeout) if api_url else None
+    provider = DockerProvider(settings, router=router)
     return build_app(provider, auth.admin_token(settings))

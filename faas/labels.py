@@ -74,9 +74,14 @@ def traefik_labels(spec: FunctionSpec, network: str) -> dict[str, str]:
         "traefik.docker.network": network,
         f"traefik.http.routers.{router}.rule": f"Path(`{path}`) || PathPrefix(`{path}/`)",
         f"traefik.http.routers.{router}.entrypoints": ENTRYPOINT,
-        f"traefik.http.routers.{router}.middlewares": f"{router}-strip",
+        f"traefik.http.routers.{router}.middlewares": f"{router}-retry,{router}-strip",
         f"traefik.http.routers.{router}.service": router,
         f"traefik.http.middlewares.{router}-strip.stripprefix.prefixes": path,
+        # Traefik routes a container as soon as it runs, before its server
+        # listens, and keeps a stopped one until the `die` event is applied:
+        # a refused connection is retried on another server instead of 502.
+        f"traefik.http.middlewares.{router}-retry.retry.attempts": "3",
+        f"traefik.http.middlewares.{router}-retry.retry.initialinterval": "50ms",
         f"traefik.http.services.{router}.loadbalancer.server.port": str(spec.port),
     }
 

@@ -48,6 +48,18 @@ class LogStream(Protocol):
     def close(self) -> None: ...
 
 
+class Router(Protocol):
+    """The proxy in front of the functions, as far as a deploy must wait for it."""
+
+    def routed(self, spec: FunctionSpec, address: str, *, only: bool = False) -> None:
+        """Return once the function's traffic goes to `address` (and nowhere else, if `only`)."""
+        ...
+
+    def unrouted(self, name: str) -> None:
+        """Return once the function has no route left."""
+        ...
+
+
 class Provider(Protocol):
     """Runs function containers. Implementations translate their engine's errors
     into `faas.errors` and keep all state on the engine's side."""

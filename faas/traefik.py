@@ -6,6 +6,7 @@ import shutil
 import string
 import sysconfig
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -54,8 +55,8 @@ def render_config(settings: Settings) -> Path:
     return out / "traefik.yml"
 
 
-class RouteCheck:
-    """Waits until Traefik sends a function's traffic to a given container.
+class TraefikRouter:
+    """Asks Traefik's API whether a function's route is live.
 
     Traefik learns about containers from Docker events, after its providers
     throttle; a deploy is not done until the router exists and lists the new
@@ -67,21 +68,35 @@ class RouteCheck:
         self.timeout = timeout
         self.session = requests.Session()
 
-    def __call__(self, spec: FunctionSpec, address: str) -> None:
-        url = f"{self.api_url}/api/http/services/{labels.router_name(spec.name)}@docker"
-        want = f"http://{address}"
+    def _servers(self, name: str) -> list[str] | None:
+        """The service's server URLs, or None while Traefik has no such service."""
+        url = f"{self.api_url}/api/http/services/{labels.router_name(name)}@docker"
+        try:
+            response = self.session.get(url, timeout=2)
+        except requests.RequestException as exc:
+            raise ProviderError(f"Traefik API unreachable at {self.api_url}") from exc
+        if response.status_code != 200:
+            return None
+        servers = response.json().get("loadBalancer", {}).get("servers", [])
+        return [str(s.get("url")) for s in servers]
+
+    def _wait(self, name: str, done: Callable[[list[str] | None], bool], what: str) -> None:
         deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                response = self.session.get(url, timeout=2)
-            except requests.RequestException as exc:
-                raise DeployFailed(spec.name, f"Traefik API unreachable at {self.api_url}") from exc
-            if response.status_code == 200:
-                servers = response.json().get("loadBalancer", {}).get("servers", [])
-                if any(s.get("url") == want for s in servers):
-                    return
+        while not done(self._servers(name)):
             if time.monotonic() > deadline:
-                raise DeployFailed(
-                    spec.name, f"Traefik did not route to {address} within {self.timeout:g}s"
-                )
+                raise ProviderError(f"Traefik did not {what} within {self.timeout:g}s")
             time.sleep(0.02)
+
+    def routed(self, spec: FunctionSpec, address: str, *, only: bool = False) -> None:
+        want = f"http://{address}"
+
+        def done(servers: list[str] | None) -> bool:
+            return servers == [want] if only else want in (servers or [])
+
+        try:
+            self._wait(spec.name, done, f"route to {address}")
+        except ProviderError as exc:
+            raise DeployFailed(spec.name, exc.message) from exc
+
+    def unrouted(self, name: str) -> None:
+        self._wait(name, lambda servers: servers is None, f"drop the route of {name}")

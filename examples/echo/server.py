@@ -44,7 +44,7 @@ class Echo(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _echo
 
     def log_message(self, format: str, *args: object) -> None:
-        sys.stdout.write("%s %s\n" % (self.address_string(), format % args))
+        sys.stdout.write(f"{self.address_string()} {format % args}\n")
 
 
 def main() -> None:

@@ -1,0 +1,47 @@
+# faas: build, test and run recipes. `make help` lists them.
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PYTHON  ?= python3
+
+.DEFAULT_GOAL := help
+.PHONY: help install engine images dev test unit lint bench clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## Create .venv and install faas with its dev tools
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+engine: ## Start (and on Debian, install) the Docker engine if none answers
+	scripts/engine.sh
+
+images: engine ## Build the base and example images (offline when no registry)
+	scripts/images.sh
+
+dev: install images ## Run the platform on this host (faas up, gateway reloads on change)
+	$(BIN)/faas up --reload
+
+test: install images ## Run the whole test suite against a real engine and Traefik
+	$(BIN)/pytest
+
+unit: install ## Run only the tests that need no engine
+	$(BIN)/pytest tests/unit
+
+lint: install ## ruff and mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: install images ## Measure deploy and invoke latency (prints a table)
+	$(BIN)/python bench/core.py
+
+clean: ## Remove the containers, networks and images faas created (by label)
+	-docker ps -aq --filter label=faas.namespace | xargs -r docker rm -f
+	-docker network ls -q --filter label=faas.namespace | xargs -r docker network rm
+	-docker images -q --filter label=faas.image | xargs -r docker rmi -f

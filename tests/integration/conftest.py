@@ -1,0 +1,132 @@
+"""A real stack per test session: dockerd, Traefik and the gateway via `faas up`.
+
+Each session gets its own namespace, so its Traefik only routes its own
+containers and teardown removes exactly what the session created.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+import requests
+from docker.models.containers import Container
+
+ECHO_IMAGE = os.environ.get("FAAS_ECHO_IMAGE", "faas/echo:latest")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def engine() -> docker.DockerClient:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        message = f"no Docker engine ({exc}); run `make engine`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        client.images.get(ECHO_IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"{ECHO_IMAGE} is missing; run `make images`")
+    return client
+
+
+class Stack:
+    """`faas up` in a subprocess, on free ports, in a namespace of its own."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.namespace = "t" + secrets.token_hex(4)
+        self.http_port = free_port()
+        self.gateway_port = free_port()
+        self.env = {
+            **os.environ,
+            "FAAS_NAMESPACE": self.namespace,
+            "FAAS_STATE_DIR": str(state_dir),
+            "FAAS_HTTP_PORT": str(self.http_port),
+            "FAAS_GATEWAY_PORT": str(self.gateway_port),
+            "FAAS_TRAEFIK_API_PORT": str(free_port()),
+            "FAAS_READY_TIMEOUT": "8",
+            "FAAS_STOP_TIMEOUT": "3",
+        }
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.direct = f"http://127.0.0.1:{self.gateway_port}"
+        self.process: subprocess.Popen[str] | None = None
+        self.token = ""
+        self.session = requests.Session()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "faas.cli", "up"],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + 60
+        for line in self.process.stdout:
+            if line.strip().startswith("token:"):
+                self.token = line.split(":", 1)[1].strip()
+                break
+            assert time.monotonic() < deadline, "faas up did not print its token"
+        assert self.token, f"faas up exited with {self.process.wait()}"
+        self.session.headers["Authorization"] = f"Bearer {self.token}"
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            assert self.process.wait(30) == 0
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
+        self.process = None
+
+    def api(self, method: str, path: str, **kwargs: object) -> requests.Response:
+        return self.session.request(method, f"{self.url}/api/v1{path}", timeout=60, **kwargs)  # type: ignore[arg-type]
+
+    def invoke(
+        self, name: str, path: str = "/", method: str = "GET", **kwargs: object
+    ) -> requests.Response:
+        return requests.request(method, f"{self.url}/function/{name}{path}", timeout=30, **kwargs)  # type: ignore[arg-type]
+
+    def deploy(self, name: str, **spec: object) -> requests.Response:
+        return self.api("PUT", f"/functions/{name}", json={"image": ECHO_IMAGE, **spec})
+
+    def containers(self, engine: docker.DockerClient, name: str | None = None) -> list[Container]:
+        wanted = [f"faas.namespace={self.namespace}"]
+        if name:
+            wanted.append(f"faas.function={name}")
+        return list(engine.containers.list(all=True, filters={"label": wanted}))
+
+
+@pytest.fixture(scope="session")
+def stack(engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(tmp_path_factory.mktemp("state"))
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+        for container in s.containers(engine):
+            container.remove(force=True)
+        for network in engine.networks.list(filters={"label": f"faas.namespace={s.namespace}"}):
+            network.remove()
+
+
+def fn_name(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"

@@ -1,0 +1,58 @@
+import pytest
+
+from faas import labels
+from faas.spec import FunctionSpec
+
+SPECS = [
+    FunctionSpec(name="hello", image="faas/echo:latest"),
+    FunctionSpec(
+        name="x-1",
+        image="localhost:5000/a/b:c",
+        port=9000,
+        env={"A": "1", "B": 'quote " and = and \n newline', "EMPTY": ""},
+        health_path="/healthz",
+    ),
+]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_spec_round_trips_through_labels(spec: FunctionSpec) -> None:
+    assert labels.spec_from_labels(labels.spec_labels(spec)) == spec
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_container_labels_round_trip_and_carry_identity(spec: FunctionSpec) -> None:
+    got = labels.container_labels(spec, "prod", "faas-prod")
+    assert labels.spec_from_labels(got) == spec
+    assert got[labels.NAMESPACE] == "prod"
+    assert got[labels.FUNCTION] == spec.name
+    assert got[labels.SCHEMA] == labels.SCHEMA_VERSION
+    assert all(isinstance(v, str) for v in got.values())
+
+
+def test_labels_are_readable_strings() -> None:
+    got = labels.spec_labels(FunctionSpec(name="hello", image="echo", env={"K": "v"}))
+    assert got["faas.spec.image"] == "echo"
+    assert got["faas.spec.port"] == "8080"
+    assert got["faas.spec.env"] == '{"K": "v"}'
+
+
+def test_unknown_spec_labels_from_newer_versions_are_ignored() -> None:
+    got = labels.spec_labels(FunctionSpec(name="hello", image="echo"))
+    got["faas.spec.future_field"] = "1"
+    got["other.label"] = "x"
+    assert labels.spec_from_labels(got).name == "hello"
+
+
+def test_traefik_labels_route_the_function_path_only() -> None:
+    got = labels.traefik_labels(FunctionSpec(name="hello", image="echo", port=9000), "net")
+    assert got["traefik.enable"] == "true"
+    assert got["traefik.docker.network"] == "net"
+    rule = got["traefik.http.routers.fn-hello.rule"]
+    # Exact path or a sub-path: /function/hello2 must not match.
+    assert rule == "Path(`/function/hello`) || PathPrefix(`/function/hello/`)"
+    assert got["traefik.http.middlewares.fn-hello-strip.stripprefix.prefixes"] == "/function/hello"
+    assert got["traefik.http.routers.fn-hello.middlewares"] == "fn-hello-retry,fn-hello-strip"
+    assert got["traefik.http.middlewares.fn-hello-retry.retry.attempts"] == "3"
+    assert got["traefik.http.services.fn-hello.loadbalancer.server.port"] == "9000"
+    assert got["traefik.http.routers.fn-hello.entrypoints"] == "web"

@@ -1,0 +1,87 @@
+import pytest
+
+from faas.errors import InvalidSpec
+from faas.spec import FunctionSpec, check_name, parse_spec
+
+
+@pytest.mark.parametrize("name", ["a", "hello", "my-fn-2", "a" * 63])
+def test_good_names(name: str) -> None:
+    assert parse_spec({"name": name, "image": "echo"}).name == name
+    assert check_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name", ["", "A", "1abc", "-abc", "hello_world", "a" * 64, "a.b", "a/b", "héllo", "a b"]
+)
+def test_bad_names(name: str) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        parse_spec({"name": name, "image": "echo"})
+    assert info.value.field == "name"
+    with pytest.raises(InvalidSpec):
+        check_name(name)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "echo",
+        "faas/echo:latest",
+        "localhost:5000/team/fn:v1.2",
+        "registry.example.com/a/b/c",
+        "python:3.12-slim",
+        "repo@sha256:" + "a" * 64,
+        "repo:tag@sha256:" + "b" * 64,
+        "sha256:" + "c" * 64,
+    ],
+)
+def test_good_images(image: str) -> None:
+    assert parse_spec({"name": "f", "image": image}).image == image
+
+
+@pytest.mark.parametrize(
+    "image", ["", "echo/UPPER", "a b", "echo:", "echo:tag with space", ":tag", "a//b", "x;rm -rf"]
+)
+def test_bad_images(image: str) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        parse_spec({"name": "f", "image": image})
+    assert info.value.field == "image"
+
+
+@pytest.mark.parametrize("port", [0, -1, 65536, "http"])
+def test_bad_ports(port: object) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        parse_spec({"name": "f", "image": "echo", "port": port})
+    assert info.value.field == "port"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"A B": "1"}, {"1X": "1"}, {"": "x"}, {"X": "a\x00b"}, {"FAAS_SECRET": "x"}, {"X": 1}],
+)
+def test_bad_env(env: dict[str, object]) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        parse_spec({"name": "f", "image": "echo", "env": env})
+    assert info.value.field.startswith("env")
+
+
+def test_unknown_fields_are_rejected() -> None:
+    for field in ("privileged", "labels_", "volumes", "network_mode"):
+        with pytest.raises(InvalidSpec) as info:
+            parse_spec({"name": "f", "image": "echo", field: True})
+        assert info.value.reason == "unknown field"
+
+
+def test_defaults() -> None:
+    spec = parse_spec({"name": "f", "image": "echo"})
+    assert spec == FunctionSpec(name="f", image="echo", port=8080, env={}, health_path="/")
+
+
+@pytest.mark.parametrize("path", ["health", "/a b", "/x\n"])
+def test_bad_health_path(path: str) -> None:
+    with pytest.raises(InvalidSpec):
+        parse_spec({"name": "f", "image": "echo", "health_path": path})
+
+
+def test_not_an_object() -> None:
+    with pytest.raises(InvalidSpec):
+        parse_spec(["name", "image"])
