@@ -82,6 +82,7 @@ def run(settings: Settings, reload: bool = False) -> int:
         sys.executable, "-m", "uvicorn", "faas.gateway:create_app", "--factory",
         "--host", settings.gateway_host, "--port", str(settings.gateway_port),
         "--no-access-log", "--timeout-graceful-shutdown", str(int(GRACE) - 1),
+        "--log-level", settings.log_level.lower(),
     ]  # fmt: skip
     if reload:
         gateway_argv += ["--reload", "--reload-dir", os.path.dirname(__file__)]
