@@ -27,24 +27,40 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-pidfile=/var/run/docker.pid
-if [ -f "$pidfile" ] && ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-  log "removing stale $pidfile"
-  rm -f "$pidfile"
-fi
-rm -f /var/run/docker.sock 2>/dev/null || true
+# A live dockerd: running (not a zombie) and really dockerd, not a reused pid.
+alive_dockerd() {
+  [ -r "/proc/$1/comm" ] && [ "$(cat "/proc/$1/comm")" = dockerd ] &&
+    ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+}
 
-log "starting dockerd"
-mkdir -p /var/log
-nohup dockerd >/var/log/dockerd.log 2>&1 &
+pidfile=/var/run/docker.pid
+if [ -f "$pidfile" ]; then
+  old="$(cat "$pidfile" 2>/dev/null || true)"
+  if [ -n "$old" ] && alive_dockerd "$old"; then
+    log "dockerd ($old) is running but not answering; waiting for it"
+  else
+    log "removing stale $pidfile"
+    rm -f "$pidfile" /var/run/docker.sock
+  fi
+fi
+
+if ! pgrep -x dockerd >/dev/null 2>&1; then
+  log "starting dockerd"
+  mkdir -p /var/log
+  nohup dockerd >/var/log/dockerd.log 2>&1 &
+  started=$!
+fi
 
 for _ in $(seq 1 120); do
   if docker info >/dev/null 2>&1; then
     log "ready"
     exit 0
   fi
+  if [ -n "${started:-}" ] && ! kill -0 "$started" 2>/dev/null; then
+    break
+  fi
   sleep 0.5
 done
-log "dockerd did not answer within 60 s; last lines of /var/log/dockerd.log:"
+log "dockerd is not answering; last lines of /var/log/dockerd.log:"
 tail -n 20 /var/log/dockerd.log >&2 || true
 exit 1

@@ -59,7 +59,6 @@ class Stack:
             **os.environ,
             "FAAS_NAMESPACE": self.namespace,
             "FAAS_STATE_DIR": str(state_dir),
-            "FAAS_HTTP_PORT": str(self.http_port),
             "FAAS_GATEWAY_PORT": str(self.gateway_port),
             "FAAS_TRAEFIK_API_PORT": str(free_port()),
             "FAAS_READY_TIMEOUT": "8",
@@ -73,7 +72,7 @@ class Stack:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "faas.cli", "up"],
+            [sys.executable, "-m", "faas.cli", "up", "--port", str(self.http_port)],
             env=self.env,
             stdout=subprocess.PIPE,
             text=True,
