@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     stop_timeout: int = Field(
         10, ge=0, description="Seconds a function gets to finish in-flight work on stop."
     )
+    scale_interval: float = Field(
+        5.0, gt=0, description="Seconds between checks for idle functions to scale to zero."
+    )
     default_memory: str = Field("256m", description="Memory limit of a function container.")
     default_cpus: float = Field(1.0, gt=0, description="CPU quota of a function container.")
     default_pids: int = Field(256, ge=16, description="Process limit of a function container.")
@@ -65,6 +68,11 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    @property
+    def dynamic_dir(self) -> Path:
+        """Traefik's file-provider directory: the gateway's routes and drains."""
+        return self.state_dir / "traefik" / "dynamic"
 
     @property
     def function_network(self) -> str:

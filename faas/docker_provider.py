@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import secrets
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -187,14 +188,29 @@ class DockerProvider:
             logger.info("removed {}", name)
 
     def start(self, name: str) -> Function:
+        """Start a stopped function; returns once it answers (Traefik may lag)."""
         with self._lock(name):
             fn = self.get(name)
             with _engine_errors():
                 container = self.client.containers.get(fn.container_id)
-            address = self._start_and_wait(fn.spec, container)
-            if self._router is not None:
-                self._router.routed(fn.spec, address)
+            try:
+                self._start_and_wait(fn.spec, container)
+            except DeployFailed:
+                # Leave it stopped, not crash-looping; the next request retries.
+                with _engine_errors():
+                    self.client.api.stop(fn.container_id, timeout=0)
+                raise
             return self.get(name)
+
+    def network_bytes(self, name: str) -> int | None:
+        """Bytes in and out of the function's container so far (None if not running)."""
+        fn = self.get(name)
+        if fn.state is not State.RUNNING:
+            return None
+        with _engine_errors():
+            stats = self.client.api.stats(fn.container_id, stream=False, one_shot=True)
+        nets = cast(dict[str, dict[str, int]], stats.get("networks") or {})
+        return sum(n.get("rx_bytes", 0) + n.get("tx_bytes", 0) for n in nets.values())
 
     def stop(self, name: str) -> None:
         with self._lock(name):
@@ -253,8 +269,10 @@ class DockerProvider:
                     mem_limit=memory,
                     memswap_limit=memory,  # the same figure: no swap
                     nano_cpus=int(s.default_cpus * 1e9),
-                    # Valid for Docker, missing from the stubs' Literal.
-                    restart_policy={"Name": "unless-stopped"},  # type: ignore[arg-type]
+                    # A scale-to-zero function is woken by its next request
+                    # instead; restarting it would only make it crash-loop.
+                    # ("unless-stopped" is valid, missing from the stubs.)
+                    restart_policy={"Name": _restart_policy(spec)},  # type: ignore[arg-type]
                     log_config=LogConfig(
                         type="json-file", config={"max-size": "10m", "max-file": "3"}
                     ),
@@ -269,17 +287,14 @@ class DockerProvider:
         with _engine_errors():
             container.start()
         deadline = time.monotonic() + self.settings.ready_timeout
+        ip: str | None = None
+        probes = 0
         while True:
-            with _engine_errors():
-                container.reload()
-            state = container.attrs["State"]
-            if state["Status"] in ("exited", "dead") or state.get("Restarting"):
-                raise DeployFailed(spec.name, _exit_reason(state), self._tail(container))
-            ip = (
-                container.attrs["NetworkSettings"]["Networks"]
-                .get(self.settings.function_network, {})
-                .get("IPAddress")
-            )
+            # Inspecting costs more than probing: ask the engine first and then
+            # every tenth probe, to notice a crash or learn the address.
+            if probes % 10 == 0 or ip is None:
+                ip = self._running_ip(spec, container)
+            probes += 1
             if ip and _answers(ip, spec.port, spec.health_path):
                 return f"{ip}:{spec.port}"
             if time.monotonic() > deadline:
@@ -288,7 +303,17 @@ class DockerProvider:
                     f"no HTTP answer on port {spec.port} within {self.settings.ready_timeout:g}s",
                     self._tail(container),
                 )
-            time.sleep(0.02)
+            time.sleep(0.01)
+
+    def _running_ip(self, spec: FunctionSpec, container: Container) -> str | None:
+        with _engine_errors():
+            container.reload()
+        state = container.attrs["State"]
+        if state["Status"] in ("exited", "dead") or state.get("Restarting"):
+            raise DeployFailed(spec.name, _exit_reason(state), self._tail(container))
+        networks = container.attrs["NetworkSettings"]["Networks"]
+        ip = networks.get(self.settings.function_network, {}).get("IPAddress")
+        return str(ip) if ip else None
 
     def _tail(self, container: Container, lines: int = 20) -> str:
         try:
@@ -324,10 +349,18 @@ class DockerProvider:
             logger.warning("could not remove failed container {}: {}", container.name, exc)
 
 
+def _restart_policy(spec: FunctionSpec) -> str:
+    return "unless-stopped" if spec.min_scale else "no"
+
+
 def _answers(ip: str, port: int, path: str) -> bool:
     """True once something answers HTTP below 500 on ip:port."""
-    conn = http.client.HTTPConnection(ip, port, timeout=1)
+    conn = http.client.HTTPConnection(ip, port, timeout=2)
     try:
+        # On a local bridge a live address connects in well under a millisecond;
+        # a dead one (the container just exited) would hang in ARP for seconds.
+        conn.sock = socket.create_connection((ip, port), timeout=0.2)
+        conn.sock.settimeout(2)
         conn.request("GET", path, headers={"User-Agent": "faas-readiness"})
         return conn.getresponse().status < 500
     except (OSError, http.client.HTTPException):
@@ -352,7 +385,7 @@ def _state(summary: dict[str, Any]) -> tuple[State, str]:
     if status == "exited":
         code = _exit_code(summary.get("Status", ""))
         if code in _STOP_EXIT_CODES:
-            return State.STOPPED, ""
+            return State.STOPPED, "scaled to zero"
         return State.FAILED, f"exited with code {code}"
     return State.FAILED, status
 

@@ -7,6 +7,7 @@
     ├── ImageNotFound(image, reason)
     ├── DeployFailed(name, reason, logs)  the new version never became ready
     ├── Unauthorized(reason)
+    ├── WakeFailed(name, reason)          a stopped function did not start for a request
     ├── ProviderError(reason)             the engine failed or is unreachable
     └── ApiError(status, message)         the management API refused (client side)
 
@@ -89,3 +90,15 @@ class ApiError(FaasError):
 
     def detail(self) -> object:
         return self._detail
+
+
+class WakeFailed(FaasError):
+    """A stopped function could not be started for a request."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"function {name!r} could not be woken: {reason}")
+        self.name = name
+        self.reason = reason
+
+    def detail(self) -> object:
+        return {"function": self.name, "reason": self.reason}

@@ -7,8 +7,10 @@ a restart loses nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 from loguru import logger
 from starlette.applications import Starlette
@@ -17,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import __version__, auth, openapi
+from . import __version__, auth, labels, openapi
 from .config import Settings
 from .docker_provider import DockerProvider
 from .errors import (
@@ -29,11 +31,14 @@ from .errors import (
     InvalidSpec,
     ProviderError,
     Unauthorized,
+    WakeFailed,
 )
 from .logging import configure_logging
-from .provider import LogStream, Provider
+from .provider import LogStream, Provider, State
+from .proxy import Proxy
+from .scaler import Scaler
 from .spec import FunctionSpec, check_name, parse_spec
-from .traefik import TraefikRouter
+from .traefik import Drains, TraefikRouter
 
 # One table from error type to HTTP status.
 STATUS: dict[type[FaasError], int] = {
@@ -44,7 +49,11 @@ STATUS: dict[type[FaasError], int] = {
     DeployFailed: 502,
     Unauthorized: 401,
     ProviderError: 503,
+    WakeFailed: 503,
 }
+
+# How long a caller should wait before retrying after a failed wake.
+RETRY_AFTER = "1"
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -52,6 +61,8 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 def error_response(exc: FaasError) -> JSONResponse:
     status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if isinstance(exc, WakeFailed):
+        headers = {"Retry-After": RETRY_AFTER}
     return JSONResponse(
         {"error": exc.message, "detail": exc.detail()}, status_code=status, headers=headers
     )
@@ -60,9 +71,11 @@ def error_response(exc: FaasError) -> JSONResponse:
 class Api:
     """The endpoints, bound to one provider and one admin token."""
 
-    def __init__(self, provider: Provider, token: str) -> None:
+    def __init__(self, provider: Provider, token: str, scaler: Scaler) -> None:
         self.provider = provider
         self.token = token
+        self.scaler = scaler
+        self.proxy = Proxy()
 
     def admin(self, endpoint: Endpoint) -> Endpoint:
         """Wrap an endpoint: require the admin token, turn FaasError into JSON."""
@@ -124,6 +137,38 @@ class Api:
         )
         return StreamingResponse(_drain(stream), media_type="text/plain; charset=utf-8")
 
+    async def scale(self, request: Request) -> Response:
+        name = check_name(request.path_params["name"])
+        body = await _json_body(request)
+        replicas = body.get("replicas") if isinstance(body, dict) and len(body) == 1 else None
+        if type(replicas) is not int or replicas not in (0, 1):
+            raise InvalidSpec("replicas", 'send {"replicas": 0} or {"replicas": 1}')
+        function = await run_in_threadpool(self.provider.get, name)
+        if replicas == 0 and function.state is not State.STOPPED:
+            await self.scaler.scale_down(name)
+        elif replicas == 1 and function.state is not State.RUNNING:
+            await self.scaler.wake(name)
+        function = await run_in_threadpool(self.provider.get, name)
+        return JSONResponse(function.to_json())
+
+    async def invoke(self, request: Request) -> Response:
+        """A request for a function Traefik has no live route for: wake it, forward."""
+        name = request.path_params["name"]
+        try:
+            check_name(name)
+            prefix = labels.function_path(name)
+            raw = request.scope.get("raw_path") or request.url.path.encode()
+            path = raw[len(prefix) :].decode("latin-1") or "/"
+            address = await self.scaler.address(name)
+            self.scaler.begin(name)
+            return await self.proxy.forward(
+                request, address, path, prefix, done=lambda: self.scaler.end(name)
+            )
+        except InvalidSpec:
+            return error_response(FunctionNotFound(name))
+        except FaasError as exc:
+            return error_response(exc)
+
     async def _deploy(self, spec: FunctionSpec, status: int) -> Response:
         logger.info("deploying {} from {}", spec.name, spec.image)
         function = await run_in_threadpool(self.provider.deploy, spec)
@@ -159,8 +204,9 @@ async def _drain(stream: LogStream) -> AsyncIterator[bytes]:
         stream.close()
 
 
-def build_app(provider: Provider, token: str) -> Starlette:
-    api = Api(provider, token)
+def build_app(provider: Provider, token: str, scaler: Scaler) -> Starlette:
+    api = Api(provider, token, scaler)
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     routes = [
         Route("/api/v1/healthz", api.healthz),
         Route("/api/v1/openapi.json", api.admin(api.openapi)),
@@ -170,8 +216,25 @@ def build_app(provider: Provider, token: str) -> Starlette:
         Route("/api/v1/functions/{name}", api.admin(api.put_function), methods=["PUT"]),
         Route("/api/v1/functions/{name}", api.admin(api.delete_function), methods=["DELETE"]),
         Route("/api/v1/functions/{name}/logs", api.admin(api.logs), methods=["GET"]),
+        Route("/api/v1/functions/{name}/scale", api.admin(api.scale), methods=["POST"]),
+        Route("/function/{name}", api.invoke, methods=methods),
+        Route("/function/{name}/{path:path}", api.invoke, methods=methods),
     ]
-    return Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        idle_checks = asyncio.create_task(scaler.run())
+        try:
+            yield
+        finally:
+            idle_checks.cancel()
+            await api.proxy.close()
+
+    return Starlette(
+        routes=routes,
+        exception_handlers={404: _not_found, 405: _not_allowed},
+        lifespan=lifespan,
+    )
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
@@ -189,4 +252,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     api_url = settings.traefik_api
     router = TraefikRouter(api_url, settings.ready_timeout) if api_url else None
     provider = DockerProvider(settings, router=router)
-    return build_app(provider, auth.admin_token(settings))
+    drains = None
+    if router is not None:
+        drains = Drains(settings.dynamic_dir)
+        drains.clear()  # a drain left by a crash would keep traffic on the gateway
+    scaler = Scaler(provider, router, drains, settings.scale_interval)
+    return build_app(provider, auth.admin_token(settings), scaler)

@@ -29,6 +29,17 @@ def function_path(name: str) -> str:
     return f"/function/{name}"
 
 
+def function_rule(name: str) -> str:
+    """Exact path or a sub-path, so /function/hello never catches /function/hello2."""
+    path = function_path(name)
+    return f"Path(`{path}`) || PathPrefix(`{path}/`)"
+
+
+def service_name(name: str) -> str:
+    """The function's service as Traefik names it in its API and metrics."""
+    return f"{router_name(name)}@docker"
+
+
 def router_name(name: str) -> str:
     return f"fn-{name}"
 
@@ -62,17 +73,15 @@ def spec_from_labels(labels: dict[str, str]) -> FunctionSpec:
 def traefik_labels(spec: FunctionSpec, network: str) -> dict[str, str]:
     """Route /function/<name>[/...] to the container, with the prefix stripped.
 
-    The rule matches the exact path or the path followed by '/', so that
-    /function/hello never catches /function/hello2. Names are validated
-    against ^[a-z][a-z0-9-]*$ before they get here, so nothing in the rule
-    comes from user input unescaped.
+    Names are validated against ^[a-z][a-z0-9-]*$ before they get here, so
+    nothing in the rule comes from user input unescaped.
     """
     router = router_name(spec.name)
     path = function_path(spec.name)
     return {
         "traefik.enable": "true",
         "traefik.docker.network": network,
-        f"traefik.http.routers.{router}.rule": f"Path(`{path}`) || PathPrefix(`{path}/`)",
+        f"traefik.http.routers.{router}.rule": function_rule(spec.name),
         f"traefik.http.routers.{router}.entrypoints": ENTRYPOINT,
         f"traefik.http.routers.{router}.middlewares": f"{router}-retry,{router}-strip",
         f"traefik.http.routers.{router}.service": router,

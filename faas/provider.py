@@ -78,6 +78,10 @@ class Provider(Protocol):
 
     def stop(self, name: str) -> None: ...
 
+    def network_bytes(self, name: str) -> int | None:
+        """Bytes in and out of the running function so far; None when not running."""
+        ...
+
     def logs(
         self, name: str, *, follow: bool = False, tail: int | None = None, since: int | None = None
     ) -> LogStream: ...

@@ -50,6 +50,12 @@ class FunctionSpec(BaseModel):
     health_path: str = Field(
         "/", description="Path probed over HTTP until the function answers (any status < 500)."
     )
+    min_scale: int = Field(
+        0, ge=0, le=1, description="1 keeps the function running; 0 lets it scale to zero."
+    )
+    idle_timeout: int = Field(
+        300, ge=1, le=7 * 24 * 3600, description="Seconds without traffic before scaling to zero."
+    )
 
     @field_validator("name")
     @classmethod

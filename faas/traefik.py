@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import string
 import sysconfig
@@ -39,20 +41,83 @@ def _loopback(host: str) -> str:
 def render_config(settings: Settings) -> Path:
     """Fill the templates under traefik/ from settings; return the static config path."""
     out = settings.state_dir / "traefik"
-    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings.dynamic_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     values = {
         "http_address": f"{settings.http_host}:{settings.http_port}",
         "api_address": f"127.0.0.1:{settings.traefik_api_port}",
         "namespace": settings.namespace,
         "network": settings.function_network,
-        "dynamic_file": str(out / "dynamic.yml"),
+        "dynamic_dir": str(settings.dynamic_dir),
         "gateway_url": f"http://{_loopback(settings.gateway_host)}:{settings.gateway_port}",
         "log_level": "DEBUG" if settings.log_level.upper() == "DEBUG" else "WARN",
     }
-    for name, target in (("traefik.yml", "traefik.yml"), ("gateway.yml", "dynamic.yml")):
+    for name, target in (
+        ("traefik.yml", out / "traefik.yml"),
+        ("gateway.yml", settings.dynamic_dir / "gateway.yml"),
+    ):
         template = string.Template((TEMPLATES / name).read_text())
-        (out / target).write_text(template.substitute(values))
+        target.write_text(template.substitute(values))
+    Drains(settings.dynamic_dir).clear()
     return out / "traefik.yml"
+
+
+DRAIN_PRIORITY = 100_000
+
+
+class Drains:
+    """Transient routers that send a function's traffic to the gateway.
+
+    Traefik drops a container's route only after the container has died, so
+    requests arriving while it stops would fail. Before stopping a function the
+    gateway adds a higher-priority router for its path pointing at itself,
+    waits until Traefik serves it, stops the container, and removes the router
+    once Traefik has forgotten the container. The file is derived, not state:
+    `faas up` clears it on start.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "drains.yml"
+        self.names: set[str] = set()
+
+    def add(self, name: str) -> None:
+        self.names.add(name)
+        self._write()
+
+    def discard(self, name: str) -> None:
+        self.names.discard(name)
+        self._write()
+
+    def clear(self) -> None:
+        self.names.clear()
+        self._write()
+
+    def _write(self) -> None:
+        if not self.names:
+            self.path.unlink(missing_ok=True)
+            return
+        routers = {
+            drain_router(name): {
+                "rule": labels.function_rule(name),
+                "priority": DRAIN_PRIORITY,
+                "entryPoints": [labels.ENTRYPOINT],
+                "service": "faas-gateway",
+            }
+            for name in sorted(self.names)
+        }
+        tmp = self.path.with_suffix(".tmp")
+        # JSON is YAML; the rename makes Traefik see whole files only.
+        tmp.write_text(json.dumps({"http": {"routers": routers}}, indent=1))
+        tmp.replace(self.path)
+
+
+def drain_router(name: str) -> str:
+    return f"{labels.router_name(name)}-drain"
+
+
+_REQUESTS = re.compile(
+    r'^traefik_service_requests_total\{[^}]*service="(?P<service>[^"]+)"[^}]*\} (?P<value>\S+)$',
+    re.MULTILINE,
+)
 
 
 class TraefikRouter:
@@ -70,7 +135,7 @@ class TraefikRouter:
 
     def _servers(self, name: str) -> list[str] | None:
         """The service's server URLs, or None while Traefik has no such service."""
-        url = f"{self.api_url}/api/http/services/{labels.router_name(name)}@docker"
+        url = f"{self.api_url}/api/http/services/{labels.service_name(name)}"
         try:
             response = self.session.get(url, timeout=2)
         except requests.RequestException as exc:
@@ -97,6 +162,34 @@ class TraefikRouter:
             self._wait(spec.name, done, f"route to {address}")
         except ProviderError as exc:
             raise DeployFailed(spec.name, exc.message) from exc
+
+    def router_live(self, router: str) -> bool:
+        """True once Traefik serves the router (`name@provider`)."""
+        try:
+            response = self.session.get(f"{self.api_url}/api/http/routers/{router}", timeout=2)
+        except requests.RequestException as exc:
+            raise ProviderError(f"Traefik API unreachable at {self.api_url}") from exc
+        return response.status_code == 200 and response.json().get("status") == "enabled"
+
+    def wait_router(self, router: str) -> None:
+        deadline = time.monotonic() + self.timeout
+        while not self.router_live(router):
+            if time.monotonic() > deadline:
+                raise ProviderError(f"Traefik did not load router {router} in {self.timeout:g}s")
+            time.sleep(0.02)
+
+    def request_counts(self) -> dict[str, float]:
+        """Requests served so far per Traefik service, from its Prometheus metrics."""
+        try:
+            response = self.session.get(f"{self.api_url}/metrics", timeout=5)
+            response.raise_for_status()
+        except requests.RequestException as exc:
+            raise ProviderError(f"Traefik metrics unreachable at {self.api_url}") from exc
+        counts: dict[str, float] = {}
+        for match in _REQUESTS.finditer(response.text):
+            service = match["service"]
+            counts[service] = counts.get(service, 0.0) + float(match["value"])
+        return counts
 
     def unrouted(self, name: str) -> None:
         self._wait(name, lambda servers: servers is None, f"drop the route of {name}")

@@ -44,10 +44,15 @@ base() {
 }
 
 example() {  # example NAME IMAGE
-  if have "$2"; then return; fi
+  # Rebuild when the example's files changed: the image carries their hash.
+  local hash
+  hash="$(cd "examples/$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)"
+  if [ "$(docker image inspect -f '{{index .Config.Labels "faas.source"}}' "$2" 2>/dev/null)" = "$hash" ]; then
+    return
+  fi
   log "building $2"
   docker build -q --build-arg "BASE_IMAGE=$(base)" --label faas.image=example \
-    -t "$2" "examples/$1" >/dev/null
+    --label "faas.source=$hash" -t "$2" "examples/$1" >/dev/null
 }
 
 example echo "$ECHO_IMAGE"

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,6 +24,10 @@ class Echo(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         url = urlsplit(self.path)
+        chunks = parse_qs(url.query).get("stream")
+        if chunks:
+            self._stream(int(chunks[0]))
+            return
         payload = {
             "method": self.command,
             "path": url.path,
@@ -41,6 +46,19 @@ class Echo(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(data)
 
+    def _stream(self, chunks: int) -> None:
+        """A slow chunked response: one line every 0.25 s (for long-request tests)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for i in range(chunks):
+            line = f"chunk {i}\n".encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+            self.wfile.flush()
+            time.sleep(0.25)
+        self.wfile.write(b"0\r\n\r\n")
+
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _echo
 
     def log_message(self, format: str, *args: object) -> None:
@@ -48,6 +66,13 @@ class Echo(BaseHTTPRequestHandler):
 
 
 def main() -> None:
+    # ECHO_CRASH_ON_RESTART=1: start once, then fail every later start of the
+    # same container (its filesystem survives a stop), to test failed wakes.
+    marker = "/tmp/echo-started"  # noqa: S108 - a flag file, not data
+    if os.environ.get("ECHO_CRASH_ON_RESTART") == "1":
+        if os.path.exists(marker):
+            sys.exit("echo: refusing to start again (ECHO_CRASH_ON_RESTART)")
+        open(marker, "w").close()
     port = int(os.environ.get("PORT", "8080"))
     server = ThreadingHTTPServer(("0.0.0.0", port), Echo)
     server.daemon_threads = True
@@ -55,7 +80,8 @@ def main() -> None:
     # the thread that is serving.
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(f"echo listening on :{port}", flush=True)
-    server.serve_forever()
+    # A short poll interval makes shutdown() (hence scale-down) quick.
+    server.serve_forever(poll_interval=0.05)
 
 
 if __name__ == "__main__":

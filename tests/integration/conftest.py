@@ -63,6 +63,7 @@ class Stack:
             "FAAS_TRAEFIK_API_PORT": str(free_port()),
             "FAAS_READY_TIMEOUT": "8",
             "FAAS_STOP_TIMEOUT": "3",
+            "FAAS_SCALE_INTERVAL": "0.3",
         }
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.direct = f"http://127.0.0.1:{self.gateway_port}"

@@ -1,0 +1,97 @@
+"""Forward one request to a function container, streaming both bodies.
+
+Only requests for a function that Traefik cannot route yet (it was stopped,
+or is being stopped) come this way; warm requests never touch Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from .errors import ProviderError
+
+# RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+
+class Proxy:
+    def __init__(self) -> None:
+        # No read timeout: a long request or a stream must not be cut here.
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=5.0, read=None, write=None, pool=None),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+        )
+
+    async def forward(
+        self,
+        request: Request,
+        address: str,
+        path: str,
+        prefix: str,
+        done: Callable[[], None] = lambda: None,
+    ) -> Response:
+        """Send `request` to `address` with its path replaced by `path`.
+
+        `done` runs once the response body has been sent (or the send failed).
+        """
+        try:
+            return await self._forward(request, address, path, prefix, done)
+        except BaseException:
+            done()
+            raise
+
+    async def _forward(
+        self, request: Request, address: str, path: str, prefix: str, done: Callable[[], None]
+    ) -> Response:
+        query = request.url.query
+        url = f"http://{address}{path}" + (f"?{query}" if query else "")
+        headers = [
+            (k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in HOP_BY_HOP
+        ]
+        headers.append((b"x-forwarded-prefix", prefix.encode()))
+        body = request.stream() if _has_body(request) else None
+        upstream = self.client.build_request(request.method, url, headers=headers, content=body)
+        try:
+            response = await self.client.send(upstream, stream=True)
+        except httpx.HTTPError as exc:
+            raise ProviderError(f"function at {address} did not answer: {exc}") from exc
+        out = StreamingResponse(
+            response.aiter_raw(),
+            status_code=response.status_code,
+            background=BackgroundTask(_close, response, done),
+        )
+        # Raw pairs, not a dict: repeated headers (Set-Cookie) must all pass.
+        out.raw_headers = [
+            (k, v) for k, v in response.headers.raw if k.decode("latin-1").lower() not in HOP_BY_HOP
+        ]
+        return out
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+async def _close(response: httpx.Response, done: Callable[[], None]) -> None:
+    try:
+        await response.aclose()
+    finally:
+        done()
+
+
+def _has_body(request: Request) -> bool:
+    return "content-length" in request.headers or "transfer-encoding" in request.headers

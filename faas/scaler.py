@@ -1,0 +1,162 @@
+"""Scale to zero and back: wake stopped functions on demand, stop idle ones.
+
+Waking is single-flight: however many requests arrive for a stopped function,
+one start runs and they all wait for it. Idleness is read from Traefik's
+per-service request counters (no Python on the warm path), confirmed by the
+container's network byte counters so that a long request or a streaming
+response is never taken for silence. Stopping goes through a drain router
+(`faas.traefik.Drains`) so no request is sent to a container on its way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from loguru import logger
+from starlette.concurrency import run_in_threadpool
+
+from . import labels
+from .errors import DeployFailed, FaasError, WakeFailed
+from .provider import Function, Provider, State
+from .traefik import Drains, TraefikRouter, drain_router
+
+
+@dataclass
+class Activity:
+    """What the scaler last saw of one running function."""
+
+    since: float  # monotonic time of the last sign of traffic
+    requests: float = -1.0  # Traefik's counter at that time
+    net_bytes: int | None = None  # container network bytes at the last idle check
+
+
+@dataclass
+class Scaler:
+    provider: Provider
+    router: TraefikRouter | None
+    drains: Drains | None
+    interval: float
+    _waking: dict[str, asyncio.Future[Function]] = field(default_factory=dict)
+    _draining: dict[str, asyncio.Event] = field(default_factory=dict)
+    _activity: dict[str, Activity] = field(default_factory=dict)
+    _proxied: Counter[str] = field(default_factory=Counter)
+    starts: Counter[str] = field(default_factory=Counter)
+
+    # -- waking --------------------------------------------------------------
+
+    async def address(self, name: str) -> str:
+        """Where to send a request for `name` right now, waking it if needed."""
+        while (draining := self._draining.get(name)) is not None:
+            await draining.wait()
+        fn = await run_in_threadpool(self.provider.get, name)
+        if fn.state is State.RUNNING and fn.address:
+            return fn.address
+        return await self.wake(name)
+
+    async def wake(self, name: str) -> str:
+        future = self._waking.get(name)
+        if future is None:
+            future = asyncio.ensure_future(self._start(name))
+            self._waking[name] = future
+            future.add_done_callback(lambda _: self._waking.pop(name, None))
+        # shield: a caller that goes away must not cancel the others' start.
+        fn = await asyncio.shield(future)
+        assert fn.address is not None
+        return fn.address
+
+    async def _start(self, name: str) -> Function:
+        started = time.monotonic()
+        try:
+            fn = await run_in_threadpool(self.provider.start, name)
+        except DeployFailed as exc:
+            logger.warning("wake of {} failed: {}", name, exc.reason)
+            raise WakeFailed(name, exc.reason) from exc
+        self.starts[name] += 1
+        self._activity[name] = Activity(since=time.monotonic())
+        logger.info("woke {} in {:.0f} ms", name, (time.monotonic() - started) * 1000)
+        return fn
+
+    def begin(self, name: str) -> None:
+        """A request the gateway forwards itself (Traefik does not count those) starts."""
+        self._proxied[name] += 1
+        self._touch(name)
+
+    def end(self, name: str) -> None:
+        self._proxied[name] -= 1
+        self._touch(name)
+
+    def _touch(self, name: str) -> None:
+        if name in self._activity:
+            self._activity[name].since = time.monotonic()
+
+    # -- stopping ------------------------------------------------------------
+
+    async def scale_down(self, name: str) -> None:
+        """Stop `name` without failing a request that arrives meanwhile."""
+        if name in self._draining:
+            await self._draining[name].wait()
+            return
+        done = asyncio.Event()
+        self._draining[name] = done
+        try:
+            if self.drains is not None and self.router is not None:
+                self.drains.add(name)
+                await run_in_threadpool(self.router.wait_router, f"{drain_router(name)}@file")
+            await run_in_threadpool(self.provider.stop, name)
+            if self.router is not None:
+                await run_in_threadpool(self.router.unrouted, name)
+            self._activity.pop(name, None)
+            logger.info("scaled {} to zero", name)
+        finally:
+            if self.drains is not None:
+                self.drains.discard(name)
+            del self._draining[name]
+            done.set()
+
+    async def run(self) -> None:
+        """Check for idle functions every `interval` seconds, forever."""
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                for name in await self.idle():
+                    asyncio.create_task(self._scale_down_logged(name))  # noqa: RUF006
+            except FaasError as exc:
+                logger.warning("idle check failed: {}", exc)
+
+    async def _scale_down_logged(self, name: str) -> None:
+        try:
+            await self.scale_down(name)
+        except FaasError as exc:
+            logger.warning("scale-down of {} failed: {}", name, exc)
+
+    async def idle(self) -> list[str]:
+        """Running scale-to-zero functions that have seen no traffic for their idle timeout."""
+        counts = await run_in_threadpool(self.router.request_counts) if self.router else {}
+        functions = await run_in_threadpool(self.provider.list)
+        now = time.monotonic()
+        running = {f.spec.name: f for f in functions if f.state is State.RUNNING}
+        for gone in set(self._activity) - set(running):
+            del self._activity[gone]
+        idle = []
+        for name, fn in running.items():
+            if fn.spec.min_scale > 0 or name in self._draining or name in self._waking:
+                continue
+            seen = self._activity.setdefault(name, Activity(since=now))
+            requests = counts.get(labels.service_name(name), 0.0)
+            if requests != seen.requests or self._proxied[name]:
+                seen.since, seen.requests = now, requests
+            if now - seen.since >= fn.spec.idle_timeout and await self._quiet(name, seen, now):
+                idle.append(name)
+        return idle
+
+    async def _quiet(self, name: str, seen: Activity, now: float) -> bool:
+        """True when the container moved no bytes since the previous check."""
+        net_bytes = await run_in_threadpool(self.provider.network_bytes, name)
+        quiet = net_bytes is not None and net_bytes == seen.net_bytes
+        if not quiet and seen.net_bytes is not None:
+            seen.since = now  # bytes moved: a long request or a stream is on
+        seen.net_bytes = net_bytes
+        return quiet
