@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -167,14 +167,27 @@ class DockerProvider:
                 self._discard(container)
                 self._restore_route(current)
                 raise
-            # Traefik now balances over old and new; retire the old ones and
-            # return only once it has dropped them too.
-            for container_id in old:
-                self._retire(container_id)
-            if old and self._router is not None:
-                self._router.routed(spec, address, only=True)
+            if old:
+                self._replace(spec, address, old)
             logger.info("deployed {} ({}) at {}", spec.name, spec.image, address)
             return self.get(spec.name)
+
+    def _replace(self, spec: FunctionSpec, address: str, old: Sequence[str]) -> None:
+        """Retire the old containers once `address` serves, losing no request."""
+        if self._router is None:
+            for container_id in old:
+                self._retire(container_id)
+            return
+        # While the old ones stop, the gateway takes the traffic and forwards
+        # it to the newest running container; Traefik returns to the warm
+        # path once it balances over the new container alone.
+        self._router.drain(spec.name)
+        try:
+            for container_id in old:
+                self._retire(container_id)
+            self._router.routed(spec, address, only=True)
+        finally:
+            self._router.undrain(spec.name)
 
     def remove(self, name: str) -> None:
         with self._lock(name):
@@ -202,15 +215,15 @@ class DockerProvider:
                 raise
             return self.get(name)
 
-    def network_bytes(self, name: str) -> int | None:
-        """Bytes in and out of the function's container so far (None if not running)."""
+    def sent_bytes(self, name: str) -> int | None:
+        """Bytes the function's container has sent so far (None if not running)."""
         fn = self.get(name)
         if fn.state is not State.RUNNING:
             return None
         with _engine_errors():
             stats = self.client.api.stats(fn.container_id, stream=False, one_shot=True)
         nets = cast(dict[str, dict[str, int]], stats.get("networks") or {})
-        return sum(n.get("rx_bytes", 0) + n.get("tx_bytes", 0) for n in nets.values())
+        return sum(n.get("tx_bytes", 0) for n in nets.values())
 
     def stop(self, name: str) -> None:
         with self._lock(name):

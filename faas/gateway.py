@@ -250,11 +250,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     configure_logging(settings.log_level)
     api_url = settings.traefik_api
-    router = TraefikRouter(api_url, settings.ready_timeout) if api_url else None
-    provider = DockerProvider(settings, router=router)
-    drains = None
-    if router is not None:
+    router = None
+    if api_url:
         drains = Drains(settings.dynamic_dir)
         drains.clear()  # a drain left by a crash would keep traffic on the gateway
-    scaler = Scaler(provider, router, drains, settings.scale_interval)
+        router = TraefikRouter(api_url, settings.ready_timeout, drains)
+    provider = DockerProvider(settings, router=router)
+    scaler = Scaler(provider, router, settings.scale_interval)
     return build_app(provider, auth.admin_token(settings), scaler)

@@ -59,6 +59,13 @@ class Router(Protocol):
         """Return once the function has no route left."""
         ...
 
+    def drain(self, name: str) -> None:
+        """Send the function's traffic to the gateway (until `undrain`), so that
+        containers can be stopped without a request reaching one on its way out."""
+        ...
+
+    def undrain(self, name: str) -> None: ...
+
 
 class Provider(Protocol):
     """Runs function containers. Implementations translate their engine's errors
@@ -78,8 +85,11 @@ class Provider(Protocol):
 
     def stop(self, name: str) -> None: ...
 
-    def network_bytes(self, name: str) -> int | None:
-        """Bytes in and out of the running function so far; None when not running."""
+    def sent_bytes(self, name: str) -> int | None:
+        """Bytes the running function has sent so far; None when not running.
+
+        Only what the container sends: received bytes include every broadcast
+        on the network, which would keep all functions looking busy."""
         ...
 
     def logs(

@@ -3,9 +3,10 @@
 Waking is single-flight: however many requests arrive for a stopped function,
 one start runs and they all wait for it. Idleness is read from Traefik's
 per-service request counters (no Python on the warm path), confirmed by the
-container's network byte counters so that a long request or a streaming
-response is never taken for silence. Stopping goes through a drain router
-(`faas.traefik.Drains`) so no request is sent to a container on its way out.
+bytes the container sends, so that a long request or a streaming response is
+never taken for silence (even a silent long request is seen: the proxy's TCP
+keep-alive probes, every 15 s, are answered by the container). Stopping goes through a drain router
+(`Router.drain`) so no request is sent to a container on its way out.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from starlette.concurrency import run_in_threadpool
 from . import labels
 from .errors import DeployFailed, FaasError, WakeFailed
 from .provider import Function, Provider, State
-from .traefik import Drains, TraefikRouter, drain_router
+from .traefik import TraefikRouter
+
+# Seconds the container must stay silent before an idle function is stopped.
+QUIET_WINDOW = 20.0
 
 
 @dataclass
@@ -30,14 +34,14 @@ class Activity:
 
     since: float  # monotonic time of the last sign of traffic
     requests: float = -1.0  # Traefik's counter at that time
-    net_bytes: int | None = None  # container network bytes at the last idle check
+    sent: int | None = None  # bytes the container had sent when first seen idle
+    sent_since: float = 0.0  # ... and when that was
 
 
 @dataclass
 class Scaler:
     provider: Provider
     router: TraefikRouter | None
-    drains: Drains | None
     interval: float
     _waking: dict[str, asyncio.Future[Function]] = field(default_factory=dict)
     _draining: dict[str, asyncio.Event] = field(default_factory=dict)
@@ -102,17 +106,16 @@ class Scaler:
         done = asyncio.Event()
         self._draining[name] = done
         try:
-            if self.drains is not None and self.router is not None:
-                self.drains.add(name)
-                await run_in_threadpool(self.router.wait_router, f"{drain_router(name)}@file")
+            if self.router is not None:
+                await run_in_threadpool(self.router.drain, name)
             await run_in_threadpool(self.provider.stop, name)
             if self.router is not None:
                 await run_in_threadpool(self.router.unrouted, name)
             self._activity.pop(name, None)
             logger.info("scaled {} to zero", name)
         finally:
-            if self.drains is not None:
-                self.drains.discard(name)
+            if self.router is not None:
+                self.router.undrain(name)
             del self._draining[name]
             done.set()
 
@@ -148,15 +151,23 @@ class Scaler:
             requests = counts.get(labels.service_name(name), 0.0)
             if requests != seen.requests or self._proxied[name]:
                 seen.since, seen.requests = now, requests
-            if now - seen.since >= fn.spec.idle_timeout and await self._quiet(name, seen, now):
+            timeout = fn.spec.idle_timeout
+            if now - seen.since >= timeout and await self._quiet(name, seen, now, timeout):
                 idle.append(name)
         return idle
 
-    async def _quiet(self, name: str, seen: Activity, now: float) -> bool:
-        """True when the container moved no bytes since the previous check."""
-        net_bytes = await run_in_threadpool(self.provider.network_bytes, name)
-        quiet = net_bytes is not None and net_bytes == seen.net_bytes
-        if not quiet and seen.net_bytes is not None:
-            seen.since = now  # bytes moved: a long request or a stream is on
-        seen.net_bytes = net_bytes
-        return quiet
+    async def _quiet(self, name: str, seen: Activity, now: float, timeout: int) -> bool:
+        """True when the container has sent nothing for long enough.
+
+        "Long enough" spans Go's 15 s TCP keep-alive period (Traefik's
+        connections to the container), capped by the idle timeout itself.
+        """
+        sent = await run_in_threadpool(self.provider.sent_bytes, name)
+        if sent is None:
+            return False
+        if sent != seen.sent:
+            if seen.sent is not None:
+                seen.since = now  # the container talked: a long request is on
+            seen.sent, seen.sent_since = sent, now
+            return False
+        return now - seen.sent_since >= min(QUIET_WINDOW, timeout)

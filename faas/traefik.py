@@ -128,10 +128,21 @@ class TraefikRouter:
     server, or callers would see 404s and 502s from a "successful" deploy.
     """
 
-    def __init__(self, api_url: str, timeout: float) -> None:
+    def __init__(self, api_url: str, timeout: float, drains: Drains | None = None) -> None:
         self.api_url = api_url
         self.timeout = timeout
+        self.drains = drains
         self.session = requests.Session()
+
+    def drain(self, name: str) -> None:
+        if self.drains is None:
+            return
+        self.drains.add(name)
+        self.wait_router(f"{drain_router(name)}@file")
+
+    def undrain(self, name: str) -> None:
+        if self.drains is not None:
+            self.drains.discard(name)
 
     def _servers(self, name: str) -> list[str] | None:
         """The service's server URLs, or None while Traefik has no such service."""
