@@ -39,7 +39,7 @@ lint: install ## ruff and mypy --strict
 	$(BIN)/mypy
 
 bench: install images ## Measure deploy and invoke latency (prints a table)
-	$(BIN)/python bench/core.py
+	$(BIN)/python bench/run.py
 
 clean: ## Remove the containers, networks and images faas created (by label)
 	-docker ps -aq --filter label=faas.namespace | xargs -r docker rm -f

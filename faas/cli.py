@@ -125,6 +125,12 @@ def deploy(
         list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable.")
     ] = None,
     health_path: Annotated[str, typer.Option(help="Path probed until it answers.")] = "/",
+    min_scale: Annotated[
+        int, typer.Option(min=0, max=1, help="1 keeps it running; 0 lets it scale to zero.")
+    ] = 0,
+    idle_timeout: Annotated[
+        int, typer.Option(min=1, help="Seconds without traffic before it scales to zero.")
+    ] = 300,
 ) -> None:
     """Deploy a function, or replace it; returns once it answers through Traefik."""
     spec = {
@@ -133,6 +139,8 @@ def deploy(
         "port": port,
         "env": _parse_env(env or []),
         "health_path": health_path,
+        "min_scale": min_scale,
+        "idle_timeout": idle_timeout,
     }
     function = State.client().deploy(spec)
     typer.echo(f"deployed {name}: {State.url}/function/{name} ({function['state']})")
@@ -228,6 +236,17 @@ def logs(
             sys.stdout.flush()
     except KeyboardInterrupt:
         pass
+
+
+@app.command()
+@reports_errors
+def scale(
+    name: Annotated[str, typer.Argument(help="Function name.")],
+    replicas: Annotated[int, typer.Argument(min=0, max=1, help="0 stops it, 1 starts it.")],
+) -> None:
+    """Scale a function to zero or one; a stopped function also wakes on its next request."""
+    function = State.client().scale(name, replicas)
+    typer.echo(f"{name}: {function['state']}")
 
 
 @app.command("rm")

@@ -44,6 +44,10 @@ class Client:
     def get(self, name: str) -> JSON:
         return cast(JSON, self._call("GET", f"/functions/{name}").json())
 
+    def scale(self, name: str, replicas: int) -> JSON:
+        response = self._call("POST", f"/functions/{name}/scale", json={"replicas": replicas})
+        return cast(JSON, response.json())
+
     def remove(self, name: str) -> None:
         self._call("DELETE", f"/functions/{name}")
 

@@ -206,14 +206,32 @@ class DockerProvider:
             fn = self.get(name)
             with _engine_errors():
                 container = self.client.containers.get(fn.container_id)
+            # Traefik routes a container as soon as it runs, before it listens:
+            # keep its traffic on the gateway (which waits for readiness) until
+            # it answers. No need to wait for the drain: the container's own
+            # route comes after its start, later than this file change.
+            if self._router is not None:
+                self._router.drain(name, wait=False)
             try:
                 self._start_and_wait(fn.spec, container)
             except DeployFailed:
-                # Leave it stopped, not crash-looping; the next request retries.
-                with _engine_errors():
-                    self.client.api.stop(fn.container_id, timeout=0)
+                self._stop_failed(fn)
                 raise
+            finally:
+                if self._router is not None:
+                    self._router.undrain(name)
             return self.get(name)
+
+    def _stop_failed(self, fn: Function) -> None:
+        """Leave a function that failed to start stopped, not crash-looping, and
+        unrouted, so the next request goes to the gateway and tries again."""
+        with _engine_errors():
+            self.client.api.stop(fn.container_id, timeout=0)
+        if self._router is not None:
+            try:
+                self._router.unrouted(fn.spec.name)
+            except FaasError as exc:
+                logger.warning("{} still routed after a failed start: {}", fn.spec.name, exc)
 
     def sent_bytes(self, name: str) -> int | None:
         """Bytes the function's container has sent so far (None if not running)."""

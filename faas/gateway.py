@@ -159,11 +159,17 @@ class Api:
             prefix = labels.function_path(name)
             raw = request.scope.get("raw_path") or request.url.path.encode()
             path = raw[len(prefix) :].decode("latin-1") or "/"
-            address = await self.scaler.address(name)
+            address, waited = await self.scaler.address(name)
             self.scaler.begin(name)
-            return await self.proxy.forward(
+            response = await self.proxy.forward(
                 request, address, path, prefix, done=lambda: self.scaler.end(name)
             )
+            if waited is not None:
+                # Standard timing header: lets callers (and make bench) see the cold start.
+                response.raw_headers.append(
+                    (b"server-timing", f"wake;dur={waited * 1000:.1f}".encode())
+                )
+            return response
         except InvalidSpec:
             return error_response(FunctionNotFound(name))
         except FaasError as exc:

@@ -59,9 +59,10 @@ class Router(Protocol):
         """Return once the function has no route left."""
         ...
 
-    def drain(self, name: str) -> None:
-        """Send the function's traffic to the gateway (until `undrain`), so that
-        containers can be stopped without a request reaching one on its way out."""
+    def drain(self, name: str, *, wait: bool = True) -> None:
+        """Send the function's traffic to the gateway (until `undrain`), so that no
+        request reaches a container on its way in or out. With `wait`, return once
+        the proxy applies it."""
         ...
 
     def undrain(self, name: str) -> None: ...

@@ -51,14 +51,18 @@ class Scaler:
 
     # -- waking --------------------------------------------------------------
 
-    async def address(self, name: str) -> str:
-        """Where to send a request for `name` right now, waking it if needed."""
+    async def address(self, name: str) -> tuple[str, float | None]:
+        """Where to send a request for `name` now, and the wake's duration if it had to wait."""
         while (draining := self._draining.get(name)) is not None:
             await draining.wait()
+        started = time.monotonic()
+        if name in self._waking:  # join the start in flight; no need to ask the engine
+            return await self.wake(name), time.monotonic() - started
         fn = await run_in_threadpool(self.provider.get, name)
         if fn.state is State.RUNNING and fn.address:
-            return fn.address
-        return await self.wake(name)
+            return fn.address, None
+        address = await self.wake(name)
+        return address, time.monotonic() - started
 
     async def wake(self, name: str) -> str:
         future = self._waking.get(name)

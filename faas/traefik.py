@@ -7,7 +7,9 @@ import re
 import shutil
 import string
 import sysconfig
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,19 +79,26 @@ class Drains:
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / "drains.yml"
-        self.names: set[str] = set()
+        # Counted: a wake and an update may drain the same function at once.
+        self.names: Counter[str] = Counter()
+        self._lock = threading.Lock()
 
     def add(self, name: str) -> None:
-        self.names.add(name)
-        self._write()
+        with self._lock:
+            self.names[name] += 1
+            self._write()
 
     def discard(self, name: str) -> None:
-        self.names.discard(name)
-        self._write()
+        with self._lock:
+            self.names[name] -= 1
+            if self.names[name] <= 0:
+                del self.names[name]
+            self._write()
 
     def clear(self) -> None:
-        self.names.clear()
-        self._write()
+        with self._lock:
+            self.names.clear()
+            self._write()
 
     def _write(self) -> None:
         if not self.names:
@@ -134,11 +143,12 @@ class TraefikRouter:
         self.drains = drains
         self.session = requests.Session()
 
-    def drain(self, name: str) -> None:
+    def drain(self, name: str, *, wait: bool = True) -> None:
         if self.drains is None:
             return
         self.drains.add(name)
-        self.wait_router(f"{drain_router(name)}@file")
+        if wait:
+            self.wait_router(f"{drain_router(name)}@file")
 
     def undrain(self, name: str) -> None:
         if self.drains is not None:

@@ -73,7 +73,11 @@ def main() -> None:
         if os.path.exists(marker):
             sys.exit("echo: refusing to start again (ECHO_CRASH_ON_RESTART)")
         open(marker, "w").close()
+    # ECHO_START_DELAY=S: a slow starter, listening only after S seconds.
+    time.sleep(float(os.environ.get("ECHO_START_DELAY", "0")))
     port = int(os.environ.get("PORT", "8080"))
+    # The default listen backlog of 5 drops SYNs under a burst: 1 s retries.
+    ThreadingHTTPServer.request_queue_size = 128
     server = ThreadingHTTPServer(("0.0.0.0", port), Echo)
     server.daemon_threads = True
     # shutdown() waits for serve_forever() to return, so it must not run on

@@ -10,6 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import docker
 import pytest
 import requests
+from typer.testing import CliRunner
+
+from faas.cli import app
 
 from .conftest import Stack, fn_name
 
@@ -81,6 +84,19 @@ def test_concurrent_cold_requests_start_once(stack: Stack, engine: docker.Docker
         codes = list(pool.map(lambda i: stack.invoke(name, f"/{i}").status_code, range(50)))
     assert codes == [200] * 50
     assert starts(engine, container_id, since) == 1
+    stack.api("DELETE", f"/functions/{name}")
+
+
+def test_slow_starter_gets_no_502_while_waking(stack: Stack, engine: docker.DockerClient) -> None:
+    name, _ = cold(stack, engine, env={"ECHO_START_DELAY": "1.5"})
+
+    def staggered(i: int) -> int:
+        time.sleep(i * 0.1)  # spread the arrivals over the wake: the load's shape
+        return stack.invoke(name, f"/{i}").status_code
+
+    with ThreadPoolExecutor(25) as pool:
+        codes = list(pool.map(staggered, range(25)))
+    assert codes == [200] * 25
     stack.api("DELETE", f"/functions/{name}")
 
 
@@ -203,6 +219,28 @@ def test_bad_scale_requests(stack: Stack, body: object) -> None:
     got = stack.api("POST", "/functions/whatever/scale", json=body)
     assert got.status_code == 422
     assert "replicas" in got.json()["error"]
+
+
+def test_cli_scale(stack: Stack) -> None:
+    name = fn_name("cli")
+    base = ["--url", stack.url, "--token", stack.token]
+    runner = CliRunner()
+    got = runner.invoke(
+        app, [*base, "deploy", name, "--image", "faas/echo:latest", "--idle-timeout", "60"]
+    )
+    assert got.exit_code == 0, got.stderr
+    assert stack.api("GET", f"/functions/{name}").json()["idle_timeout"] == 60
+    got = runner.invoke(app, [*base, "scale", name, "0"])
+    assert (got.exit_code, got.stdout.strip()) == (0, f"{name}: stopped")
+    listed = runner.invoke(app, [*base, "list"]).stdout.splitlines()
+    assert [name, "stopped", "(scaled", "to", "zero)"] in [line.split()[:5] for line in listed]
+    got = runner.invoke(app, [*base, "scale", name, "1"])
+    assert (got.exit_code, got.stdout.strip()) == (0, f"{name}: running")
+    assert runner.invoke(app, [*base, "scale", name, "2"]).exit_code == 2
+    got = runner.invoke(app, [*base, "scale", "no-such-fn", "0"])
+    assert got.exit_code == 1
+    assert "not found" in got.stderr
+    stack.api("DELETE", f"/functions/{name}")
 
 
 def test_scale_unknown_function(stack: Stack) -> None:

@@ -1,0 +1,252 @@
+"""`make bench`: the platform's speed, each comparison measured in one run.
+
+Starts its own `faas up` (own namespace, free ports), prints one markdown
+table, writes it to bench/results.md and removes everything it created.
+Figures are medians (and p90) over repeated runs on this machine; they are
+for the docs, not for CI assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+IMAGE = os.environ.get("FAAS_ECHO_IMAGE", "faas/echo:latest")
+WARM_CALLS = int(os.environ.get("BENCH_WARM_CALLS", "200"))
+COLD_RUNS = int(os.environ.get("BENCH_COLD_RUNS", "20"))
+DEPLOYS = int(os.environ.get("BENCH_DEPLOYS", "5"))
+BURST = int(os.environ.get("BENCH_BURST", "100"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 0.1 else f"{seconds * 1000:.0f} ms"
+
+
+class Bench:
+    def __init__(self) -> None:
+        self.namespace = "bench" + secrets.token_hex(3)
+        self.port = free_port()
+        env = {
+            **os.environ,
+            "FAAS_NAMESPACE": self.namespace,
+            "FAAS_STATE_DIR": tempfile.mkdtemp(prefix="faas-bench-"),
+            "FAAS_GATEWAY_PORT": str(free_port()),
+            "FAAS_TRAEFIK_API_PORT": str(free_port()),
+            "FAAS_LOG_LEVEL": "WARNING",
+        }
+        self.up = subprocess.Popen(
+            [sys.executable, "-m", "faas.cli", "up", "--port", str(self.port)],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.up.stdout is not None
+        token = ""
+        for line in self.up.stdout:
+            if line.strip().startswith("token:"):
+                token = line.split(":", 1)[1].strip()
+                break
+        assert token, "faas up did not start"
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.api = requests.Session()
+        self.api.headers["Authorization"] = f"Bearer {token}"
+        self.rows: list[str] = []
+
+    def call(self, method: str, path: str, **kwargs: object) -> dict[str, object]:
+        response = self.api.request(method, f"{self.base}/api/v1{path}", timeout=120, **kwargs)  # type: ignore[arg-type]
+        response.raise_for_status()
+        return json.loads(response.text) if response.text else {}
+
+    def row(self, what: str, median: str, p90: str = "", note: str = "") -> None:
+        self.rows.append(f"| {what} | {median} | {p90} | {note} |")
+
+    def close(self) -> None:
+        self.up.send_signal(signal.SIGTERM)
+        self.up.wait(30)
+        if self.up.stdout is not None:
+            self.up.stdout.close()
+        mine = f"label=faas.namespace={self.namespace}"
+        ids = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", mine], capture_output=True, text=True
+        ).stdout.split()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+        subprocess.run(["docker", "network", "rm", f"faas-{self.namespace}"], capture_output=True)
+
+    # -- measures ---------------------------------------------------------------
+
+    def warm(self) -> None:
+        self.call("PUT", "/functions/warm", json={"image": IMAGE, "min_scale": 1})
+        address = self.call("GET", "/functions/warm")["address"]
+        traefik = timed(requests.Session(), f"{self.base}/function/warm/", WARM_CALLS)
+        direct = timed(requests.Session(), f"http://{address}/", WARM_CALLS)
+        t50, d50 = statistics.median(traefik), statistics.median(direct)
+        n = f"n={WARM_CALLS}, keep-alive, sequential"
+        self.row("warm invoke through Traefik", ms(t50), ms(pct(traefik, 0.9)), n)
+        self.row("warm invoke direct to the container", ms(d50), ms(pct(direct, 0.9)), n)
+        self.row("warm latency ratio Traefik / direct", f"{t50 / d50:.2f}x", "", "median/median")
+        self.call("DELETE", "/functions/warm")
+
+    def deploy(self) -> None:
+        samples = []
+        for i in range(DEPLOYS):
+            start = time.perf_counter()
+            self.call("PUT", f"/functions/d{i}", json={"image": IMAGE})
+            while requests.get(f"{self.base}/function/d{i}", timeout=10).status_code != 200:
+                pass
+            samples.append(time.perf_counter() - start)
+            self.call("DELETE", f"/functions/d{i}")
+        self.row("deploy (image present) -> first 200", ms(statistics.median(samples)),
+                 ms(pct(samples, 0.9)), f"n={DEPLOYS}")  # fmt: skip
+
+    def cold(self) -> None:
+        self.call("PUT", "/functions/cold", json={"image": IMAGE})
+        container = container_id(self.namespace, "cold")
+        total, engine, ready, first_byte = [], [], [], []
+        for _ in range(COLD_RUNS):
+            self.call("POST", "/functions/cold/scale", json={"replicas": 0})
+            sent = time.time()
+            response = requests.get(f"{self.base}/function/cold/", timeout=30, stream=True)
+            ttfb = time.time() - sent
+            response.close()
+            assert response.status_code == 200, response.status_code
+            wake = server_timing(response.headers.get("Server-Timing", ""), "wake")
+            started = start_event(container, sent)
+            total.append(ttfb)
+            engine.append(started - sent)
+            ready.append(wake - (started - sent))
+            first_byte.append(ttfb - wake)
+        note = f"n={COLD_RUNS}, stopped -> first byte"
+        self.row(
+            "cold start through Traefik", ms(statistics.median(total)), ms(pct(total, 0.9)), note
+        )
+        self.row(
+            "  phase: request -> container started",
+            ms(statistics.median(engine)),
+            ms(pct(engine, 0.9)),
+            "engine start event",
+        )
+        self.row(
+            "  phase: started -> ready",
+            ms(statistics.median(ready)),
+            ms(pct(ready, 0.9)),
+            "HTTP probe answered",
+        )
+        self.row(
+            "  phase: ready -> first byte",
+            ms(statistics.median(first_byte)),
+            ms(pct(first_byte, 0.9)),
+            "proxied by the gateway",
+        )
+
+    def burst(self) -> None:
+        container = container_id(self.namespace, "cold")
+        self.call("POST", "/functions/cold/scale", json={"replicas": 0})
+        sent = time.time()
+
+        def one(i: int) -> int:
+            try:
+                return requests.get(f"{self.base}/function/cold/{i}", timeout=60).status_code
+            except requests.RequestException:
+                return 0
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(BURST) as pool:
+            codes = list(pool.map(one, range(BURST)))
+        wall = time.perf_counter() - start
+        errors = sum(1 for c in codes if c != 200)
+        starts = count_events(container, sent, "start")
+        self.row(f"{BURST} concurrent requests to a cold function", ms(wall), "",
+                 f"wall time; {starts} container start(s), {errors} errors")  # fmt: skip
+        self.call("DELETE", "/functions/cold")
+
+    def table(self) -> str:
+        head = ["| measure | median | p90 | notes |", "|---|---|---|---|"]
+        return "\n".join(head + self.rows)
+
+
+def timed(session: requests.Session, url: str, n: int) -> list[float]:
+    session.get(url, timeout=10).raise_for_status()  # open the connection first
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        session.get(url, timeout=10).raise_for_status()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def server_timing(header: str, metric: str) -> float:
+    for part in header.split(","):
+        name, _, params = part.strip().partition(";")
+        if name == metric:
+            return float(params.split("dur=", 1)[1]) / 1000
+    raise AssertionError(f"no {metric} in Server-Timing {header!r}")
+
+
+def container_id(namespace: str, name: str) -> str:
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label=faas.namespace={namespace}",
+         "--filter", f"label=faas.function={name}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    return out[0]
+
+
+def events(container: str, since: float, event: str) -> list[dict[str, object]]:
+    out = subprocess.run(
+        ["docker", "events", "--since", f"{since:.6f}", "--until", f"{time.time():.6f}",
+         "--filter", f"container={container}", "--filter", f"event={event}",
+         "--format", "{{json .}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def start_event(container: str, since: float) -> float:
+    (event,) = events(container, since, "start")
+    return int(str(event["timeNano"])) / 1e9
+
+
+def count_events(container: str, since: float, event: str) -> int:
+    return len(events(container, since, event))
+
+
+def main() -> None:
+    bench = Bench()
+    steps: list[Callable[[], None]] = [bench.warm, bench.deploy, bench.cold, bench.burst]
+    try:
+        for step in steps:
+            step()
+    finally:
+        bench.close()
+    table = bench.table()
+    print(table)
+    Path(__file__).with_name("results.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
