@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from .config import Settings
+from .errors import ProviderError
 
 
 def admin_token(settings: Settings) -> str:
@@ -17,10 +18,14 @@ def admin_token(settings: Settings) -> str:
         return settings.admin_token.get_secret_value()
     path = settings.token_file
     try:
-        return path.read_text().strip()
+        token = path.read_text().strip()
     except FileNotFoundError:
-        pass
-    return _create_token_file(path)
+        return _create_token_file(path)
+    if len(token) < 16:
+        raise ProviderError(
+            f"{path} holds no usable token (16+ characters); delete it to regenerate"
+        )
+    return token
 
 
 def _create_token_file(path: Path) -> str:
@@ -43,6 +48,6 @@ def _create_token_file(path: Path) -> str:
 def bearer_matches(authorization: str | None, token: str) -> bool:
     """Constant-time check of an `Authorization: Bearer <token>` header."""
     scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer":
+    if scheme.lower() != "bearer" or not token:
         return False
     return hmac.compare_digest(given.strip().encode(), token.encode())

@@ -115,6 +115,14 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
+def _parse_gpus(raw: str | None) -> str | int | list[str] | None:
+    if raw is None or raw == "all":
+        return raw
+    if raw.isdigit():
+        return int(raw)
+    return [g.strip() for g in raw.split(",") if g.strip()]
+
+
 @app.command()
 @reports_errors
 def deploy(
@@ -131,6 +139,15 @@ def deploy(
     idle_timeout: Annotated[
         int, typer.Option(min=1, help="Seconds without traffic before it scales to zero.")
     ] = 300,
+    runtime: Annotated[
+        str | None, typer.Option(help="OCI runtime: runc, crun, runsc, kata, nvidia...")
+    ] = None,
+    gpus: Annotated[
+        str | None, typer.Option(help="'all', a count, or comma-separated device ids.")
+    ] = None,
+    memory: Annotated[str | None, typer.Option(help="Memory limit, e.g. 64m (no swap).")] = None,
+    cpus: Annotated[float | None, typer.Option(help="CPU quota in cores, e.g. 0.5.")] = None,
+    pids: Annotated[int | None, typer.Option(help="Process limit.")] = None,
 ) -> None:
     """Deploy a function, or replace it; returns once it answers through Traefik."""
     spec = {
@@ -141,6 +158,9 @@ def deploy(
         "health_path": health_path,
         "min_scale": min_scale,
         "idle_timeout": idle_timeout,
+        "runtime": runtime,
+        "gpus": _parse_gpus(gpus),
+        "resources": {"memory": memory, "cpus": cpus, "pids": pids},
     }
     function = State.client().deploy(spec)
     typer.echo(f"deployed {name}: {State.url}/function/{name} ({function['state']})")

@@ -30,7 +30,9 @@ class Settings(BaseSettings):
         description="Where the admin token and generated Traefik config live.",
     )
     admin_token: SecretStr | None = Field(
-        None, description="Admin API token; generated once into the state dir when unset."
+        None,
+        min_length=16,
+        description="Admin API token, 16+ characters; generated into the state dir if unset.",
     )
     http_host: str = Field("127.0.0.1", description="Traefik web entrypoint address.")
     http_port: int = Field(8080, ge=1, le=65535, description="Traefik web entrypoint port.")
@@ -59,6 +61,14 @@ class Settings(BaseSettings):
     scale_interval: float = Field(
         5.0, gt=0, description="Seconds between checks for idle functions to scale to zero."
     )
+    default_runtime: str | None = Field(
+        None, description="OCI runtime of functions that name none; the engine's default if unset."
+    )
+    allowed_runtimes: str | None = Field(
+        None,
+        description="Comma-separated runtimes functions may use (e.g. 'runsc' to force gVisor); "
+        "all the engine has if unset.",
+    )
     default_memory: str = Field("256m", description="Memory limit of a function container.")
     default_cpus: float = Field(1.0, gt=0, description="CPU quota of a function container.")
     default_pids: int = Field(256, ge=16, description="Process limit of a function container.")
@@ -68,6 +78,12 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    @property
+    def runtime_allowlist(self) -> frozenset[str] | None:
+        if not self.allowed_runtimes:
+            return None
+        return frozenset(r.strip() for r in self.allowed_runtimes.split(",") if r.strip())
 
     @property
     def dynamic_dir(self) -> Path:

@@ -8,6 +8,7 @@ nothing but locks.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import secrets
 import socket
@@ -19,12 +20,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, cast
 
-import docker
 import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
-from docker.types import LogConfig
+from docker.types import DeviceRequest, LogConfig, Ulimit
 from loguru import logger
+
+import docker
 
 from . import labels
 from .config import Settings
@@ -103,6 +105,12 @@ class DockerProvider:
     def _function(self, summary: dict[str, Any]) -> Function:
         spec = labels.spec_from_labels(summary["Labels"])
         state, reason = _state(summary)
+        if summary["State"] == "exited" and _exit_code(summary.get("Status", "")) not in (0, 143):
+            # Only an inspect tells an OOM kill (137) from a stop that timed out.
+            with _engine_errors():
+                detail = self.client.api.inspect_container(summary["Id"])["State"]
+            if detail.get("OOMKilled"):
+                state, reason = State.FAILED, "out of memory"
         address = None
         if state is State.RUNNING:
             nets = summary.get("NetworkSettings", {}).get("Networks", {})
@@ -153,6 +161,7 @@ class DockerProvider:
     # -- changing ----------------------------------------------------------
 
     def deploy(self, spec: FunctionSpec) -> Function:
+        spec = self._effective(spec)
         with self._lock(spec.name):
             self._ensure_image(spec.image)
             self._ensure_network()
@@ -251,6 +260,41 @@ class DockerProvider:
 
     # -- helpers -----------------------------------------------------------
 
+    def _effective(self, spec: FunctionSpec) -> FunctionSpec:
+        """The spec with the platform's defaults filled in and checked against the engine.
+
+        Recorded in the labels as is, so `describe` shows the limits in force.
+        """
+        s = self.settings
+        runtime = spec.runtime or s.default_runtime
+        with _engine_errors():
+            info = self.client.info()
+        available = sorted(info.get("Runtimes") or {})
+        if runtime is not None and runtime not in available:
+            raise InvalidSpec(
+                "runtime", f"{runtime!r} is not a runtime of this engine; available: "
+                + ", ".join(available),
+            )  # fmt: skip
+        allowed = s.runtime_allowlist
+        if allowed is not None and (runtime or info.get("DefaultRuntime")) not in allowed:
+            raise InvalidSpec(
+                "runtime", f"{runtime!r} is not allowed here; allowed: {', '.join(sorted(allowed))}"
+            )
+        if spec.gpus is not None and "nvidia" not in available:
+            raise InvalidSpec(
+                "gpus", "this Docker engine has no GPU support (install the NVIDIA container "
+                "toolkit and register its runtime); see docs/runtimes.md",
+            )  # fmt: skip
+        r = spec.resources
+        resources = r.model_copy(
+            update={
+                "memory": r.memory or s.default_memory,
+                "cpus": r.cpus or s.default_cpus,
+                "pids": r.pids or s.default_pids,
+            }
+        )
+        return spec.model_copy(update={"runtime": runtime, "resources": resources})
+
     def _ensure_image(self, image: str) -> None:
         with _engine_errors():
             try:
@@ -283,7 +327,8 @@ class DockerProvider:
     def _create(self, spec: FunctionSpec) -> Container:
         s = self.settings
         name = f"faas-{s.namespace}-{spec.name}-{secrets.token_hex(3)}"
-        memory = s.default_memory
+        r = spec.resources
+        memory, cpus, pids = r.memory or s.default_memory, r.cpus or s.default_cpus, r.pids
         with _engine_errors():
             try:
                 return self.client.containers.create(
@@ -296,10 +341,13 @@ class DockerProvider:
                     init=True,
                     security_opt=["no-new-privileges:true"],
                     cap_drop=["ALL"],
-                    pids_limit=s.default_pids,
+                    pids_limit=pids or s.default_pids,
                     mem_limit=memory,
                     memswap_limit=memory,  # the same figure: no swap
-                    nano_cpus=int(s.default_cpus * 1e9),
+                    nano_cpus=int(cpus * 1e9),
+                    runtime=spec.runtime,
+                    device_requests=_gpu_requests(spec.gpus),
+                    ulimits=[Ulimit(name=k, soft=v, hard=v) for k, v in r.ulimits.items()],
                     # A scale-to-zero function is woken by its next request
                     # instead; restarting it would only make it crash-loop.
                     # ("unless-stopped" is valid, missing from the stubs.)
@@ -316,7 +364,15 @@ class DockerProvider:
     def _start_and_wait(self, spec: FunctionSpec, container: Container) -> str:
         """Start the container and return its address once it answers HTTP."""
         with _engine_errors():
-            container.start()
+            try:
+                container.start()
+            except docker.errors.APIError as exc:
+                if "network" not in str(exc) or "not found" not in str(exc):
+                    raise
+                # Someone deleted the function network while it was stopped
+                # (a prune, a compose down): recreate it and reattach.
+                self._reattach(container)
+                container.start()
         deadline = time.monotonic() + self.settings.ready_timeout
         ip: str | None = None
         probes = 0
@@ -335,6 +391,19 @@ class DockerProvider:
                     self._tail(container),
                 )
             time.sleep(0.01)
+
+    def _reattach(self, container: Container) -> None:
+        logger.warning("{}: its network is gone; recreating and reattaching", container.name)
+        self._ensure_network()
+        for net_name in container.attrs["NetworkSettings"]["Networks"]:
+            # The network is gone; Docker still drops the stale endpoint.
+            with contextlib.suppress(docker.errors.APIError):
+                self.client.api.disconnect_container_from_network(
+                    str(container.id), net_name, force=True
+                )
+        self.client.api.connect_container_to_network(
+            str(container.id), self.settings.function_network
+        )
 
     def _running_ip(self, spec: FunctionSpec, container: Container) -> str | None:
         with _engine_errors():
@@ -378,6 +447,15 @@ class DockerProvider:
             container.remove(force=True)
         except docker.errors.DockerException as exc:
             logger.warning("could not remove failed container {}: {}", container.name, exc)
+
+
+def _gpu_requests(gpus: str | int | list[str] | None) -> list[DeviceRequest] | None:
+    if gpus is None:
+        return None
+    if isinstance(gpus, list):
+        return [DeviceRequest(driver="nvidia", device_ids=gpus, capabilities=[["gpu"]])]
+    count = -1 if gpus == "all" else int(gpus)
+    return [DeviceRequest(driver="nvidia", count=count, capabilities=[["gpu"]])]
 
 
 def _restart_policy(spec: FunctionSpec) -> str:

@@ -34,7 +34,7 @@ from .errors import (
     WakeFailed,
 )
 from .logging import configure_logging
-from .provider import LogStream, Provider, State
+from .provider import Function, LogStream, Provider, State
 from .proxy import Proxy
 from .scaler import Scaler
 from .spec import FunctionSpec, check_name, parse_spec
@@ -96,9 +96,15 @@ class Api:
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi.document())
 
+    def _view(self, function: Function) -> dict[str, object]:
+        view = function.to_json()
+        if self.scaler.waking(function.spec.name):
+            view["state"] = State.STARTING.value  # the engine says running; not ready yet
+        return view
+
     async def list_functions(self, request: Request) -> Response:
         functions = await run_in_threadpool(self.provider.list)
-        return JSONResponse([f.to_json() for f in functions])
+        return JSONResponse([self._view(f) for f in functions])
 
     async def create_function(self, request: Request) -> Response:
         spec = parse_spec(await _json_body(request))
@@ -113,7 +119,7 @@ class Api:
     async def get_function(self, request: Request) -> Response:
         name = check_name(request.path_params["name"])
         function = await run_in_threadpool(self.provider.get, name)
-        return JSONResponse(function.to_json())
+        return JSONResponse(self._view(function))
 
     async def put_function(self, request: Request) -> Response:
         name = check_name(request.path_params["name"])

@@ -52,7 +52,7 @@ def spec_labels(spec: FunctionSpec) -> dict[str, str]:
     """The faas.* labels that describe `spec` completely."""
     labels = {}
     for field, value in spec.model_dump().items():
-        encoded = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        encoded = value if _is_str_field(field) else json.dumps(value, sort_keys=True)
         labels[SPEC_PREFIX + field] = encoded
     return labels
 

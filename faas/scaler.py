@@ -64,6 +64,9 @@ class Scaler:
         address = await self.wake(name)
         return address, time.monotonic() - started
 
+    def waking(self, name: str) -> bool:
+        return name in self._waking
+
     async def wake(self, name: str) -> str:
         future = self._waking.get(name)
         if future is None:

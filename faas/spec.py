@@ -38,6 +38,53 @@ def check_name(name: str) -> str:
     return name
 
 
+MEMORY_RE = re.compile(r"^([1-9][0-9]*)([bkmg]?)$")
+MEMORY_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+MIN_MEMORY = 6 << 20  # Docker refuses less
+RUNTIME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$")
+GPU_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+ULIMITS = frozenset(
+    {"core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nofile", "nproc", "stack"}
+)
+
+
+def memory_bytes(value: str) -> int:
+    match = MEMORY_RE.match(value.lower())
+    if match is None:
+        raise ValueError(f"{value!r} is not a size like 64m or 1g")
+    return int(match[1]) * MEMORY_UNITS[match[2]]
+
+
+class Resources(BaseModel):
+    """Limits of the function's container; unset ones take the platform defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    memory: str | None = Field(None, description="Memory limit, e.g. 64m or 1g (no swap).")
+    cpus: float | None = Field(None, gt=0, le=256, description="CPU quota in cores, e.g. 0.5.")
+    pids: int | None = Field(None, ge=16, le=1 << 22, description="Process (and thread) limit.")
+    ulimits: dict[str, int] = Field(
+        default_factory=dict, description='Ulimits (soft = hard), e.g. {"nofile": 1024}.'
+    )
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        if value is not None and memory_bytes(value) < MIN_MEMORY:
+            raise ValueError("must be at least 6m")
+        return value.lower() if value else value
+
+    @field_validator("ulimits")
+    @classmethod
+    def _ulimits(cls, value: dict[str, int]) -> dict[str, int]:
+        for key, limit in value.items():
+            if key not in ULIMITS:
+                raise ValueError(f"{key!r} is not one of {', '.join(sorted(ULIMITS))}")
+            if limit < 0:
+                raise ValueError(f"{key!r} must not be negative")
+        return value
+
+
 class FunctionSpec(BaseModel):
     """A function: an image plus how to run and route it."""
 
@@ -56,6 +103,13 @@ class FunctionSpec(BaseModel):
     idle_timeout: int = Field(
         300, ge=1, le=7 * 24 * 3600, description="Seconds without traffic before scaling to zero."
     )
+    runtime: str | None = Field(
+        None, description="OCI runtime registered with the engine (runc, crun, runsc, kata...)."
+    )
+    gpus: str | int | list[str] | None = Field(
+        None, description='GPUs: "all", a count, or a list of device ids.'
+    )
+    resources: Resources = Field(default_factory=Resources)
 
     @field_validator("name")
     @classmethod
@@ -83,6 +137,31 @@ class FunctionSpec(BaseModel):
                 raise ValueError(f"{key!r}: value contains a NUL byte")
         if sum(len(k) + len(v) for k, v in value.items()) > MAX_ENV_BYTES:
             raise ValueError(f"more than {MAX_ENV_BYTES} bytes of environment")
+        return value
+
+    @field_validator("runtime")
+    @classmethod
+    def _runtime(cls, value: str | None) -> str | None:
+        if value is not None and not RUNTIME_RE.match(value):
+            raise ValueError(f"{value!r} is not a runtime name")
+        return value
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpus_not_bool(cls, value: object) -> object:
+        if isinstance(value, bool):  # pydantic would take True for 1
+            raise ValueError('use "all", a count, or a list of device ids')
+        return value
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, value: str | int | list[str] | None) -> str | int | list[str] | None:
+        if isinstance(value, str) and value != "all":
+            raise ValueError('a string must be "all"')
+        if isinstance(value, int) and not 1 <= value <= 64:
+            raise ValueError("a count must be 1-64")
+        if isinstance(value, list) and not (value and all(GPU_ID_RE.match(v) for v in value)):
+            raise ValueError("device ids must be a non-empty list of ids")
         return value
 
     @field_validator("health_path")

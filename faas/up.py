@@ -73,19 +73,27 @@ class Child:
             self.process.wait()
 
 
+def gateway_command(settings: Settings, reload: bool = False) -> list[str]:
+    """uvicorn serving the gateway, as `faas up` and the manager image run it."""
+    argv = [
+        sys.executable, "-m", "uvicorn", "faas.gateway:create_app", "--factory",
+        "--host", settings.gateway_host, "--port", str(settings.gateway_port),
+        "--no-access-log", "--timeout-graceful-shutdown", str(int(GRACE) - 1),
+        "--log-level", settings.log_level.lower(),
+        # A woken function's own Date/Server headers pass through; add none.
+        "--no-server-header", "--no-date-header",
+    ]  # fmt: skip
+    if reload:
+        argv += ["--reload", "--reload-dir", os.path.dirname(__file__)]
+    return argv
+
+
 def run(settings: Settings, reload: bool = False) -> int:
     """Start Traefik and the gateway, print where they are, supervise until signalled."""
     token = auth.admin_token(settings)
     config = traefik.render_config(settings)
     env = _settings_env(settings)
-    gateway_argv = [
-        sys.executable, "-m", "uvicorn", "faas.gateway:create_app", "--factory",
-        "--host", settings.gateway_host, "--port", str(settings.gateway_port),
-        "--no-access-log", "--timeout-graceful-shutdown", str(int(GRACE) - 1),
-        "--log-level", settings.log_level.lower(),
-    ]  # fmt: skip
-    if reload:
-        gateway_argv += ["--reload", "--reload-dir", os.path.dirname(__file__)]
+    gateway_argv = gateway_command(settings, reload)
 
     stopping = False
 

@@ -14,6 +14,13 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+_hog: list[bytearray] = []
+
+
+def _memtotal_kb() -> int:
+    with open("/proc/meminfo") as f:
+        return int(f.readline().split()[1])
+
 
 class Echo(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -28,6 +35,9 @@ class Echo(BaseHTTPRequestHandler):
         if chunks:
             self._stream(int(chunks[0]))
             return
+        alloc = parse_qs(url.query).get("alloc")
+        if alloc:  # hold N MiB in this process: for memory-limit tests
+            _hog.append(bytearray(int(alloc[0]) << 20))
         payload = {
             "method": self.command,
             "path": url.path,
@@ -35,6 +45,10 @@ class Echo(BaseHTTPRequestHandler):
             "headers": {k.lower(): v for k, v in self.headers.items()},
             "body": body.decode("utf-8", "replace"),
             "env": {k: v for k, v in os.environ.items() if k.startswith(("ECHO_", "FAAS_"))},
+            # What the function sees of its sandbox: gVisor answers as 4.4.0
+            # and sizes MemTotal to the memory limit.
+            "kernel": os.uname().release,
+            "memtotal_kb": _memtotal_kb(),
         }
         data = json.dumps(payload).encode()
         status = int(self.headers.get("X-Echo-Status") or 200)
@@ -73,6 +87,8 @@ def main() -> None:
         if os.path.exists(marker):
             sys.exit("echo: refusing to start again (ECHO_CRASH_ON_RESTART)")
         open(marker, "w").close()
+    # ECHO_ALLOC_MB=N: hold N MiB from the start (to test out-of-memory starts).
+    _hog.append(bytearray(int(os.environ.get("ECHO_ALLOC_MB", "0")) << 20))
     # ECHO_START_DELAY=S: a slow starter, listening only after S seconds.
     time.sleep(float(os.environ.get("ECHO_START_DELAY", "0")))
     port = int(os.environ.get("PORT", "8080"))

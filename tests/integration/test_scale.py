@@ -95,8 +95,11 @@ def test_slow_starter_gets_no_502_while_waking(stack: Stack, engine: docker.Dock
         return stack.invoke(name, f"/{i}").status_code
 
     with ThreadPoolExecutor(25) as pool:
-        codes = list(pool.map(staggered, range(25)))
+        results = pool.map(staggered, range(25))
+        wait_for(lambda: state(stack, name) == "starting", 5, "describe to say starting")
+        codes = list(results)
     assert codes == [200] * 25
+    assert state(stack, name) == "running"
     stack.api("DELETE", f"/functions/{name}")
 
 

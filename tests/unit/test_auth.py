@@ -31,8 +31,8 @@ def test_concurrent_first_use_agrees_on_one_token(tmp_path: Path) -> None:
 
 
 def test_env_token_wins_and_writes_no_file(tmp_path: Path) -> None:
-    settings = Settings(state_dir=tmp_path, admin_token=SecretStr("from-env"))
-    assert auth.admin_token(settings) == "from-env"
+    settings = Settings(state_dir=tmp_path, admin_token=SecretStr("from-env-0123456789"))
+    assert auth.admin_token(settings) == "from-env-0123456789"
     assert not settings.token_file.exists()
 
 
@@ -44,3 +44,22 @@ def test_bearer_matches() -> None:
     assert not auth.bearer_matches("abc", "abc")
     assert not auth.bearer_matches(None, "abc")
     assert not auth.bearer_matches("Bearer ", "abc")
+
+
+def test_an_empty_token_matches_nothing() -> None:
+    assert not auth.bearer_matches("Bearer ", "")
+    assert not auth.bearer_matches("Bearer", "")
+
+
+def test_short_tokens_are_refused(tmp_path: Path) -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from faas.errors import ProviderError
+
+    with pytest.raises(ValidationError):
+        Settings(state_dir=tmp_path, admin_token=SecretStr(""))
+    settings = Settings(state_dir=tmp_path)
+    settings.token_file.write_text("\n")
+    with pytest.raises(ProviderError):
+        auth.admin_token(settings)

@@ -1,7 +1,7 @@
 import pytest
 
 from faas import labels
-from faas.spec import FunctionSpec
+from faas.spec import FunctionSpec, Resources
 
 SPECS = [
     FunctionSpec(name="hello", image="faas/echo:latest"),
@@ -11,7 +11,14 @@ SPECS = [
         port=9000,
         env={"A": "1", "B": 'quote " and = and \n newline', "EMPTY": ""},
         health_path="/healthz",
+        min_scale=1,
+        idle_timeout=60,
+        runtime="crun",
+        gpus=["GPU-1", "GPU-2"],
+        resources=Resources(memory="64m", cpus=0.5, pids=64, ulimits={"nofile": 1024}),
     ),
+    FunctionSpec(name="g", image="i", gpus="all"),
+    FunctionSpec(name="g", image="i", gpus=2),
 ]
 
 

@@ -85,3 +85,42 @@ def test_bad_health_path(path: str) -> None:
 def test_not_an_object() -> None:
     with pytest.raises(InvalidSpec):
         parse_spec(["name", "image"])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("runtime", "bad runtime"),
+        ("runtime", ""),
+        ("gpus", "some"),
+        ("gpus", 0),
+        ("gpus", True),
+        ("gpus", []),
+        ("gpus", ["ok", "bad id"]),
+        ("resources", {"memory": "1k"}),
+        ("resources", {"memory": "lots"}),
+        ("resources", {"cpus": 0}),
+        ("resources", {"pids": 1}),
+        ("resources", {"ulimits": {"nothing": 1}}),
+        ("resources", {"ulimits": {"nofile": -1}}),
+        ("resources", {"privileged": True}),
+    ],
+)
+def test_bad_runtime_gpus_resources(field: str, value: object) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        parse_spec({"name": "f", "image": "echo", field: value})
+    assert info.value.field.startswith(field)
+
+
+def test_good_runtime_gpus_resources() -> None:
+    spec = parse_spec(
+        {
+            "name": "f",
+            "image": "echo",
+            "runtime": "runsc",
+            "gpus": 1,
+            "resources": {"memory": "64M", "cpus": 0.25, "pids": 32, "ulimits": {"nofile": 64}},
+        }
+    )
+    assert spec.resources.memory == "64m"
+    assert spec.gpus == 1
