@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed
 PYTHON  ?= python3
 
 .DEFAULT_GOAL := help
-.PHONY: help install engine images dev test unit lint bench clean
+.PHONY: help install engine runtimes images dev up down test unit lint bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -21,11 +21,18 @@ $(STAMP): pyproject.toml
 engine: ## Start (and on Debian, install) the Docker engine if none answers
 	scripts/engine.sh
 
-images: engine ## Build the base and example images (offline when no registry)
+images: engine install ## Build the images: base, examples, and the compose stack's (offline when no registry)
 	scripts/images.sh
+	scripts/compose-images.sh
 
 dev: install images ## Run the platform on this host (faas up, gateway reloads on change)
 	$(BIN)/faas up --reload
+
+up: images ## Run the platform in containers (docker compose up -d); prints URL and token
+	scripts/compose.sh up
+
+down: ## Stop the containerised platform (functions, network and admin token stay)
+	scripts/compose.sh down
 
 test: install images ## Run the whole test suite against a real engine and Traefik
 	$(BIN)/pytest
@@ -41,7 +48,9 @@ lint: install ## ruff and mypy --strict
 bench: install images ## Measure deploy and invoke latency (prints a table)
 	$(BIN)/python bench/run.py
 
-clean: ## Remove the containers, networks and images faas created (by label)
+clean: ## Remove the containers, networks, volumes and images faas created (by label)
 	-docker ps -aq --filter label=faas.namespace | xargs -r docker rm -f
+	-docker ps -aq --filter label=faas.stack | xargs -r docker rm -f
 	-docker network ls -q --filter label=faas.namespace | xargs -r docker network rm
+	-docker volume ls -q --filter label=faas.namespace | xargs -r docker volume rm
 	-docker images -q --filter label=faas.image | xargs -r docker rmi -f

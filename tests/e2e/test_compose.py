@@ -1,0 +1,136 @@
+"""`docker compose up -d`, then everything a user does with `faas up`, then `down -v`."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import time
+
+import pytest
+import requests
+from typer.testing import CliRunner
+
+from faas.cli import app
+
+from .conftest import ECHO_IMAGE, Stack, docker
+
+pytestmark = pytest.mark.integration
+
+NAME = "hello"
+
+
+def cli(stack: Stack, *args: str) -> str:
+    result = CliRunner().invoke(
+        app, ["--url", stack.url, "--token", stack.token, *args], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.stderr
+    return result.stdout
+
+
+def https_get(port: int, path: str) -> tuple[int, bytes, bytes]:
+    """GET over TLS without checking the (self-signed) certificate: status, body, cert."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=context)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        assert isinstance(conn.sock, ssl.SSLSocket)
+        return response.status, response.read(), conn.sock.getpeercert(binary_form=True) or b""
+    finally:
+        conn.close()
+
+
+def proxy_status(stack: Stack, service: str, method: str, path: str) -> str:
+    """Status line a socket proxy gives a request, asked from inside its container."""
+    script = (
+        "exec 3<>/dev/tcp/127.0.0.1/2375 && "
+        f"printf '{method} {path} HTTP/1.0\\r\\n\\r\\n' >&3 && head -n 1 <&3"
+    )
+    return stack.run("exec", "-T", service, "bash", "-c", script).strip()
+
+
+def state(stack: Stack) -> str:
+    return str(stack.api("GET", f"/functions/{NAME}").json()["state"])
+
+
+def test_compose_stack(stack: Stack) -> None:
+    took = stack.up()
+    print(f"\ncompose up -d -> all services healthy: {took:.1f}s")
+    assert stack.token
+
+    # The management API is only for the token's holder.
+    assert requests.get(f"{stack.url}/api/v1/functions", timeout=10).status_code == 401
+
+    # Deploy with the CLI; it returns once Traefik routes the function.
+    out = cli(stack, "deploy", NAME, "--image", ECHO_IMAGE, "-e", "ECHO_GREETING=hi")
+    assert "(running)" in out
+
+    # Plain HTTP through Traefik, warm path (no wake timing from the gateway).
+    got = requests.post(f"{stack.url}/function/{NAME}/any/path?x=1", data=b"body", timeout=30)
+    assert got.status_code == 200
+    assert "server-timing" not in got.headers
+    echo = got.json()
+    assert (echo["path"], echo["query"], echo["body"]) == ("/any/path", {"x": ["1"]}, "body")
+    assert echo["env"]["ECHO_GREETING"] == "hi"
+    assert json.loads(cli(stack, "invoke", NAME, "/cli", "-d", "x"))["path"] == "/cli"
+
+    # HTTPS with Traefik's self-signed default certificate, same routes.
+    status, body, cert = https_get(stack.https_port, f"/function/{NAME}/tls")
+    assert status == 200
+    assert json.loads(body)["path"] == "/tls"
+    assert b"TRAEFIK DEFAULT CERT" in cert
+
+    # The dashboard answers on the loopback-only API port, not on the web one.
+    dashboard = f"http://127.0.0.1:{stack.api_port}/dashboard/"
+    assert requests.get(dashboard, timeout=10).status_code == 200
+    assert requests.get(f"{stack.url}/dashboard/", timeout=10).status_code == 404
+
+    # Each socket proxy allows its client's calls only.
+    assert "200" in proxy_status(stack, "docker-proxy-traefik", "GET", "/v1.41/containers/json")
+    assert "403" in proxy_status(stack, "docker-proxy-traefik", "POST", "/v1.41/containers/create")
+    assert "403" in proxy_status(stack, "docker-proxy-manager", "GET", "/v1.41/images/json")
+    assert "403" in proxy_status(stack, "docker-proxy-manager", "POST", "/v1.41/containers/x/exec")
+
+    # Scale to zero through the API: the container stops but stays.
+    scaled = stack.api("POST", f"/functions/{NAME}/scale", {"replicas": 0})
+    assert scaled.status_code == 200, scaled.text
+    assert scaled.json()["state"] == "stopped"
+    namespace = f"label=faas.namespace={stack.namespace}"
+    (container,) = docker("ps", "-aq", "--filter", namespace).split()
+    assert docker("inspect", "-f", "{{.State.Status}}", container) == "exited"
+
+    # The next request wakes it, through Traefik's catch-all to the gateway.
+    started = time.monotonic()
+    got = requests.get(f"{stack.url}/function/{NAME}/wake", timeout=60)
+    assert got.status_code == 200
+    assert got.json()["path"] == "/wake"
+    assert got.headers["server-timing"].startswith("wake;dur=")
+    print(f"wake through the stack: {time.monotonic() - started:.2f}s")
+    assert state(stack) == "running"
+
+    # Only this namespace is routed: a labelled container of another
+    # namespace, even on this stack's network, gets no route.
+    stray = docker(
+        "run", "-d", "--network", stack.network, "--label", "faas.test=1",
+        "--label", f"faas.namespace={stack.namespace}x", "--label", "traefik.enable=true",
+        "--label", "traefik.http.routers.fn-stray.rule=PathPrefix(`/function/stray`)",
+        "--label", "traefik.http.services.fn-stray.loadbalancer.server.port=8080",
+        ECHO_IMAGE,
+    )  # fmt: skip
+    try:
+        time.sleep(0.5)  # well past Traefik's 100 ms provider throttle
+        # Not Traefik's route: the gateway's catch-all, which knows no "stray".
+        assert requests.get(f"{stack.url}/function/stray", timeout=30).status_code == 404
+    finally:
+        docker("rm", "-f", stray)
+
+    cli(stack, "rm", NAME)
+    assert stack.api("GET", f"/functions/{NAME}").status_code == 404
+
+    stack.run("down", "-v", "-t", "3")
+    # The function network is the stack's only external part; the test made it.
+    docker("network", "rm", stack.network)
+    assert stack.leftovers() == {}
