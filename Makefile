@@ -5,10 +5,10 @@ STAMP   := $(VENV)/.installed
 PYTHON  ?= python3
 
 .DEFAULT_GOAL := help
-.PHONY: help install engine runtimes images dev up down test unit lint bench clean
+.PHONY: help install engine runtimes images stack-images dev up down test unit lint bench clean
 
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 install: $(STAMP) ## Create .venv and install faas with its dev tools
 
@@ -21,20 +21,25 @@ $(STAMP): pyproject.toml
 engine: ## Start (and on Debian, install) the Docker engine if none answers
 	scripts/engine.sh
 
-images: engine install ## Build the images: base, examples, and the compose stack's (offline when no registry)
+runtimes: engine ## Install crun and gVisor (runsc) and register them with the engine (root)
+	scripts/runtimes.sh
+
+images: engine ## Build the base and example images (offline when no registry)
 	scripts/images.sh
+
+stack-images: engine install images ## Build the compose stack's images (Traefik, manager, socket proxy)
 	scripts/compose-images.sh
 
 dev: install images ## Run the platform on this host (faas up, gateway reloads on change)
 	$(BIN)/faas up --reload
 
-up: images ## Run the platform in containers (docker compose up -d); prints URL and token
+up: stack-images ## Run the platform in containers (docker compose up -d); prints URL and token
 	scripts/compose.sh up
 
 down: ## Stop the containerised platform (functions, network and admin token stay)
 	scripts/compose.sh down
 
-test: install images ## Run the whole test suite against a real engine and Traefik
+test: install images stack-images ## Run the whole test suite against a real engine and Traefik
 	$(BIN)/pytest
 
 unit: install ## Run only the tests that need no engine
