@@ -11,7 +11,7 @@ ARG FAAS_BASE_IMAGE=python:3.12-slim
 
 FROM ${FAAS_BASE_IMAGE} AS build
 SHELL ["/bin/bash", "-euo", "pipefail", "-c"]
-# .dockerignore lets through only the package, its metadata, docker/manager/
+# .dockerignore lets through only the package, its metadata, deploy/manager/
 # and build/wheels.
 COPY . /src
 RUN python3 -m venv --without-pip /opt/faas; \
@@ -21,7 +21,7 @@ RUN python3 -m venv --without-pip /opt/faas; \
     else \
         pip=(python3 -m pip --python /opt/faas/bin/python install); \
     fi; \
-    mapfile -t requirements < <(python3 /src/docker/manager/requirements.py /src/pyproject.toml); \
+    mapfile -t requirements < <(python3 /src/deploy/manager/requirements.py /src/pyproject.toml); \
     "${pip[@]}" --no-cache-dir "${requirements[@]}"; \
     "${pip[@]}" --no-cache-dir --no-deps /src; \
     /opt/faas/bin/python -c 'import faas.gateway'
@@ -36,7 +36,7 @@ RUN groupadd --system --gid 10001 faas \
     && mkdir -p /var/lib/faas/traefik/dynamic \
     && chown -R faas:faas /var/lib/faas
 COPY --from=build /opt/faas /opt/faas
-COPY docker/manager/entrypoint.py /opt/faas/entrypoint.py
+COPY deploy/manager/entrypoint.py /opt/faas/entrypoint.py
 ENV PATH=/opt/faas/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -29,6 +29,7 @@ WARM_CALLS = int(os.environ.get("BENCH_WARM_CALLS", "200"))
 COLD_RUNS = int(os.environ.get("BENCH_COLD_RUNS", "20"))
 DEPLOYS = int(os.environ.get("BENCH_DEPLOYS", "5"))
 BURST = int(os.environ.get("BENCH_BURST", "100"))
+RUNTIME_RUNS = int(os.environ.get("BENCH_RUNTIME_RUNS", "10"))
 
 
 def free_port() -> int:
@@ -163,6 +164,30 @@ class Bench:
             "proxied by the gateway",
         )
 
+    def runtimes(self) -> None:
+        """Cold start per OCI runtime registered with the engine."""
+        info = subprocess.run(
+            ["docker", "info", "--format", "{{json .Runtimes}}"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        registered = json.loads(info)
+        for runtime in ("runc", "crun", "runsc"):
+            if runtime not in registered:
+                self.row(f"cold start, runtime {runtime}", "n/a", "", "not registered")
+                continue
+            name = f"rt-{runtime}"
+            self.call("PUT", f"/functions/{name}", json={"image": IMAGE, "runtime": runtime})
+            samples = []
+            for _ in range(RUNTIME_RUNS):
+                self.call("POST", f"/functions/{name}/scale", json={"replicas": 0})
+                start = time.perf_counter()
+                response = requests.get(f"{self.base}/function/{name}/", timeout=30)
+                samples.append(time.perf_counter() - start)
+                assert response.status_code == 200, response.status_code
+            self.row(f"cold start, runtime {runtime}", ms(statistics.median(samples)),
+                     ms(pct(samples, 0.9)), f"n={RUNTIME_RUNS}, stopped -> 200")  # fmt: skip
+            self.call("DELETE", f"/functions/{name}")
+
     def burst(self) -> None:
         container = container_id(self.namespace, "cold")
         self.call("POST", "/functions/cold/scale", json={"replicas": 0})
@@ -237,7 +262,9 @@ def count_events(container: str, since: float, event: str) -> int:
 
 def main() -> None:
     bench = Bench()
-    steps: list[Callable[[], None]] = [bench.warm, bench.deploy, bench.cold, bench.burst]
+    steps: list[Callable[[], None]] = [
+        bench.warm, bench.deploy, bench.cold, bench.burst, bench.runtimes,
+    ]  # fmt: skip
     try:
         for step in steps:
             step()

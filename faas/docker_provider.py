@@ -20,13 +20,12 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import docker
 import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
 from docker.types import DeviceRequest, LogConfig, Ulimit
 from loguru import logger
-
-import docker
 
 from . import labels
 from .config import Settings

@@ -93,7 +93,7 @@ wheels() {
   target="$(docker run --rm --network none --label faas.test=1 --entrypoint python3 "$base" \
     -c 'import platform, sys; print(f"{sys.version_info[0]}.{sys.version_info[1]} {platform.machine()}")')"
   read -r pyver machine <<<"$target"
-  "$python" docker/manager/requirements.py pyproject.toml >"$tmp/requirements.txt"
+  "$python" deploy/manager/requirements.py pyproject.toml >"$tmp/requirements.txt"
   "$python" -m pip freeze --exclude-editable >"$tmp/constraints.txt"
   stamp="$(cat "$tmp/requirements.txt" "$tmp/constraints.txt" <(echo "$target") | sha256sum | cut -c1-16)"
   if [ "$(cat "$WHEELS/.stamp" 2>/dev/null || true)" = "$stamp" ]; then
@@ -140,12 +140,12 @@ proxy_image() {
     echo "$PROXY_IMAGE"
     return
   fi
-  hash="$( (cat docker/socket-proxy/Dockerfile && docker image inspect -f '{{.Id}}' "$base") | sha256sum | cut -c1-16)"
+  hash="$( (cat deploy/socket-proxy/Dockerfile && docker image inspect -f '{{.Id}}' "$base") | sha256sum | cut -c1-16)"
   if [ "$(label "$image" faas.source)" != "$hash" ]; then
     # The configuration is mounted by docker-compose.yml; the context is
     # just the Dockerfile.
     mkdir -p "$tmp/proxy"
-    build "$image" "$tmp/proxy" -f docker/socket-proxy/Dockerfile \
+    build "$image" "$tmp/proxy" -f deploy/socket-proxy/Dockerfile \
       --build-arg "FAAS_BASE_IMAGE=$base" --label "faas.source=$hash"
   fi
   echo "$image"

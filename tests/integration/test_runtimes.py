@@ -6,10 +6,10 @@ import os
 import platform
 import time
 
+import docker
 import pytest
 from docker.models.containers import Container
 
-import docker
 from faas.config import Settings
 from faas.docker_provider import DockerProvider
 from faas.errors import InvalidSpec
