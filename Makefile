@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed
 PYTHON  ?= python3
 
 .DEFAULT_GOAL := help
-.PHONY: help install engine runtimes images stack-images dev up down test unit lint bench clean
+.PHONY: help install engine runtimes images stack-images dev up down test unit lint docs bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ lint: install ## ruff and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+docs: install ## Regenerate docs/configuration.md and docs/cli.md from the code
+	$(BIN)/python -m faas.docgen
 
 bench: install images ## Measure deploy and invoke latency (prints a table)
 	$(BIN)/python bench/run.py
