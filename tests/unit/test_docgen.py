@@ -1,4 +1,5 @@
 from faas import docgen
+from faas.config import Settings
 
 
 def test_reference_docs_are_current() -> None:
@@ -7,5 +8,5 @@ def test_reference_docs_are_current() -> None:
 
 def test_configuration_lists_every_setting() -> None:
     text = docgen.configuration()
-    for name in docgen.Settings.model_fields:
+    for name in Settings.model_fields:
         assert f"`FAAS_{name.upper()}`" in text
