@@ -19,7 +19,7 @@ from .conftest import ECHO_IMAGE, Stack, fn_name
 
 pytestmark = pytest.mark.integration
 
-LIMITS = {"memory": "64m", "cpus": 0.5, "pids": 64}
+LIMITS = {"memory": "64m", "cpus": 0.5, "pids": 64, "ulimits": {"nofile": 1024}}
 MIB64 = 64 << 20
 
 
@@ -63,6 +63,7 @@ def test_native_runtimes_enforce_limits(
     assert (host["Memory"], host["MemorySwap"]) == (MIB64, MIB64)  # no swap
     assert host["NanoCpus"] == 500_000_000
     assert host["PidsLimit"] == 64
+    assert host["Ulimits"] == [{"Name": "nofile", "Soft": 1024, "Hard": 1024}]
     assert host["SecurityOpt"] == ["no-new-privileges:true"]
     assert host["CapDrop"] == ["ALL"]
 
@@ -146,6 +147,20 @@ def test_allowed_runtimes_are_enforced(stack: Stack, engine: docker.DockerClient
     assert "allowed here; allowed: runsc" in info.value.reason
     with pytest.raises(InvalidSpec):  # nor the engine's default, when none is named
         provider.deploy(FunctionSpec(name=fn_name("deny"), image=ECHO_IMAGE))
+
+
+def test_default_runtime_setting(stack: Stack, engine: docker.DockerClient) -> None:
+    require(engine, "crun")
+    settings = Settings(namespace=stack.namespace, default_runtime="crun", traefik_api_url="")
+    provider = DockerProvider(settings, client=engine)
+    name = fn_name("default-rt")
+    function = provider.deploy(FunctionSpec(name=name, image=ECHO_IMAGE))
+    try:
+        assert function.spec.runtime == "crun"
+        (container,) = stack.containers(engine, name)
+        assert container.attrs["HostConfig"]["Runtime"] == "crun"
+    finally:
+        provider.remove(name)
 
 
 def test_defaults_are_recorded_and_shown(stack: Stack) -> None:
