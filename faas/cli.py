@@ -127,7 +127,13 @@ def _parse_gpus(raw: str | None) -> str | int | list[str] | None:
 @reports_errors
 def deploy(
     name: Annotated[str, typer.Argument(help="Function name.")],
-    image: Annotated[str, typer.Option(help="Image to run.")],
+    image: Annotated[
+        str | None, typer.Option(help="Image to run; pulled (with progress) when missing.")
+    ] = None,
+    build: Annotated[
+        Path | None,
+        typer.Option(help="Directory with a Dockerfile to build and run instead of --image."),
+    ] = None,
     port: Annotated[int, typer.Option(help="Port the function listens on.")] = 8080,
     env: Annotated[
         list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable.")
@@ -150,11 +156,16 @@ def deploy(
     pids: Annotated[int | None, typer.Option(help="Process limit.")] = None,
 ) -> None:
     """Deploy a function, or replace it; returns once it answers through Traefik."""
+    if (image is None) == (build is None):
+        raise typer.BadParameter("give exactly one of --image and --build")
+    variables = _parse_env(env or [])  # usage errors first, before any work
+    client = State.client()
+    image = _build(client, name, build) if build is not None else _pull(client, str(image))
     spec = {
         "name": name,
         "image": image,
         "port": port,
-        "env": _parse_env(env or []),
+        "env": variables,
         "health_path": health_path,
         "min_scale": min_scale,
         "idle_timeout": idle_timeout,
@@ -162,8 +173,55 @@ def deploy(
         "gpus": _parse_gpus(gpus),
         "resources": {"memory": memory, "cpus": cpus, "pids": pids},
     }
-    function = State.client().deploy(spec)
+    function = client.deploy(spec)
     typer.echo(f"deployed {name}: {State.url}/function/{name} ({function['state']})")
+
+
+def _pull(client: Client, image: str) -> str:
+    """Pull through the API, showing the engine's progress on stderr."""
+    for event in client.pull(image):
+        if "error" in event:
+            raise FaasError(str(event["error"]))
+        status, layer = event.get("status"), event.get("id")
+        if status and status != "ready":
+            prefix = f"{layer}: " if layer else ""
+            typer.echo(f"{prefix}{status} {event.get('progress') or ''}".rstrip(), err=True)
+    return image
+
+
+def _build(client: Client, name: str, directory: Path) -> str:
+    """Build through the API, streaming the build output to stderr; the image built."""
+    if not (directory / "Dockerfile").is_file():
+        raise typer.BadParameter(f"no Dockerfile in {directory}", param_hint="--build")
+    from .docker_provider import build_context  # the SDK's .dockerignore handling
+
+    with build_context(directory) as context:
+        for event in client.build(name, context):
+            if "stream" in event:
+                typer.echo(str(event["stream"]).rstrip("\n"), err=True)
+            elif "error" in event:
+                detail = event.get("detail")
+                if isinstance(detail, dict) and detail.get("log"):
+                    typer.echo(str(detail["log"]).rstrip("\n"), err=True)
+                raise FaasError(str(event["error"]))
+            elif "image" in event:
+                return str(event["image"])
+    raise FaasError("the build ended without an image")
+
+
+@app.command("import")
+@reports_errors
+def import_(
+    archive: Annotated[Path, typer.Argument(help="docker-save or OCI layout tarball.")],
+) -> None:
+    """Load an image archive into the engine and print the references to deploy."""
+    try:
+        with archive.open("rb") as f:
+            images = State.client().load(f)
+    except OSError as exc:
+        raise fail(f"cannot read {archive}: {exc.strerror}") from None
+    for ref in images:
+        typer.echo(ref)
 
 
 @app.command("list")

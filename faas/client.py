@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import cast
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from typing import IO, cast
 
 import requests
 
@@ -47,6 +48,23 @@ class Client:
     def scale(self, name: str, replicas: int) -> JSON:
         response = self._call("POST", f"/functions/{name}/scale", json={"replicas": replicas})
         return cast(JSON, response.json())
+
+    def _events(self, response: requests.Response) -> Iterator[JSON]:
+        for line in response.iter_lines():
+            if line:
+                yield cast(JSON, json.loads(line))
+
+    def pull(self, image: str) -> Iterator[JSON]:
+        response = self._call("POST", "/images/pull", json={"image": image}, stream=True)
+        return self._events(response)
+
+    def load(self, archive: IO[bytes]) -> Sequence[str]:
+        response = self._call("POST", "/images/load", data=archive)
+        return cast(Sequence[str], response.json()["images"])
+
+    def build(self, name: str, context: IO[bytes]) -> Iterator[JSON]:
+        response = self._call("POST", f"/functions/{name}/build", data=context, stream=True)
+        return self._events(response)
 
     def remove(self, name: str) -> None:
         self._call("DELETE", f"/functions/{name}")

@@ -8,6 +8,7 @@ nothing but locks.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import http.client
 import secrets
@@ -18,10 +19,12 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, cast
+from pathlib import Path
+from typing import IO, Any, cast
 
 import docker
 import docker.errors
+import docker.utils.build
 import requests.exceptions
 from docker.models.containers import Container
 from docker.types import DeviceRequest, LogConfig, Ulimit
@@ -30,6 +33,7 @@ from loguru import logger
 from . import labels
 from .config import Settings
 from .errors import (
+    BuildFailed,
     DeployFailed,
     FaasError,
     FunctionNotFound,
@@ -241,6 +245,70 @@ class DockerProvider:
             except FaasError as exc:
                 logger.warning("{} still routed after a failed start: {}", fn.spec.name, exc)
 
+    def pull(self, image: str) -> Iterator[dict[str, object]]:
+        with _engine_errors():
+            try:
+                self.client.images.get(image)
+                return
+            except docker.errors.ImageNotFound:
+                pass
+        if image.startswith("sha256:"):
+            raise ImageNotFound(image, "no such image id on the engine")
+        repository, tag = _split_reference(image)
+        try:
+            for event in self.client.api.pull(repository, tag, stream=True, decode=True):
+                if "error" in event:
+                    raise ImageNotFound(image, str(event["error"]))
+                yield cast(dict[str, object], event)
+        except docker.errors.APIError as exc:
+            raise ImageNotFound(image, str(exc.explanation or exc)) from exc
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise ProviderError(f"Docker engine unreachable: {exc}") from exc
+
+    def load(self, archive: IO[bytes]) -> builtins.list[str]:
+        loaded = []
+        with _engine_errors():
+            try:
+                # The stubs leave load_image untyped: it yields JSON events.
+                events: Iterator[dict[str, Any]] = self.client.api.load_image(archive.read())  # type: ignore[no-untyped-call]
+                for event in events:
+                    if "error" in event:
+                        raise InvalidSpec("archive", str(event["error"]))
+                    # "Loaded image: repo:tag", or "Loaded image ID: sha256:..." untagged
+                    line = str(event.get("stream", "")).strip()
+                    for prefix in ("Loaded image: ", "Loaded image ID: "):
+                        if line.startswith(prefix):
+                            loaded.append(line.removeprefix(prefix))
+            except docker.errors.APIError as exc:
+                raise InvalidSpec("archive", str(exc.explanation or exc)) from exc
+        if not loaded:
+            raise InvalidSpec("archive", "no image in it")
+        return loaded
+
+    def build(self, context: IO[bytes], tag: str) -> Iterator[str]:
+        log: list[str] = []
+        try:
+            events = self.client.api.build(
+                fileobj=context,
+                custom_context=True,
+                tag=tag,
+                rm=True,
+                forcerm=True,
+                decode=True,
+                labels={"faas.image": "build"},
+            )
+            for event in events:
+                if "error" in event:
+                    raise BuildFailed(str(event["error"]).strip(), "".join(log[-30:]))
+                line = event.get("stream")
+                if isinstance(line, str) and line:
+                    log.append(line)
+                    yield line
+        except docker.errors.APIError as exc:
+            raise BuildFailed(str(exc.explanation or exc), "".join(log[-30:])) from exc
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise ProviderError(f"Docker engine unreachable: {exc}") from exc
+
     def sent_bytes(self, name: str) -> int | None:
         """Bytes the function's container has sent so far (None if not running)."""
         fn = self.get(name)
@@ -295,19 +363,8 @@ class DockerProvider:
         return spec.model_copy(update={"runtime": runtime, "resources": resources})
 
     def _ensure_image(self, image: str) -> None:
-        with _engine_errors():
-            try:
-                self.client.images.get(image)
-                return
-            except docker.errors.ImageNotFound:
-                pass
-            if image.startswith("sha256:"):
-                raise ImageNotFound(image, "no such image id on the engine")
-            logger.info("pulling {}", image)
-            try:
-                self.client.images.pull(image)
-            except docker.errors.APIError as exc:
-                raise ImageNotFound(image, str(exc.explanation or exc)) from exc
+        for _ in self.pull(image):
+            pass
 
     def _ensure_network(self) -> None:
         net = self.settings.function_network
@@ -446,6 +503,31 @@ class DockerProvider:
             container.remove(force=True)
         except docker.errors.DockerException as exc:
             logger.warning("could not remove failed container {}: {}", container.name, exc)
+
+
+def _split_reference(image: str) -> tuple[str, str | None]:
+    """repo[:tag][@digest] -> (repo, tag or digest) as the pull API wants them."""
+    if "@" in image:
+        repository, digest = image.split("@", 1)
+        return repository, digest
+    last = image.rsplit("/", 1)[-1]
+    if ":" in last:
+        repository, tag = image.rsplit(":", 1)
+        return repository, tag
+    return image, "latest"
+
+
+def build_context(directory: Path) -> IO[bytes]:
+    """The directory as a tar build context, minus what its .dockerignore excludes."""
+    ignore = directory / ".dockerignore"
+    patterns = []
+    if ignore.exists():
+        patterns = [
+            line.strip()
+            for line in ignore.read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
+    return cast(IO[bytes], docker.utils.build.tar(directory, exclude=patterns))
 
 
 def _gpu_requests(gpus: str | int | list[str] | None) -> list[DeviceRequest] | None:

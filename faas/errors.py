@@ -6,6 +6,7 @@
     ├── FunctionExists(name)
     ├── ImageNotFound(image, reason)
     ├── DeployFailed(name, reason, logs)  the new version never became ready
+    ├── BuildFailed(reason, log)          an image build failed; nothing deployed
     ├── Unauthorized(reason)
     ├── WakeFailed(name, reason)          a stopped function did not start for a request
     ├── ProviderError(reason)             the engine failed or is unreachable
@@ -102,3 +103,13 @@ class WakeFailed(FaasError):
 
     def detail(self) -> object:
         return {"function": self.name, "reason": self.reason}
+
+
+class BuildFailed(FaasError):
+    def __init__(self, reason: str, log: str = "") -> None:
+        super().__init__(f"build failed: {reason}")
+        self.reason = reason
+        self.log = log
+
+    def detail(self) -> object:
+        return {"reason": self.reason, "log": self.log}

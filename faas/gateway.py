@@ -8,9 +8,12 @@ a restart loses nothing.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from typing import IO, TypeVar, cast
 
 from loguru import logger
 from starlette.applications import Starlette
@@ -23,6 +26,7 @@ from . import __version__, auth, labels, openapi
 from .config import Settings
 from .docker_provider import DockerProvider
 from .errors import (
+    BuildFailed,
     DeployFailed,
     FaasError,
     FunctionExists,
@@ -37,7 +41,7 @@ from .logging import configure_logging
 from .provider import Function, LogStream, Provider, State
 from .proxy import Proxy
 from .scaler import Scaler
-from .spec import FunctionSpec, check_name, parse_spec
+from .spec import FunctionSpec, check_name, parse_spec, valid_image
 from .traefik import Drains, TraefikRouter
 
 # One table from error type to HTTP status.
@@ -47,6 +51,7 @@ STATUS: dict[type[FaasError], int] = {
     FunctionExists: 409,
     ImageNotFound: 422,
     DeployFailed: 502,
+    BuildFailed: 422,
     Unauthorized: 401,
     ProviderError: 503,
     WakeFailed: 503,
@@ -56,6 +61,8 @@ STATUS: dict[type[FaasError], int] = {
 RETRY_AFTER = "1"
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
+_END = object()
 
 
 def error_response(exc: FaasError) -> JSONResponse:
@@ -181,6 +188,49 @@ class Api:
         except FaasError as exc:
             return error_response(exc)
 
+    async def pull(self, request: Request) -> Response:
+        """Pull an image unless present, streaming the engine's progress as JSON lines."""
+        body = await _json_body(request)
+        image = body.get("image") if isinstance(body, dict) and len(body) == 1 else None
+        if not isinstance(image, str) or not valid_image(image):
+            raise InvalidSpec("image", 'send {"image": "repo[:tag]"} with a valid reference')
+        events = iter(self.provider.pull(image))
+        first = await run_in_threadpool(next, events, None)  # fail as a plain 4xx
+        return _ndjson(_prepend(first, events))
+
+    async def load(self, request: Request) -> Response:
+        """Load a docker-save or OCI archive sent as the body."""
+        archive = await _spool(request, MAX_UPLOAD)
+        with archive:
+            images = await run_in_threadpool(self.provider.load, archive)
+        return JSONResponse({"images": images})
+
+    async def build(self, request: Request) -> Response:
+        """Build the tar context in the body as faas/<name>:<content hash>, streaming output.
+
+        The last JSON line is {"image": ...} or {"error": ..., "log": ...}; nothing is
+        deployed here, so a failed build leaves the running version untouched.
+        """
+        name = check_name(request.path_params["name"])
+        context = await _spool(request, MAX_UPLOAD)
+        digest = hashlib.sha256()
+        for block in iter(lambda: context.read(1 << 20), b""):
+            digest.update(block)
+        context.seek(0)
+        tag = f"faas/{name}:{digest.hexdigest()[:12]}"
+
+        async def lines() -> AsyncIterator[dict[str, object]]:
+            try:
+                async for line in _iterate(self.provider.build(context, tag)):
+                    yield {"stream": line}
+                yield {"image": tag}
+            except FaasError as exc:
+                yield {"error": exc.message, "detail": exc.detail()}
+            finally:
+                context.close()
+
+        return _ndjson(lines())
+
     async def _deploy(self, spec: FunctionSpec, status: int) -> Response:
         logger.info("deploying {} from {}", spec.name, spec.image)
         function = await run_in_threadpool(self.provider.deploy, spec)
@@ -201,6 +251,55 @@ def _int_param(request: Request, key: str) -> int | None:
     if not raw.isdigit():
         raise InvalidSpec(key, "must be a non-negative integer")
     return int(raw)
+
+
+# Largest build context or image archive the API accepts.
+MAX_UPLOAD = 2 << 30
+
+
+async def _spool(request: Request, limit: int) -> IO[bytes]:
+    """The request body in a temporary file (memory first, disk when large)."""
+    spool = tempfile.SpooledTemporaryFile(max_size=32 << 20)  # noqa: SIM115 - returned
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            spool.close()
+            raise InvalidSpec("body", f"larger than {limit} bytes")
+        spool.write(chunk)
+    spool.seek(0)
+    return cast(IO[bytes], spool)
+
+
+async def _iterate(blocking: Iterator[T]) -> AsyncIterator[T]:
+    """Walk a blocking iterator from async code, one step per worker thread."""
+    items = iter(blocking)
+    while True:
+        item = await run_in_threadpool(next, items, _END)
+        if item is _END:
+            return
+        yield cast(T, item)
+
+
+async def _prepend(
+    first: dict[str, object] | None, rest: Iterator[dict[str, object]]
+) -> AsyncIterator[dict[str, object]]:
+    try:
+        if first is not None:
+            yield first
+            async for event in _iterate(rest):
+                yield event
+        yield {"status": "ready"}
+    except FaasError as exc:
+        yield {"error": exc.message, "detail": exc.detail()}
+
+
+def _ndjson(events: AsyncIterator[dict[str, object]]) -> StreamingResponse:
+    async def encode() -> AsyncIterator[bytes]:
+        async for event in events:
+            yield json.dumps(event).encode() + b"\n"
+
+    return StreamingResponse(encode(), media_type="application/x-ndjson")
 
 
 async def _drain(stream: LogStream) -> AsyncIterator[bytes]:
@@ -229,6 +328,9 @@ def build_app(provider: Provider, token: str, scaler: Scaler) -> Starlette:
         Route("/api/v1/functions/{name}", api.admin(api.delete_function), methods=["DELETE"]),
         Route("/api/v1/functions/{name}/logs", api.admin(api.logs), methods=["GET"]),
         Route("/api/v1/functions/{name}/scale", api.admin(api.scale), methods=["POST"]),
+        Route("/api/v1/functions/{name}/build", api.admin(api.build), methods=["POST"]),
+        Route("/api/v1/images/pull", api.admin(api.pull), methods=["POST"]),
+        Route("/api/v1/images/load", api.admin(api.load), methods=["POST"]),
         Route("/function/{name}", api.invoke, methods=methods),
         Route("/function/{name}/{path:path}", api.invoke, methods=methods),
     ]

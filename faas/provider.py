@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
 import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import IO, Protocol
 
 from .spec import FunctionSpec
 
@@ -85,6 +86,18 @@ class Provider(Protocol):
     def start(self, name: str) -> Function: ...
 
     def stop(self, name: str) -> None: ...
+
+    def pull(self, image: str) -> Iterator[dict[str, object]]:
+        """Pull `image` unless present, yielding the engine's progress events."""
+        ...
+
+    def load(self, archive: IO[bytes]) -> builtins.list[str]:
+        """Load a docker-save or OCI archive; return the image references it held."""
+        ...
+
+    def build(self, context: IO[bytes], tag: str) -> Iterator[str]:
+        """Build the tar build context as `tag`, yielding output lines; raises BuildFailed."""
+        ...
 
     def sent_bytes(self, name: str) -> int | None:
         """Bytes the running function has sent so far; None when not running.

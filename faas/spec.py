@@ -28,6 +28,10 @@ MAX_ENV_BYTES = 64 * 1024
 Name = Annotated[str, Field(description="Function name: ^[a-z][a-z0-9-]{0,62}$")]
 
 
+def valid_image(image: str) -> bool:
+    return len(image) <= 512 and bool(IMAGE_RE.match(image) or IMAGE_ID_RE.match(image))
+
+
 def check_name(name: str) -> str:
     if not NAME_RE.match(name):
         raise InvalidSpec(
@@ -121,7 +125,7 @@ class FunctionSpec(BaseModel):
     @field_validator("image")
     @classmethod
     def _image(cls, value: str) -> str:
-        if len(value) > 512 or not (IMAGE_RE.match(value) or IMAGE_ID_RE.match(value)):
+        if not valid_image(value):
             raise ValueError(f"{value!r} is not a valid image reference")
         return value
 

@@ -1,0 +1,178 @@
+"""Getting code in: Dockerfile builds, image archives, registry pulls."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+from typer.testing import CliRunner
+
+from faas.cli import app
+
+from .conftest import ECHO_IMAGE, Stack, fn_name
+
+pytestmark = pytest.mark.integration
+
+
+def cli(stack: Stack, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, ["--url", stack.url, "--token", stack.token, *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def built_images(engine: docker.DockerClient) -> Iterator[list[str]]:
+    """Names of functions whose faas/<name>:* images the test built; removed after."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        for image in engine.images.list(name=f"faas/{name}"):
+            left = engine.containers.list(all=True, filters={"ancestor": str(image.id)})
+            for container in left:
+                container.remove(force=True)  # left by a failed assertion
+            engine.images.remove(str(image.id), force=True)
+
+
+def test_dockerfile_build_deploys_and_honours_dockerignore(
+    stack: Stack, tmp_path: Path, built_images: list[str]
+) -> None:
+    name = fn_name("built")
+    built_images.append(name)
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {ECHO_IMAGE}\nCOPY . /ctx/\nENV ECHO_BUILT=yes\n"
+        "RUN test -e /ctx/kept.txt && test ! -e /ctx/secret.txt\n"
+    )
+    (tmp_path / "kept.txt").write_text("kept")
+    (tmp_path / "secret.txt").write_text("must not reach the engine")
+    (tmp_path / ".dockerignore").write_text("secret.txt\n")
+    code, _, err = cli(stack, "deploy", name, "--build", str(tmp_path))
+    assert code == 0, err
+    assert "Step 1/" in err  # the build output streamed back
+    shown = stack.api("GET", f"/functions/{name}").json()
+    assert shown["image"].startswith(f"faas/{name}:")
+    assert stack.invoke(name).json()["env"]["ECHO_BUILT"] == "yes"
+
+    # Same context, same tag: the content hash names the image.
+    code, _, err = cli(stack, "deploy", name, "--build", str(tmp_path))
+    assert code == 0, err
+    assert stack.api("GET", f"/functions/{name}").json()["image"] == shown["image"]
+    stack.api("DELETE", f"/functions/{name}")
+
+
+def test_failed_build_keeps_the_running_version(
+    stack: Stack, tmp_path: Path, built_images: list[str]
+) -> None:
+    name = fn_name("badbuild")
+    built_images.append(name)
+    assert stack.deploy(name, env={"ECHO_V": "1"}).status_code == 200
+    (tmp_path / "Dockerfile").write_text(f"FROM {ECHO_IMAGE}\nRUN echo about to fail && exit 3\n")
+    code, _, err = cli(stack, "deploy", name, "--build", str(tmp_path))
+    assert code == 1
+    assert "about to fail" in err  # the failing step's own output
+    assert "returned a non-zero code: 3" in err
+    assert err.strip().splitlines()[-1].startswith("faas: error: build failed")
+    assert stack.invoke(name).json()["env"]["ECHO_V"] == "1"
+    assert stack.api("GET", f"/functions/{name}").json()["image"] == ECHO_IMAGE
+    stack.api("DELETE", f"/functions/{name}")
+
+
+def test_import_an_archive_then_deploy(
+    stack: Stack, engine: docker.DockerClient, tmp_path: Path
+) -> None:
+    ref = f"faas-test/imported:{secrets.token_hex(4)}"
+    engine.images.get(ECHO_IMAGE).tag(ref)
+    archive = tmp_path / "image.tar"
+    with archive.open("wb") as f:
+        for chunk in engine.images.get(ref).save(named=True):
+            f.write(chunk)
+    engine.images.remove(ref)
+    try:
+        code, out, err = cli(stack, "import", str(archive))
+        assert code == 0, err
+        assert out.split() == [ref]
+        name = fn_name("imported")
+        assert stack.deploy(name, image=ref).status_code == 200
+        assert stack.invoke(name).status_code == 200
+        stack.api("DELETE", f"/functions/{name}")
+    finally:
+        engine.images.remove(ref, force=True)
+    code, _, err = cli(stack, "import", str(tmp_path / "missing.tar"))
+    assert code == 1
+    assert "cannot read" in err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def registry() -> Iterator[str]:
+    """Debian's docker-registry on a free loopback port: host:port."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        message = "docker-registry is not installed (apt-get install docker-registry)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    root = Path(tempfile.mkdtemp(prefix="faas-registry-"))
+    address = f"127.0.0.1:{free_port()}"
+    config = root / "config.yml"
+    config.write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
+        f"http:\n  addr: {address}\n"
+    )
+    process = subprocess.Popen(
+        [binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(tuple(address.split(":")), timeout=0.2).close()  # type: ignore[arg-type]
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "registry did not start"
+                time.sleep(0.05)
+        yield address.replace("127.0.0.1", "localhost")
+    finally:
+        process.terminate()
+        process.wait(10)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_deploy_by_reference_pulls_from_a_registry(
+    stack: Stack, engine: docker.DockerClient, registry: str
+) -> None:
+    ref = f"{registry}/faas-test/echo:{secrets.token_hex(4)}"
+    engine.images.get(ECHO_IMAGE).tag(ref)
+    for _ in engine.images.push(ref, stream=True, decode=True):
+        pass
+    engine.images.remove(ref)
+    with pytest.raises(docker.errors.ImageNotFound):
+        engine.images.get(ref)
+    name = fn_name("pulled")
+    try:
+        code, _, err = cli(stack, "deploy", name, "--image", ref)
+        assert code == 0, err
+        assert "Status: Downloaded newer image" in err  # the pull's progress, shown
+        engine.images.get(ref)  # it was pulled
+        assert stack.invoke(name).status_code == 200
+        stack.api("DELETE", f"/functions/{name}")
+    finally:
+        engine.images.remove(ref, force=True)
+    # A reference the registry does not have: a clear error naming it, nothing created.
+    missing = f"{registry}/faas-test/nothing:here"
+    code, _, err = cli(stack, "deploy", fn_name("missing"), "--image", missing)
+    assert code == 1
+    assert missing in err
