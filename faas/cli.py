@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, ParamSpec, TypeVar
+from typing import IO, Annotated, ParamSpec, TypeVar
 
 import typer
 
+from . import manifest, template
 from .client import Client
 from .config import Settings
 from .errors import FaasError
+from .spec import check_name
 
 app = typer.Typer(
     help="Functions as containers on Docker, routed by Traefik.",
@@ -126,7 +129,12 @@ def _parse_gpus(raw: str | None) -> str | int | list[str] | None:
 @app.command()
 @reports_errors
 def deploy(
-    name: Annotated[str, typer.Argument(help="Function name.")],
+    name: Annotated[
+        str | None, typer.Argument(help="Function name (default: the manifest's).")
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Manifest (faas.toml); flags win.")
+    ] = None,
     image: Annotated[
         str | None, typer.Option(help="Image to run; pulled (with progress) when missing.")
     ] = None,
@@ -134,17 +142,25 @@ def deploy(
         Path | None,
         typer.Option(help="Directory with a Dockerfile to build and run instead of --image."),
     ] = None,
-    port: Annotated[int, typer.Option(help="Port the function listens on.")] = 8080,
+    port: Annotated[
+        int | None, typer.Option(help="Port the function listens on (default 8080).")
+    ] = None,
     env: Annotated[
         list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable.")
     ] = None,
-    health_path: Annotated[str, typer.Option(help="Path probed until it answers.")] = "/",
+    command: Annotated[
+        str | None, typer.Option(help="Command instead of the image's CMD (split like a shell).")
+    ] = None,
+    health_path: Annotated[
+        str | None, typer.Option(help="Path probed until it answers (default /).")
+    ] = None,
     min_scale: Annotated[
-        int, typer.Option(min=0, max=1, help="1 keeps it running; 0 lets it scale to zero.")
-    ] = 0,
+        int | None,
+        typer.Option(min=0, max=1, help="1 keeps it running; 0 (default) scales to zero."),
+    ] = None,
     idle_timeout: Annotated[
-        int, typer.Option(min=1, help="Seconds without traffic before it scales to zero.")
-    ] = 300,
+        int | None, typer.Option(min=1, help="Seconds without traffic before it scales to zero.")
+    ] = None,
     runtime: Annotated[
         str | None, typer.Option(help="OCI runtime: runc, crun, runsc, kata, nvidia...")
     ] = None,
@@ -156,25 +172,46 @@ def deploy(
     pids: Annotated[int | None, typer.Option(help="Process limit.")] = None,
 ) -> None:
     """Deploy a function, or replace it; returns once it answers through Traefik."""
-    if (image is None) == (build is None):
-        raise typer.BadParameter("give exactly one of --image and --build")
-    variables = _parse_env(env or [])  # usage errors first, before any work
+    loaded = manifest.load(file) if file is not None else manifest.Manifest()
+    spec = dict(loaded.spec)
+    flags = {
+        "name": name, "port": port, "health_path": health_path, "min_scale": min_scale,
+        "idle_timeout": idle_timeout, "runtime": runtime, "gpus": _parse_gpus(gpus),
+        "command": shlex.split(command) if command else None,
+    }  # fmt: skip
+    spec.update({k: v for k, v in flags.items() if v is not None})
+    spec["env"] = {**_table(spec.get("env")), **_parse_env(env or [])}
+    limits = {"memory": memory, "cpus": cpus, "pids": pids}
+    spec["resources"] = {**_table(spec.get("resources")), **{k: v for k, v in limits.items() if v}}
+    if "name" not in spec:
+        raise typer.BadParameter("give a NAME or a manifest with a name")
+    fn = str(spec["name"])
     client = State.client()
-    image = _build(client, name, build) if build is not None else _pull(client, str(image))
-    spec = {
-        "name": name,
-        "image": image,
-        "port": port,
-        "env": variables,
-        "health_path": health_path,
-        "min_scale": min_scale,
-        "idle_timeout": idle_timeout,
-        "runtime": runtime,
-        "gpus": _parse_gpus(gpus),
-        "resources": {"memory": memory, "cpus": cpus, "pids": pids},
-    }
+    if build is not None or image is not None:
+        loaded.build, loaded.lang = build, None
+        spec["image"] = image
+    if sum(x is not None for x in (spec.get("image"), loaded.build, loaded.lang)) != 1:
+        raise typer.BadParameter("give exactly one of --image and --build (or a manifest)")
+    if loaded.lang is not None:
+        spec["image"] = _build(client, fn, template.context(loaded.lang, loaded.folder), True)
+    elif loaded.build is not None:
+        spec["image"] = _build(client, fn, _dockerfile_context(loaded.build), False)
+    else:
+        _pull(client, str(spec["image"]))
     function = client.deploy(spec)
-    typer.echo(f"deployed {name}: {State.url}/function/{name} ({function['state']})")
+    typer.echo(f"deployed {fn}: {State.url}/function/{fn} ({function['state']})")
+
+
+def _table(value: object) -> dict[str, object]:
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def _dockerfile_context(directory: Path) -> IO[bytes]:
+    if not (directory / "Dockerfile").is_file():
+        raise typer.BadParameter(f"no Dockerfile in {directory}", param_hint="--build")
+    from .docker_provider import build_context  # the SDK's .dockerignore handling
+
+    return build_context(directory)
 
 
 def _pull(client: Client, image: str) -> str:
@@ -189,14 +226,10 @@ def _pull(client: Client, image: str) -> str:
     return image
 
 
-def _build(client: Client, name: str, directory: Path) -> str:
+def _build(client: Client, name: str, context: IO[bytes], is_template: bool) -> str:
     """Build through the API, streaming the build output to stderr; the image built."""
-    if not (directory / "Dockerfile").is_file():
-        raise typer.BadParameter(f"no Dockerfile in {directory}", param_hint="--build")
-    from .docker_provider import build_context  # the SDK's .dockerignore handling
-
-    with build_context(directory) as context:
-        for event in client.build(name, context):
+    with context:
+        for event in client.build(name, context, template=is_template):
             if "stream" in event:
                 typer.echo(str(event["stream"]).rstrip("\n"), err=True)
             elif "error" in event:
@@ -207,6 +240,23 @@ def _build(client: Client, name: str, directory: Path) -> str:
             elif "image" in event:
                 return str(event["image"])
     raise FaasError("the build ended without an image")
+
+
+@app.command()
+@reports_errors
+def new(
+    name: Annotated[str, typer.Argument(help="Function name.")],
+    lang: Annotated[str, typer.Option(help="Template language.")] = "python",
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Where to create it (default ./NAME).")
+    ] = None,
+) -> None:
+    """Create a function from a template: handler, requirements and faas.toml."""
+    check_name(name)
+    folder = directory or Path(name)
+    for path in template.scaffold(name, lang, folder):
+        typer.echo(f"created {path}")
+    typer.echo(f"deploy it with: faas deploy -f {folder / 'faas.toml'}")
 
 
 @app.command("import")

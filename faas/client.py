@@ -62,8 +62,11 @@ class Client:
         response = self._call("POST", "/images/load", data=archive)
         return cast(Sequence[str], response.json()["images"])
 
-    def build(self, name: str, context: IO[bytes]) -> Iterator[JSON]:
-        response = self._call("POST", f"/functions/{name}/build", data=context, stream=True)
+    def build(self, name: str, context: IO[bytes], template: bool = False) -> Iterator[JSON]:
+        params = {"template": "1"} if template else {}
+        response = self._call(
+            "POST", f"/functions/{name}/build", data=context, params=params, stream=True
+        )
         return self._events(response)
 
     def remove(self, name: str) -> None:

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     scale_interval: float = Field(
         5.0, gt=0, description="Seconds between checks for idle functions to scale to zero."
     )
+    base_image: str = Field(
+        "python:3.12-slim", description="Base image of functions built from a handler template."
+    )
     default_runtime: str | None = Field(
         None, description="OCI runtime of functions that name none; the engine's default if unset."
     )

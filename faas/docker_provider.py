@@ -285,7 +285,9 @@ class DockerProvider:
             raise InvalidSpec("archive", "no image in it")
         return loaded
 
-    def build(self, context: IO[bytes], tag: str) -> Iterator[str]:
+    def build(
+        self, context: IO[bytes], tag: str, args: dict[str, str] | None = None
+    ) -> Iterator[str]:
         log: list[str] = []
         try:
             events = self.client.api.build(
@@ -295,6 +297,7 @@ class DockerProvider:
                 rm=True,
                 forcerm=True,
                 decode=True,
+                buildargs=args,
                 labels={"faas.image": "build"},
             )
             for event in events:
@@ -393,6 +396,11 @@ class DockerProvider:
                     hostname=spec.name,
                     labels=labels.container_labels(spec, s.namespace, s.function_network),
                     environment={**spec.env, "FAAS_FUNCTION_NAME": spec.name},
+                    command=spec.command,
+                    # The platform probes readiness itself; an image's own
+                    # HEALTHCHECK would keep Traefik from routing it until the
+                    # first check, up to its interval after every start.
+                    healthcheck={"test": ["NONE"]},
                     network=s.function_network,
                     init=True,
                     security_opt=["no-new-privileges:true"],

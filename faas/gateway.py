@@ -78,9 +78,12 @@ def error_response(exc: FaasError) -> JSONResponse:
 class Api:
     """The endpoints, bound to one provider and one admin token."""
 
-    def __init__(self, provider: Provider, token: str, scaler: Scaler) -> None:
+    def __init__(
+        self, provider: Provider, token: str, scaler: Scaler, base_image: str = "python:3.12-slim"
+    ) -> None:
         self.provider = provider
         self.token = token
+        self.base_image = base_image
         self.scaler = scaler
         self.proxy = Proxy()
 
@@ -218,10 +221,12 @@ class Api:
             digest.update(block)
         context.seek(0)
         tag = f"faas/{name}:{digest.hexdigest()[:12]}"
+        # A handler template's Dockerfile starts FROM the platform's base image.
+        args = {"BASE_IMAGE": self.base_image} if "template" in request.query_params else None
 
         async def lines() -> AsyncIterator[dict[str, object]]:
             try:
-                async for line in _iterate(self.provider.build(context, tag)):
+                async for line in _iterate(self.provider.build(context, tag, args)):
                     yield {"stream": line}
                 yield {"image": tag}
             except FaasError as exc:
@@ -315,8 +320,10 @@ async def _drain(stream: LogStream) -> AsyncIterator[bytes]:
         stream.close()
 
 
-def build_app(provider: Provider, token: str, scaler: Scaler) -> Starlette:
-    api = Api(provider, token, scaler)
+def build_app(
+    provider: Provider, token: str, scaler: Scaler, base_image: str = "python:3.12-slim"
+) -> Starlette:
+    api = Api(provider, token, scaler, base_image)
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     routes = [
         Route("/api/v1/healthz", api.healthz),
@@ -371,4 +378,4 @@ def create_app(settings: Settings | None = None) -> Starlette:
         router = TraefikRouter(api_url, settings.ready_timeout, drains)
     provider = DockerProvider(settings, router=router)
     scaler = Scaler(provider, router, settings.scale_interval)
-    return build_app(provider, auth.admin_token(settings), scaler)
+    return build_app(provider, auth.admin_token(settings), scaler, settings.base_image)

@@ -95,7 +95,9 @@ class Provider(Protocol):
         """Load a docker-save or OCI archive; return the image references it held."""
         ...
 
-    def build(self, context: IO[bytes], tag: str) -> Iterator[str]:
+    def build(
+        self, context: IO[bytes], tag: str, args: dict[str, str] | None = None
+    ) -> Iterator[str]:
         """Build the tar build context as `tag`, yielding output lines; raises BuildFailed."""
         ...
 

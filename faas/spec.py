@@ -23,6 +23,8 @@ IMAGE_RE = re.compile(rf"^{_DOMAIN}{_COMPONENT}(?:/{_COMPONENT})*{_TAG}{_DIGEST}
 IMAGE_ID_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 RESERVED_ENV_PREFIX = "FAAS_"
+# The function runtime's own knobs (faas/runtime): FAAS_* but the user's to set.
+RUNTIME_ENV = frozenset({"FAAS_HANDLER", "FAAS_TIMEOUT", "FAAS_MAX_BODY", "FAAS_DEBUG"})
 MAX_ENV_BYTES = 64 * 1024
 
 Name = Annotated[str, Field(description="Function name: ^[a-z][a-z0-9-]{0,62}$")]
@@ -98,6 +100,9 @@ class FunctionSpec(BaseModel):
     image: str = Field(description="Image reference (repo[:tag][@digest]) or image id.")
     port: int = Field(8080, ge=1, le=65535, description="Port the function listens on.")
     env: dict[str, str] = Field(default_factory=dict, description="Environment variables.")
+    command: list[str] | None = Field(
+        None, description="Command to run instead of the image's CMD (argv list)."
+    )
     health_path: str = Field(
         "/", description="Path probed over HTTP until the function answers (any status < 500)."
     )
@@ -135,12 +140,19 @@ class FunctionSpec(BaseModel):
         for key, val in value.items():
             if not ENV_KEY_RE.match(key):
                 raise ValueError(f"{key!r} is not a valid variable name")
-            if key.upper().startswith(RESERVED_ENV_PREFIX):
+            if key.upper().startswith(RESERVED_ENV_PREFIX) and key not in RUNTIME_ENV:
                 raise ValueError(f"{key!r}: names starting with {RESERVED_ENV_PREFIX} are reserved")
             if "\x00" in val:
                 raise ValueError(f"{key!r}: value contains a NUL byte")
         if sum(len(k) + len(v) for k, v in value.items()) > MAX_ENV_BYTES:
             raise ValueError(f"more than {MAX_ENV_BYTES} bytes of environment")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or any("\x00" in arg for arg in value)):
+            raise ValueError("must be a non-empty list of arguments without NUL bytes")
         return value
 
     @field_validator("runtime")

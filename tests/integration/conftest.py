@@ -25,6 +25,19 @@ from docker.models.containers import Container
 ECHO_IMAGE = os.environ.get("FAAS_ECHO_IMAGE", "faas/echo:latest")
 
 
+def base_image() -> str:
+    """The public Python base when the engine has it, else the offline one (make images)."""
+    client = docker.from_env()
+    for name in (os.environ.get("FAAS_BASE_IMAGE"), "python:3.12-slim"):
+        if name:
+            try:
+                client.images.get(name)
+                return name
+            except docker.errors.ImageNotFound:
+                pass
+    return "faas/python-base:bookworm"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -64,6 +77,7 @@ class Stack:
             "FAAS_READY_TIMEOUT": "8",
             "FAAS_STOP_TIMEOUT": "3",
             "FAAS_SCALE_INTERVAL": "0.3",
+            "FAAS_BASE_IMAGE": base_image(),
         }
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.direct = f"http://127.0.0.1:{self.gateway_port}"
