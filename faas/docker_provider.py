@@ -13,6 +13,7 @@ import contextlib
 import http.client
 import secrets
 import socket
+import tarfile
 import threading
 import time
 from collections import defaultdict
@@ -30,7 +31,7 @@ from docker.models.containers import Container
 from docker.types import DeviceRequest, LogConfig, Ulimit
 from loguru import logger
 
-from . import labels
+from . import labels, oci
 from .config import Settings
 from .errors import (
     BuildFailed,
@@ -270,7 +271,8 @@ class DockerProvider:
         with _engine_errors():
             try:
                 # The stubs leave load_image untyped: it yields JSON events.
-                events: Iterator[dict[str, Any]] = self.client.api.load_image(archive.read())  # type: ignore[no-untyped-call]
+                data = oci.as_docker_archive(archive).read()
+                events: Iterator[dict[str, Any]] = self.client.api.load_image(data)  # type: ignore[no-untyped-call]
                 for event in events:
                     if "error" in event:
                         raise InvalidSpec("archive", str(event["error"]))
@@ -279,8 +281,9 @@ class DockerProvider:
                     for prefix in ("Loaded image: ", "Loaded image ID: "):
                         if line.startswith(prefix):
                             loaded.append(line.removeprefix(prefix))
-            except docker.errors.APIError as exc:
-                raise InvalidSpec("archive", str(exc.explanation or exc)) from exc
+            except (docker.errors.APIError, tarfile.TarError, ValueError, KeyError) as exc:
+                reason = exc.explanation if isinstance(exc, docker.errors.APIError) else exc
+                raise InvalidSpec("archive", str(reason or exc)) from exc
         if not loaded:
             raise InvalidSpec("archive", "no image in it")
         return loaded

@@ -7,6 +7,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -108,6 +109,41 @@ def test_import_an_archive_then_deploy(
     code, _, err = cli(stack, "import", str(tmp_path / "missing.tar"))
     assert code == 1
     assert "cannot read" in err
+
+
+def test_import_an_oci_layout_archive(
+    stack: Stack, engine: docker.DockerClient, tmp_path: Path
+) -> None:
+    """skopeo writes the OCI image layout (index.json), which Docker 20.10 cannot load."""
+    skopeo = shutil.which("skopeo")
+    if skopeo is None:
+        if os.environ.get("CI"):
+            pytest.fail("skopeo is not installed (apt-get install skopeo)")
+        pytest.skip("skopeo is not installed")
+    ref = f"faas-test/oci:{secrets.token_hex(4)}"
+    archive = tmp_path / "oci.tar"
+    subprocess.run(
+        [skopeo, "copy", f"docker-daemon:{ECHO_IMAGE}", f"oci-archive:{archive}:{ref}"],
+        check=True,
+        capture_output=True,
+    )
+    with tarfile.open(archive) as tar:
+        assert "index.json" in tar.getnames()
+        assert "manifest.json" not in tar.getnames()
+    try:
+        code, out, err = cli(stack, "import", str(archive))
+        assert code == 0, err
+        assert out.split() == [ref]
+        name = fn_name("oci")
+        assert stack.deploy(name, image=ref).status_code == 200
+        assert stack.invoke(name).status_code == 200
+        stack.api("DELETE", f"/functions/{name}")
+    finally:
+        engine.images.remove(ref, force=True)
+    archive.write_bytes(b"not a tar")
+    code, _, err = cli(stack, "import", str(archive))
+    assert code == 1
+    assert "archive" in err
 
 
 def free_port() -> int:
