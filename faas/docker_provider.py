@@ -24,6 +24,7 @@ import docker
 import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
+from docker.models.images import Image
 from docker.types import DeviceRequest, LogConfig, Ulimit
 from loguru import logger
 
@@ -38,7 +39,7 @@ from .errors import (
     ProviderError,
 )
 from .provider import Function, LogStream, Router, State
-from .spec import FunctionSpec
+from .spec import FunctionSpec, Limits
 
 # A container as the engine's list endpoint describes it.
 Summary = dict[str, Any]
@@ -284,6 +285,13 @@ class DockerProvider:
                 "gpus", "this Docker engine has no GPU support (install the NVIDIA container "
                 "toolkit and register its runtime); see docs/runtimes.md",
             )  # fmt: skip
+        refused = sorted(set(spec.cap_add) - s.cap_add_allowlist)
+        if refused:
+            caps = ", ".join(sorted(s.cap_add_allowlist)) or "none"
+            raise InvalidSpec(
+                "cap_add",
+                f"{', '.join(refused)} not allowed here (FAAS_ALLOWED_CAP_ADD: {caps})",
+            )
         r = spec.resources
         resources = r.model_copy(
             update={
@@ -292,22 +300,35 @@ class DockerProvider:
                 "pids": r.pids or s.default_pids,
             }
         )
-        return spec.model_copy(update={"runtime": runtime, "resources": resources})
+        return spec.model_copy(
+            update={"runtime": runtime, "resources": resources, "limits": self._limits(spec)}
+        )
+
+    def _limits(self, spec: FunctionSpec) -> Limits:
+        s, lim = self.settings, spec.limits
+        return Limits(
+            rate_average=s.rate_average if lim.rate_average is None else lim.rate_average,
+            rate_burst=lim.rate_burst or s.rate_burst,
+            max_in_flight=s.max_in_flight if lim.max_in_flight is None else lim.max_in_flight,
+            max_body_bytes=s.max_body_bytes if lim.max_body_bytes is None else lim.max_body_bytes,
+        )
 
     def _ensure_image(self, image: str) -> None:
         with _engine_errors():
             try:
-                self.client.images.get(image)
-                return
+                found = self.client.images.get(image)
             except docker.errors.ImageNotFound:
-                pass
-            if image.startswith("sha256:"):
-                raise ImageNotFound(image, "no such image id on the engine")
-            logger.info("pulling {}", image)
-            try:
-                self.client.images.pull(image)
-            except docker.errors.APIError as exc:
-                raise ImageNotFound(image, str(exc.explanation or exc)) from exc
+                found = self._pull(image)
+        _check_image_labels(image, found.labels or {})
+
+    def _pull(self, image: str) -> Image:
+        if image.startswith("sha256:"):
+            raise ImageNotFound(image, "no such image id on the engine")
+        logger.info("pulling {}", image)
+        try:
+            return self.client.images.pull(image)
+        except docker.errors.APIError as exc:
+            raise ImageNotFound(image, str(exc.explanation or exc)) from exc
 
     def _ensure_network(self) -> None:
         net = self.settings.function_network
@@ -334,12 +355,17 @@ class DockerProvider:
                     spec.image,
                     name=name,
                     hostname=spec.name,
-                    labels=labels.container_labels(spec, s.namespace, s.function_network),
+                    labels=labels.container_labels(
+                        spec, s.namespace, s.function_network, s.forward_auth_url
+                    ),
                     environment={**spec.env, "FAAS_FUNCTION_NAME": spec.name},
                     network=s.function_network,
                     init=True,
                     security_opt=["no-new-privileges:true"],
                     cap_drop=["ALL"],
+                    cap_add=spec.cap_add or None,
+                    read_only=spec.read_only,
+                    tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"} if spec.read_only else None,  # noqa: S108
                     pids_limit=pids or s.default_pids,
                     mem_limit=memory,
                     memswap_limit=memory,  # the same figure: no swap
@@ -446,6 +472,24 @@ class DockerProvider:
             container.remove(force=True)
         except docker.errors.DockerException as exc:
             logger.warning("could not remove failed container {}: {}", container.name, exc)
+
+
+# Build metadata our own images carry; inert, so allowed on function images.
+IMAGE_LABELS_ALLOWED = frozenset({"faas.image", "faas.source", "faas.test"})
+
+
+def _check_image_labels(image: str, image_labels: dict[str, str]) -> None:
+    """Docker copies an image's labels onto its containers: an image must not
+    bring routes (traefik.*) or platform state (faas.*) of its own."""
+    for key in sorted(image_labels):
+        low = key.lower()
+        if low.startswith("traefik.") or (
+            low.startswith("faas.") and low not in IMAGE_LABELS_ALLOWED
+        ):
+            raise InvalidSpec(
+                "image", f"{image!r} carries the label {key!r}; images may not set "
+                "traefik.* or faas.* labels (Docker would copy them onto the container)",
+            )  # fmt: skip
 
 
 def _gpu_requests(gpus: str | int | list[str] | None) -> list[DeviceRequest] | None:

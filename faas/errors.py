@@ -6,7 +6,9 @@
     ├── FunctionExists(name)
     ├── ImageNotFound(image, reason)
     ├── DeployFailed(name, reason, logs)  the new version never became ready
-    ├── Unauthorized(reason)
+    ├── Unauthorized(reason)              no credentials (401)
+    ├── Forbidden(reason)                 credentials that do not allow this (403)
+    ├── PayloadTooLarge(reason)           a request body over the function's limit (413)
     ├── WakeFailed(name, reason)          a stopped function did not start for a request
     ├── ProviderError(reason)             the engine failed or is unreachable
     └── ApiError(status, message)         the management API refused (client side)
@@ -73,6 +75,14 @@ class DeployFailed(FaasError):
 
 
 class Unauthorized(FaasError):
+    pass
+
+
+class Forbidden(FaasError):
+    pass
+
+
+class PayloadTooLarge(FaasError):
     pass
 
 

@@ -45,24 +45,33 @@ class Proxy:
         path: str,
         prefix: str,
         done: Callable[[], None] = lambda: None,
+        strip: tuple[str, ...] = (),
     ) -> Response:
-        """Send `request` to `address` with its path replaced by `path`.
+        """Send `request` to `address` with its path replaced by `path`, without
+        the headers named in `strip`.
 
         `done` runs once the response body has been sent (or the send failed).
         """
         try:
-            return await self._forward(request, address, path, prefix, done)
+            return await self._forward(request, address, path, prefix, done, strip)
         except BaseException:
             done()
             raise
 
     async def _forward(
-        self, request: Request, address: str, path: str, prefix: str, done: Callable[[], None]
+        self,
+        request: Request,
+        address: str,
+        path: str,
+        prefix: str,
+        done: Callable[[], None],
+        strip: tuple[str, ...],
     ) -> Response:
         query = request.url.query
         url = f"http://{address}{path}" + (f"?{query}" if query else "")
+        dropped = HOP_BY_HOP | {h.lower() for h in strip}
         headers = [
-            (k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in HOP_BY_HOP
+            (k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in dropped
         ]
         headers.append((b"x-forwarded-prefix", prefix.encode()))
         body = request.stream() if _has_body(request) else None
