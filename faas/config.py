@@ -83,14 +83,24 @@ class Settings(BaseSettings):
         "none if unset.",
     )
     rate_average: int = Field(
-        100, ge=0, description="Requests per second per function, averaged (0: no rate limit)."
+        1000,
+        ge=0,
+        description="Requests per second per function and client address, averaged (0: no limit).",
     )
-    rate_burst: int = Field(200, ge=1, description="Requests per function allowed in a burst.")
+    rate_burst: int = Field(
+        2000, ge=1, description="Requests per function and client address allowed in a burst."
+    )
     max_in_flight: int = Field(
-        64, ge=0, description="Concurrent requests per function (0: unlimited); more get 429."
+        256,
+        ge=0,
+        description="Concurrent requests per function and client address (0: unlimited); 429.",
     )
     max_body_bytes: int = Field(
-        10 << 20, ge=0, description="Largest request body a function accepts (0: unlimited); 413."
+        0,
+        ge=0,
+        description="Largest request body a function accepts, 413 above (0: unlimited). "
+        "Traefik's buffering middleware enforces it and buffers responses too, which "
+        "breaks streamed responses: hence off unless set (or set per function).",
     )
     log_level: str = Field("INFO", description="Log level of the gateway and `faas up`.")
 
