@@ -470,3 +470,26 @@ def test_forward_auth_overhead(stack: Stack, capsys: pytest.CaptureFixture[str])
     finally:
         stack.api("DELETE", f"/functions/{public}")
         stack.api("DELETE", f"/functions/{keyed}")
+
+
+def test_cli_keys_create_invoke_revoke(stack: Stack, keyed: tuple[str, str]) -> None:
+    from typer.testing import CliRunner
+
+    from faas.cli import app
+
+    name, _ = keyed
+    base = ["--url", stack.url, "--token", stack.token]
+    created = CliRunner().invoke(app, [*base, "keys", "create", name, "--ttl", "1d"])
+    assert created.exit_code == 0, created.stderr
+    fields = dict(line.split(":", 1) for line in created.stdout.splitlines())
+    kid, key = fields["kid"].strip(), fields["key"].strip()
+    assert int(fields["expires"]) > time.time() + 86_000
+    called = CliRunner().invoke(app, ["--url", stack.url, "invoke", name, "--key", key])
+    assert called.exit_code == 0, called.stderr
+    assert "x-faas-key" not in json.loads(called.stdout)["headers"]
+    assert CliRunner().invoke(app, [*base, "keys", "revoke", kid]).exit_code == 0
+    refused = CliRunner().invoke(app, ["--url", stack.url, "invoke", name, "--key", key])
+    assert refused.exit_code == 1
+    assert "revoked" in refused.stdout
+    bad = CliRunner().invoke(app, [*base, "keys", "create", name, "--ttl", "soon"])
+    assert bad.exit_code == 2
