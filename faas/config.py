@@ -102,6 +102,12 @@ class Settings(BaseSettings):
         "Traefik's buffering middleware enforces it and buffers responses too, which "
         "breaks streamed responses: hence off unless set (or set per function).",
     )
+    request_timeout: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds a function has to start answering a request (its response "
+        "headers) before the caller gets 504; 0: no limit. Streaming after that is not cut.",
+    )
     log_level: str = Field("INFO", description="Log level of the gateway and `faas up`.")
 
     @field_validator("traefik_api_url")

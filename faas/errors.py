@@ -9,6 +9,7 @@
     ├── Unauthorized(reason)              no credentials (401)
     ├── Forbidden(reason)                 credentials that do not allow this (403)
     ├── PayloadTooLarge(reason)           a request body over the function's limit (413)
+    ├── GatewayTimeout(reason)            a function did not start answering in time (504)
     ├── WakeFailed(name, reason)          a stopped function did not start for a request
     ├── ProviderError(reason)             the engine failed or is unreachable
     └── ApiError(status, message)         the management API refused (client side)
@@ -112,3 +113,7 @@ class WakeFailed(FaasError):
 
     def detail(self) -> object:
         return {"function": self.name, "reason": self.reason}
+
+
+class GatewayTimeout(FaasError):
+    """A function did not start answering a forwarded request in time."""

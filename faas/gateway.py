@@ -28,6 +28,7 @@ from .errors import (
     Forbidden,
     FunctionExists,
     FunctionNotFound,
+    GatewayTimeout,
     ImageNotFound,
     InvalidSpec,
     PayloadTooLarge,
@@ -55,6 +56,7 @@ STATUS: dict[type[FaasError], int] = {
     PayloadTooLarge: 413,
     ProviderError: 503,
     WakeFailed: 503,
+    GatewayTimeout: 504,
 }
 
 # Longest lifetime of an invoke key, in seconds (ten years).
@@ -80,14 +82,20 @@ class Api:
     """The endpoints, bound to one provider and one admin token."""
 
     def __init__(
-        self, provider: Provider, token: str, scaler: Scaler, keys: Keys, max_body: int = 0
+        self,
+        provider: Provider,
+        token: str,
+        scaler: Scaler,
+        keys: Keys,
+        max_body: int = 0,
+        timeout: float = 0,
     ) -> None:
         self.provider = provider
         self.token = token
         self.scaler = scaler
         self.keys = keys
         self.max_body = max_body  # the platform default; a spec may set its own
-        self.proxy = Proxy()
+        self.proxy = Proxy(timeout)
 
     def admin(self, endpoint: Endpoint) -> Endpoint:
         """Wrap an endpoint: require the admin token, turn FaasError into JSON."""
@@ -285,9 +293,14 @@ async def _drain(stream: LogStream) -> AsyncIterator[bytes]:
 
 
 def build_app(
-    provider: Provider, token: str, scaler: Scaler, keys: Keys, max_body: int = 0
+    provider: Provider,
+    token: str,
+    scaler: Scaler,
+    keys: Keys,
+    max_body: int = 0,
+    timeout: float = 0,
 ) -> Starlette:
-    api = Api(provider, token, scaler, keys, max_body)
+    api = Api(provider, token, scaler, keys, max_body, timeout)
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     routes = [
         Route("/api/v1/healthz", api.healthz),
@@ -343,4 +356,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     provider = DockerProvider(settings, router=router)
     scaler = Scaler(provider, router, settings.scale_interval)
     keys = Keys.from_settings(settings)
-    return build_app(provider, auth.admin_token(settings), scaler, keys, settings.max_body_bytes)
+    token = auth.admin_token(settings)
+    return build_app(
+        provider, token, scaler, keys, settings.max_body_bytes, settings.request_timeout
+    )

@@ -64,6 +64,7 @@ class Stack:
             "FAAS_READY_TIMEOUT": "8",
             "FAAS_STOP_TIMEOUT": "3",
             "FAAS_SCALE_INTERVAL": "0.3",
+            "FAAS_REQUEST_TIMEOUT": "10",
         }
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.direct = f"http://127.0.0.1:{self.gateway_port}"

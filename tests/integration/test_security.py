@@ -493,3 +493,49 @@ def test_cli_keys_create_invoke_revoke(stack: Stack, keyed: tuple[str, str]) -> 
     assert "revoked" in refused.stdout
     bad = CliRunner().invoke(app, [*base, "keys", "create", name, "--ttl", "soon"])
     assert bad.exit_code == 2
+
+
+SLOW_SERVER = (
+    "import http.server, time\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        if self.path != '/':\n"
+    "            time.sleep(120)\n"
+    "        self.send_response(200)\n"
+    "        self.end_headers()\n"
+    "http.server.ThreadingHTTPServer(('', 8080), H).serve_forever()\n"
+)
+
+
+@pytest.fixture
+def slow_image(engine: docker.DockerClient) -> Iterator[str]:
+    """An image whose server never answers anything but `/`."""
+    tag = f"faas-test/slow:{secrets.token_hex(3)}"
+    dockerfile = f"FROM {ECHO_IMAGE}\nCMD {json.dumps(['python3', '-c', SLOW_SERVER])}\n"
+    engine.images.build(
+        fileobj=io.BytesIO(dockerfile.encode()), tag=tag, labels={"faas.test": "1"}, rm=True
+    )
+    try:
+        yield tag
+    finally:
+        engine.images.remove(tag, force=True)
+
+
+def test_a_function_that_never_answers_gets_504_warm_and_cold(
+    stack: Stack, slow_image: str
+) -> None:
+    timeout = float(stack.env["FAAS_REQUEST_TIMEOUT"])
+    name = fn_name("slow")
+    assert stack.deploy(name, image=slow_image).status_code == 200
+    try:
+        for path in ("warm", "cold"):
+            if path == "cold":
+                assert scale(stack, name, 0) == "stopped"
+            started = time.monotonic()
+            got = stack.invoke(name, "/hang")
+            took = time.monotonic() - started
+            assert got.status_code == 504, (path, got.text)
+            assert timeout <= took < timeout + 8, (path, took)
+        assert "did not answer within" in got.json()["error"]  # the gateway's, cold
+    finally:
+        stack.api("DELETE", f"/functions/{name}")
