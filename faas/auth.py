@@ -16,16 +16,20 @@ def admin_token(settings: Settings) -> str:
     """FAAS_ADMIN_TOKEN if set, else the token file, created on first use."""
     if settings.admin_token is not None:
         return settings.admin_token.get_secret_value()
-    path = settings.token_file
+    return secret_file(settings.token_file)
+
+
+def secret_file(path: Path) -> str:
+    """The secret in `path`, generated (mode 0600) on first use."""
     try:
-        token = path.read_text().strip()
+        secret = path.read_text().strip()
     except FileNotFoundError:
         return _create_token_file(path)
-    if len(token) < 16:
+    if len(secret) < 16:
         raise ProviderError(
-            f"{path} holds no usable token (16+ characters); delete it to regenerate"
+            f"{path} holds no usable secret (16+ characters); delete it to regenerate"
         )
-    return token
+    return secret
 
 
 def _create_token_file(path: Path) -> str:
@@ -33,7 +37,7 @@ def _create_token_file(path: Path) -> str:
     token = secrets.token_urlsafe(32)
     # Write a private temp file, then link it into place: the link either
     # publishes a complete token or fails because another process won.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".admin-token.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(token + "\n")

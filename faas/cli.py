@@ -170,6 +170,18 @@ def deploy(
     memory: Annotated[str | None, typer.Option(help="Memory limit, e.g. 64m (no swap).")] = None,
     cpus: Annotated[float | None, typer.Option(help="CPU quota in cores, e.g. 0.5.")] = None,
     pids: Annotated[int | None, typer.Option(help="Process limit.")] = None,
+    auth: Annotated[
+        str | None, typer.Option(help="'public' (default), or 'key': callers need an invoke key.")
+    ] = None,
+    read_only: Annotated[
+        bool | None, typer.Option(help="Read-only root filesystem, a tmpfs on /tmp (default).")
+    ] = None,
+    cap_add: Annotated[
+        list[str] | None, typer.Option(help="Capability to add back (admin-allowed), repeatable.")
+    ] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", "-l", help="KEY=VALUE container label.")
+    ] = None,
 ) -> None:
     """Deploy a function, or replace it; returns once it answers through Traefik."""
     loaded = manifest.load(file) if file is not None else manifest.Manifest()
@@ -178,9 +190,11 @@ def deploy(
         "name": name, "port": port, "health_path": health_path, "min_scale": min_scale,
         "idle_timeout": idle_timeout, "runtime": runtime, "gpus": _parse_gpus(gpus),
         "command": shlex.split(command) if command else None,
+        "auth": auth, "read_only": read_only, "cap_add": cap_add or None,
     }  # fmt: skip
     spec.update({k: v for k, v in flags.items() if v is not None})
     spec["env"] = {**_table(spec.get("env")), **_parse_env(env or [])}
+    spec["labels"] = {**_table(spec.get("labels")), **_parse_env(label or [])}
     limits = {"memory": memory, "cpus": cpus, "pids": pids}
     spec["resources"] = {**_table(spec.get("resources")), **{k: v for k, v in limits.items() if v}}
     if "name" not in spec:
@@ -333,10 +347,18 @@ def invoke(
     include: Annotated[
         bool, typer.Option("--include", "-i", help="Print status line and headers.")
     ] = False,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FAAS_KEY", help="Invoke key of a `--auth key` function.", show_default=False
+        ),
+    ] = None,
 ) -> None:
     """Call a function through Traefik and print its answer; exit 1 on HTTP >= 400."""
     body = _read_data(data)
     headers = dict(_parse_header(h) for h in header or [])
+    if key:
+        headers["X-Faas-Key"] = key
     verb = (method or ("POST" if body is not None else "GET")).upper()
     response = State.client().invoke(name, path, verb, body, headers)
     if include:
@@ -375,6 +397,47 @@ def scale(
     """Scale a function to zero or one; a stopped function also wakes on its next request."""
     function = State.client().scale(name, replicas)
     typer.echo(f"{name}: {function['state']}")
+
+
+keys_app = typer.Typer(help="Invoke keys of `--auth key` functions.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_ttl(raw: str | None) -> int | None:
+    """'30d', '12h', '90m', '45s' or plain seconds; None: the key never expires."""
+    if raw is None or raw == "never":
+        return None
+    number, unit = (raw[:-1], raw[-1]) if raw[-1:] in TTL_UNITS else (raw, "s")
+    if not number.isdigit() or int(number) == 0:
+        raise typer.BadParameter(f"{raw!r} is not a duration like 30d, 12h or 3600")
+    return int(number) * TTL_UNITS[unit]
+
+
+@keys_app.command("create")
+@reports_errors
+def keys_create(
+    name: Annotated[str, typer.Argument(help="Function the key may invoke.")],
+    ttl: Annotated[
+        str | None, typer.Option(help="Lifetime: 30d, 12h, 90m, seconds; never expires if unset.")
+    ] = None,
+) -> None:
+    """Create an invoke key; it is printed once and cannot be shown again."""
+    issued = State.client().create_key(name, parse_ttl(ttl))
+    typer.echo(f"kid:     {issued['kid']}")
+    typer.echo(f"expires: {issued['expires'] or 'never'}")
+    typer.echo(f"key:     {issued['key']}")
+
+
+@keys_app.command("revoke")
+@reports_errors
+def keys_revoke(
+    kid: Annotated[str, typer.Argument(help="Key id, as `keys create` printed.")],
+) -> None:
+    """Revoke a key at once, for good."""
+    State.client().revoke_key(kid)
+    typer.echo(f"revoked {kid}")
 
 
 @app.command("rm")

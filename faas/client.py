@@ -69,6 +69,13 @@ class Client:
         )
         return self._events(response)
 
+    def create_key(self, name: str, ttl: int | None) -> JSON:
+        response = self._call("POST", f"/functions/{name}/keys", json={"ttl": ttl})
+        return cast(JSON, response.json())
+
+    def revoke_key(self, kid: str) -> None:
+        self._call("DELETE", f"/keys/{kid}")
+
     def remove(self, name: str) -> None:
         self._call("DELETE", f"/functions/{name}")
 

@@ -75,6 +75,42 @@ class Settings(BaseSettings):
     default_memory: str = Field("256m", description="Memory limit of a function container.")
     default_cpus: float = Field(1.0, gt=0, description="CPU quota of a function container.")
     default_pids: int = Field(256, ge=16, description="Process limit of a function container.")
+    auth_url: str | None = Field(
+        None,
+        description="Base URL of the gateway's key check as Traefik reaches it (forwardAuth); "
+        "the function name is appended. Default: http://<gateway host>:<gateway port>/api/v1/auth.",
+    )
+    allowed_cap_add: str | None = Field(
+        None,
+        description="Comma-separated capabilities functions may add back (e.g. NET_BIND_SERVICE); "
+        "none if unset.",
+    )
+    rate_average: int = Field(
+        1000,
+        ge=0,
+        description="Requests per second per function and client address, averaged (0: no limit).",
+    )
+    rate_burst: int = Field(
+        2000, ge=1, description="Requests per function and client address allowed in a burst."
+    )
+    max_in_flight: int = Field(
+        256,
+        ge=0,
+        description="Concurrent requests per function and client address (0: unlimited); 429.",
+    )
+    max_body_bytes: int = Field(
+        0,
+        ge=0,
+        description="Largest request body a function accepts, 413 above (0: unlimited). "
+        "Traefik's buffering middleware enforces it and buffers responses too, which "
+        "breaks streamed responses: hence off unless set (or set per function).",
+    )
+    request_timeout: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds a function has to start answering a request (its response "
+        "headers) before the caller gets 504; 0: no limit. Streaming after that is not cut.",
+    )
     log_level: str = Field("INFO", description="Log level of the gateway and `faas up`.")
 
     @field_validator("traefik_api_url")
@@ -107,3 +143,26 @@ class Settings(BaseSettings):
     @property
     def token_file(self) -> Path:
         return self.state_dir / "admin-token"
+
+    @property
+    def signing_key_file(self) -> Path:
+        """The secret invoke keys are signed with (faas/keys.py)."""
+        return self.state_dir / "signing-key"
+
+    @property
+    def revoked_keys_file(self) -> Path:
+        return self.state_dir / "revoked-keys"
+
+    @property
+    def forward_auth_url(self) -> str:
+        """Where Traefik's forwardAuth asks whether a key may invoke a function."""
+        if self.auth_url:
+            return self.auth_url
+        host = "127.0.0.1" if self.gateway_host in ("0.0.0.0", "", "::") else self.gateway_host
+        return f"http://{host}:{self.gateway_port}/api/v1/auth"
+
+    @property
+    def cap_add_allowlist(self) -> frozenset[str]:
+        return frozenset(
+            c.strip().upper() for c in (self.allowed_cap_add or "").split(",") if c.strip()
+        )

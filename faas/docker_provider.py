@@ -43,7 +43,7 @@ from .errors import (
     ProviderError,
 )
 from .provider import Function, LogStream, Router, State
-from .spec import FunctionSpec
+from .spec import FunctionSpec, Limits
 
 # A container as the engine's list endpoint describes it.
 Summary = dict[str, Any]
@@ -358,6 +358,13 @@ class DockerProvider:
                 "gpus", "this Docker engine has no GPU support (install the NVIDIA container "
                 "toolkit and register its runtime); see docs/runtimes.md",
             )  # fmt: skip
+        refused = sorted(set(spec.cap_add) - s.cap_add_allowlist)
+        if refused:
+            caps = ", ".join(sorted(s.cap_add_allowlist)) or "none"
+            raise InvalidSpec(
+                "cap_add",
+                f"{', '.join(refused)} not allowed here (FAAS_ALLOWED_CAP_ADD: {caps})",
+            )
         r = spec.resources
         resources = r.model_copy(
             update={
@@ -366,11 +373,25 @@ class DockerProvider:
                 "pids": r.pids or s.default_pids,
             }
         )
-        return spec.model_copy(update={"runtime": runtime, "resources": resources})
+        return spec.model_copy(
+            update={"runtime": runtime, "resources": resources, "limits": self._limits(spec)}
+        )
+
+    def _limits(self, spec: FunctionSpec) -> Limits:
+        s, lim = self.settings, spec.limits
+        return Limits(
+            rate_average=s.rate_average if lim.rate_average is None else lim.rate_average,
+            rate_burst=lim.rate_burst or s.rate_burst,
+            max_in_flight=s.max_in_flight if lim.max_in_flight is None else lim.max_in_flight,
+            max_body_bytes=s.max_body_bytes if lim.max_body_bytes is None else lim.max_body_bytes,
+        )
 
     def _ensure_image(self, image: str) -> None:
         for _ in self.pull(image):
             pass
+        with _engine_errors():
+            found = self.client.images.get(image)
+        _check_image_labels(image, found.labels or {})
 
     def _ensure_network(self) -> None:
         net = self.settings.function_network
@@ -397,7 +418,9 @@ class DockerProvider:
                     spec.image,
                     name=name,
                     hostname=spec.name,
-                    labels=labels.container_labels(spec, s.namespace, s.function_network),
+                    labels=labels.container_labels(
+                        spec, s.namespace, s.function_network, s.forward_auth_url
+                    ),
                     environment={**spec.env, "FAAS_FUNCTION_NAME": spec.name},
                     command=spec.command,
                     # The platform probes readiness itself; an image's own
@@ -408,6 +431,9 @@ class DockerProvider:
                     init=True,
                     security_opt=["no-new-privileges:true"],
                     cap_drop=["ALL"],
+                    cap_add=spec.cap_add or None,
+                    read_only=spec.read_only,
+                    tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"} if spec.read_only else None,  # noqa: S108
                     pids_limit=pids or s.default_pids,
                     mem_limit=memory,
                     memswap_limit=memory,  # the same figure: no swap
@@ -539,6 +565,24 @@ def build_context(directory: Path) -> IO[bytes]:
             if line.strip() and not line.startswith("#")
         ]
     return cast(IO[bytes], docker.utils.build.tar(directory, exclude=patterns))
+
+
+# Build metadata our own images carry; inert, so allowed on function images.
+IMAGE_LABELS_ALLOWED = frozenset({"faas.image", "faas.source", "faas.test"})
+
+
+def _check_image_labels(image: str, image_labels: dict[str, str]) -> None:
+    """Docker copies an image's labels onto its containers: an image must not
+    bring routes (traefik.*) or platform state (faas.*) of its own."""
+    for key in sorted(image_labels):
+        low = key.lower()
+        if low.startswith("traefik.") or (
+            low.startswith("faas.") and low not in IMAGE_LABELS_ALLOWED
+        ):
+            raise InvalidSpec(
+                "image", f"{image!r} carries the label {key!r}; images may not set "
+                "traefik.* or faas.* labels (Docker would copy them onto the container)",
+            )  # fmt: skip
 
 
 def _gpu_requests(gpus: str | int | list[str] | None) -> list[DeviceRequest] | None:

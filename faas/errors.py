@@ -7,7 +7,10 @@
     ├── ImageNotFound(image, reason)
     ├── DeployFailed(name, reason, logs)  the new version never became ready
     ├── BuildFailed(reason, log)          an image build failed; nothing deployed
-    ├── Unauthorized(reason)
+    ├── Unauthorized(reason)              no credentials (401)
+    ├── Forbidden(reason)                 credentials that do not allow this (403)
+    ├── PayloadTooLarge(reason)           a request body over the function's limit (413)
+    ├── GatewayTimeout(reason)            a function did not start answering in time (504)
     ├── WakeFailed(name, reason)          a stopped function did not start for a request
     ├── ProviderError(reason)             the engine failed or is unreachable
     └── ApiError(status, message)         the management API refused (client side)
@@ -77,6 +80,14 @@ class Unauthorized(FaasError):
     pass
 
 
+class Forbidden(FaasError):
+    pass
+
+
+class PayloadTooLarge(FaasError):
+    pass
+
+
 class ProviderError(FaasError):
     pass
 
@@ -113,3 +124,7 @@ class BuildFailed(FaasError):
 
     def detail(self) -> object:
         return {"reason": self.reason, "log": self.log}
+
+
+class GatewayTimeout(FaasError):
+    """A function did not start answering a forwarded request in time."""

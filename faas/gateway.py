@@ -29,14 +29,18 @@ from .errors import (
     BuildFailed,
     DeployFailed,
     FaasError,
+    Forbidden,
     FunctionExists,
     FunctionNotFound,
+    GatewayTimeout,
     ImageNotFound,
     InvalidSpec,
+    PayloadTooLarge,
     ProviderError,
     Unauthorized,
     WakeFailed,
 )
+from .keys import Keys, check_kid, presented_key
 from .logging import configure_logging
 from .provider import Function, LogStream, Provider, State
 from .proxy import Proxy
@@ -53,9 +57,15 @@ STATUS: dict[type[FaasError], int] = {
     DeployFailed: 502,
     BuildFailed: 422,
     Unauthorized: 401,
+    Forbidden: 403,
+    PayloadTooLarge: 413,
     ProviderError: 503,
     WakeFailed: 503,
+    GatewayTimeout: 504,
 }
+
+# Longest lifetime of an invoke key, in seconds (ten years).
+MAX_KEY_TTL = 10 * 365 * 24 * 3600
 
 # How long a caller should wait before retrying after a failed wake.
 RETRY_AFTER = "1"
@@ -79,13 +89,22 @@ class Api:
     """The endpoints, bound to one provider and one admin token."""
 
     def __init__(
-        self, provider: Provider, token: str, scaler: Scaler, base_image: str = "python:3.12-slim"
+        self,
+        provider: Provider,
+        token: str,
+        scaler: Scaler,
+        keys: Keys,
+        max_body: int = 0,
+        timeout: float = 0,
+        base_image: str = "python:3.12-slim",
     ) -> None:
         self.provider = provider
         self.token = token
         self.base_image = base_image
         self.scaler = scaler
-        self.proxy = Proxy()
+        self.keys = keys
+        self.max_body = max_body  # the platform default; a spec may set its own
+        self.proxy = Proxy(timeout)
 
     def admin(self, endpoint: Endpoint) -> Endpoint:
         """Wrap an endpoint: require the admin token, turn FaasError into JSON."""
@@ -167,18 +186,70 @@ class Api:
         function = await run_in_threadpool(self.provider.get, name)
         return JSONResponse(function.to_json())
 
+    def authorize(self, request: Request, name: str) -> None:
+        """Let the admin token or a key for `name` through; raise Unauthorized/Forbidden."""
+        authorization = request.headers.get("authorization")
+        faas_key = request.headers.get("x-faas-key")
+        if auth.bearer_matches(authorization, self.token) or auth.bearer_matches(
+            f"Bearer {faas_key}", self.token
+        ):
+            return
+        self.keys.check(name, presented_key(authorization, faas_key))
+
+    async def check_key(self, request: Request) -> Response:
+        """Traefik's forwardAuth for `key` functions: 200 lets the request through."""
+        try:
+            self.authorize(request, check_name(request.path_params["name"]))
+        except FaasError as exc:
+            return error_response(exc)
+        return Response(status_code=200)
+
+    async def create_key(self, request: Request) -> Response:
+        name = check_name(request.path_params["name"])
+        raw = await request.body()
+        body = _json_body_of(raw) if raw.strip() else {}
+        ttl = body.get("ttl") if isinstance(body, dict) and set(body) <= {"ttl"} else "bad"
+        if ttl is not None and (type(ttl) is not int or not 1 <= ttl <= MAX_KEY_TTL):
+            raise InvalidSpec(
+                "ttl", f'send {{"ttl": seconds (1-{MAX_KEY_TTL})}} or {{"ttl": null}}'
+            )
+        await run_in_threadpool(self.provider.get, name)
+        issued = self.keys.create(name, ttl)
+        logger.info("created key {} for {}", issued.kid, name)  # the id only, never the key
+        return JSONResponse(issued.to_json(), status_code=201)
+
+    async def revoke_key(self, request: Request) -> Response:
+        kid = check_kid(request.path_params["kid"])
+        await run_in_threadpool(self.keys.revoke, kid)
+        logger.info("revoked key {}", kid)
+        return Response(status_code=204)
+
+    async def _guard_invoke(self, request: Request, name: str) -> tuple[str, ...]:
+        """Check a cold-path request as the function's own router would; returns
+        the headers to strip before forwarding."""
+        spec = (await run_in_threadpool(self.provider.get, name)).spec
+        limit = self.max_body if spec.limits.max_body_bytes is None else spec.limits.max_body_bytes
+        length = request.headers.get("content-length", "")
+        if limit and length.isdigit() and int(length) > limit:
+            raise PayloadTooLarge(f"request body larger than {limit} bytes")
+        if spec.auth != "key":
+            return ()
+        self.authorize(request, name)
+        return labels.KEY_HEADERS
+
     async def invoke(self, request: Request) -> Response:
         """A request for a function Traefik has no live route for: wake it, forward."""
         name = request.path_params["name"]
         try:
             check_name(name)
+            strip = await self._guard_invoke(request, name)
             prefix = labels.function_path(name)
             raw = request.scope.get("raw_path") or request.url.path.encode()
             path = raw[len(prefix) :].decode("latin-1") or "/"
             address, waited = await self.scaler.address(name)
             self.scaler.begin(name)
             response = await self.proxy.forward(
-                request, address, path, prefix, done=lambda: self.scaler.end(name)
+                request, address, path, prefix, done=lambda: self.scaler.end(name), strip=strip
             )
             if waited is not None:
                 # Standard timing header: lets callers (and make bench) see the cold start.
@@ -243,8 +314,12 @@ class Api:
 
 
 async def _json_body(request: Request) -> object:
+    return _json_body_of(await request.body())
+
+
+def _json_body_of(raw: bytes) -> object:
     try:
-        return json.loads(await request.body())
+        return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidSpec("", f"request body is not valid JSON: {exc}") from exc
 
@@ -321,9 +396,15 @@ async def _drain(stream: LogStream) -> AsyncIterator[bytes]:
 
 
 def build_app(
-    provider: Provider, token: str, scaler: Scaler, base_image: str = "python:3.12-slim"
+    provider: Provider,
+    token: str,
+    scaler: Scaler,
+    keys: Keys,
+    max_body: int = 0,
+    timeout: float = 0,
+    base_image: str = "python:3.12-slim",
 ) -> Starlette:
-    api = Api(provider, token, scaler, base_image)
+    api = Api(provider, token, scaler, keys, max_body, timeout, base_image)
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     routes = [
         Route("/api/v1/healthz", api.healthz),
@@ -338,6 +419,9 @@ def build_app(
         Route("/api/v1/functions/{name}/build", api.admin(api.build), methods=["POST"]),
         Route("/api/v1/images/pull", api.admin(api.pull), methods=["POST"]),
         Route("/api/v1/images/load", api.admin(api.load), methods=["POST"]),
+        Route("/api/v1/functions/{name}/keys", api.admin(api.create_key), methods=["POST"]),
+        Route("/api/v1/keys/{kid}", api.admin(api.revoke_key), methods=["DELETE"]),
+        Route("/api/v1/auth/{name}", api.check_key, methods=methods),
         Route("/function/{name}", api.invoke, methods=methods),
         Route("/function/{name}/{path:path}", api.invoke, methods=methods),
     ]
@@ -378,4 +462,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         router = TraefikRouter(api_url, settings.ready_timeout, drains)
     provider = DockerProvider(settings, router=router)
     scaler = Scaler(provider, router, settings.scale_interval)
-    return build_app(provider, auth.admin_token(settings), scaler, settings.base_image)
+    keys = Keys.from_settings(settings)
+    token = auth.admin_token(settings)
+    return build_app(
+        provider,
+        token,
+        scaler,
+        keys,
+        settings.max_body_bytes,
+        settings.request_timeout,
+        settings.base_image,
+    )

@@ -70,20 +70,72 @@ def spec_from_labels(labels: dict[str, str]) -> FunctionSpec:
     return FunctionSpec.model_validate(data)
 
 
-def traefik_labels(spec: FunctionSpec, network: str) -> dict[str, str]:
+# Headers that carry an invoke key; removed before a request reaches a function.
+KEY_HEADERS = ("Authorization", "X-Faas-Key")
+
+
+def limit_labels(spec: FunctionSpec) -> tuple[list[str], dict[str, str]]:
+    """Middlewares (names, labels) for the spec's abuse limits; 0 or unset: none."""
+    router = router_name(spec.name)
+    mw = f"traefik.http.middlewares.{router}"
+    lim = spec.limits
+    names: list[str] = []
+    out: dict[str, str] = {}
+    if lim.rate_average:
+        names.append(f"{router}-rate")
+        out[f"{mw}-rate.ratelimit.average"] = str(lim.rate_average)
+        out[f"{mw}-rate.ratelimit.burst"] = str(lim.rate_burst or lim.rate_average)
+    if lim.max_in_flight:
+        names.append(f"{router}-inflight")
+        out[f"{mw}-inflight.inflightreq.amount"] = str(lim.max_in_flight)
+    return names, out
+
+
+def body_limit_labels(spec: FunctionSpec) -> tuple[list[str], dict[str, str]]:
+    if not spec.limits.max_body_bytes:
+        return [], {}
+    router = router_name(spec.name)
+    key = f"traefik.http.middlewares.{router}-body.buffering.maxrequestbodybytes"
+    return [f"{router}-body"], {key: str(spec.limits.max_body_bytes)}
+
+
+def auth_labels(spec: FunctionSpec, auth_url: str | None) -> tuple[list[str], dict[str, str]]:
+    """forwardAuth to the gateway for `key` functions, then drop the key headers."""
+    if spec.auth != "key":
+        return [], {}
+    if not auth_url:
+        raise ValueError("a key function needs the gateway's auth URL")
+    router = router_name(spec.name)
+    mw = f"traefik.http.middlewares.{router}"
+    out = {f"{mw}-auth.forwardauth.address": f"{auth_url.rstrip('/')}/{spec.name}"}
+    for header in KEY_HEADERS:
+        # An empty value removes the header (Traefik's headers middleware).
+        out[f"{mw}-nokey.headers.customrequestheaders.{header}"] = ""
+    return [f"{router}-auth", f"{router}-nokey"], out
+
+
+def traefik_labels(spec: FunctionSpec, network: str, auth_url: str | None = None) -> dict[str, str]:
     """Route /function/<name>[/...] to the container, with the prefix stripped.
 
     Names are validated against ^[a-z][a-z0-9-]*$ before they get here, so
-    nothing in the rule comes from user input unescaped.
+    nothing in the rule comes from user input unescaped. Middlewares run in
+    order: abuse limits, the key check, body size, retry, prefix strip.
     """
     router = router_name(spec.name)
     path = function_path(spec.name)
+    limits, limit_out = limit_labels(spec)
+    auth, auth_out = auth_labels(spec, auth_url)
+    body, body_out = body_limit_labels(spec)
+    chain = [*limits, *auth, *body, f"{router}-retry", f"{router}-strip"]
     return {
+        **limit_out,
+        **auth_out,
+        **body_out,
         "traefik.enable": "true",
         "traefik.docker.network": network,
         f"traefik.http.routers.{router}.rule": function_rule(spec.name),
         f"traefik.http.routers.{router}.entrypoints": ENTRYPOINT,
-        f"traefik.http.routers.{router}.middlewares": f"{router}-retry,{router}-strip",
+        f"traefik.http.routers.{router}.middlewares": ",".join(chain),
         f"traefik.http.routers.{router}.service": router,
         f"traefik.http.middlewares.{router}-strip.stripprefix.prefixes": path,
         # Traefik routes a container as soon as it runs, before its server
@@ -95,12 +147,15 @@ def traefik_labels(spec: FunctionSpec, network: str) -> dict[str, str]:
     }
 
 
-def container_labels(spec: FunctionSpec, namespace: str, network: str) -> dict[str, str]:
-    """Every label a function container gets."""
+def container_labels(
+    spec: FunctionSpec, namespace: str, network: str, auth_url: str | None = None
+) -> dict[str, str]:
+    """Every label a function container gets; the platform's win over the user's."""
     return {
+        **spec.labels,
         NAMESPACE: namespace,
         FUNCTION: spec.name,
         SCHEMA: SCHEMA_VERSION,
         **spec_labels(spec),
-        **traefik_labels(spec, network),
+        **traefik_labels(spec, network, auth_url),
     }

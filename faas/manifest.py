@@ -20,7 +20,8 @@ from pathlib import Path
 from .errors import InvalidSpec
 
 SPEC_KEYS = frozenset({"name", "image", "port", "command", "env", "health_path", "runtime",
-                       "gpus", "resources"})  # fmt: skip
+                       "gpus", "resources", "auth", "read_only", "cap_add", "labels",
+                       "limits"})  # fmt: skip
 SOURCE_KEYS = frozenset({"build", "lang"})
 SCALING_KEYS = frozenset({"min_scale", "idle_timeout"})
 

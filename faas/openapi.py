@@ -9,6 +9,15 @@ from . import __version__
 from .spec import FunctionSpec
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+_KEY = {
+    "type": "object",
+    "required": ["kid", "key", "expires"],
+    "properties": {
+        "kid": {"type": "string"},
+        "key": {"type": "string"},
+        "expires": {"type": ["integer", "null"]},
+    },
+}
 
 
 def _responses(ok: str, schema: Mapping[str, object] | None, *errors: int) -> dict[str, object]:
@@ -79,6 +88,32 @@ def document() -> dict[str, object]:
                 "get": {"responses": _responses("200", fn_ref, 404)},
                 "put": {"requestBody": body, "responses": _responses("200", fn_ref, 422, 502)},
                 "delete": {"responses": _responses("204", None, 404)},
+            },
+            "/api/v1/functions/{name}/keys": {
+                "parameters": [name],
+                "post": {
+                    "requestBody": {
+                        "required": False,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "ttl": {"type": ["integer", "null"], "minimum": 1}
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": _responses("201", _KEY, 404, 422),
+                },
+            },
+            "/api/v1/keys/{kid}": {
+                "parameters": [
+                    {"name": "kid", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "delete": {"responses": _responses("204", None, 422)},
             },
             "/api/v1/functions/{name}/logs": {
                 "parameters": [

@@ -6,6 +6,7 @@ or is being stopped) come this way; warm requests never touch Python.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import httpx
@@ -13,7 +14,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from .errors import ProviderError
+from .errors import GatewayTimeout, ProviderError
 
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
 HOP_BY_HOP = frozenset(
@@ -31,7 +32,8 @@ HOP_BY_HOP = frozenset(
 
 
 class Proxy:
-    def __init__(self) -> None:
+    def __init__(self, header_timeout: float = 0) -> None:
+        self.header_timeout = header_timeout or None  # 0: wait as long as the caller
         # No read timeout: a long request or a stream must not be cut here.
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=5.0, read=None, write=None, pool=None),
@@ -45,30 +47,45 @@ class Proxy:
         path: str,
         prefix: str,
         done: Callable[[], None] = lambda: None,
+        strip: tuple[str, ...] = (),
     ) -> Response:
-        """Send `request` to `address` with its path replaced by `path`.
+        """Send `request` to `address` with its path replaced by `path`, without
+        the headers named in `strip`.
 
         `done` runs once the response body has been sent (or the send failed).
         """
         try:
-            return await self._forward(request, address, path, prefix, done)
+            return await self._forward(request, address, path, prefix, done, strip)
         except BaseException:
             done()
             raise
 
     async def _forward(
-        self, request: Request, address: str, path: str, prefix: str, done: Callable[[], None]
+        self,
+        request: Request,
+        address: str,
+        path: str,
+        prefix: str,
+        done: Callable[[], None],
+        strip: tuple[str, ...],
     ) -> Response:
         query = request.url.query
         url = f"http://{address}{path}" + (f"?{query}" if query else "")
+        dropped = HOP_BY_HOP | {h.lower() for h in strip}
         headers = [
-            (k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in HOP_BY_HOP
+            (k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in dropped
         ]
         headers.append((b"x-forwarded-prefix", prefix.encode()))
         body = request.stream() if _has_body(request) else None
         upstream = self.client.build_request(request.method, url, headers=headers, content=body)
         try:
-            response = await self.client.send(upstream, stream=True)
+            response = await asyncio.wait_for(
+                self.client.send(upstream, stream=True), self.header_timeout
+            )
+        except TimeoutError as exc:
+            raise GatewayTimeout(
+                f"function at {address} did not answer within {self.header_timeout:g}s"
+            ) from exc
         except httpx.HTTPError as exc:
             raise ProviderError(f"function at {address} did not answer: {exc}") from exc
         out = StreamingResponse(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -91,6 +91,28 @@ class Resources(BaseModel):
         return value
 
 
+CAPABILITY_RE = re.compile(r"^[A-Z][A-Z_]{1,31}$")
+USER_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+# Docker merges labels into one map: these prefixes would let a user route
+# traffic (traefik.*), rewrite the platform's state (faas.*) or impersonate
+# the engine's tooling (com.docker.*).
+RESERVED_LABEL_PREFIXES = ("traefik.", "faas.", "com.docker.")
+
+
+class Limits(BaseModel):
+    """Abuse limits enforced by Traefik in front of the function; unset ones take
+    the platform defaults (FAAS_RATE_AVERAGE ...), 0 switches one off."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate_average: int | None = Field(None, ge=0, le=1_000_000, description="Requests/s, averaged.")
+    rate_burst: int | None = Field(None, ge=1, le=1_000_000, description="Burst of requests.")
+    max_in_flight: int | None = Field(None, ge=0, le=100_000, description="Concurrent requests.")
+    max_body_bytes: int | None = Field(
+        None, ge=0, le=1 << 34, description="Largest request body in bytes (413 above)."
+    )
+
+
 class FunctionSpec(BaseModel):
     """A function: an image plus how to run and route it."""
 
@@ -119,6 +141,45 @@ class FunctionSpec(BaseModel):
         None, description='GPUs: "all", a count, or a list of device ids.'
     )
     resources: Resources = Field(default_factory=Resources)
+    auth: Literal["public", "key"] = Field(
+        "public", description='"key": callers need an invoke key (or the admin token).'
+    )
+    read_only: bool = Field(True, description="Read-only root filesystem (a tmpfs on /tmp).")
+    cap_add: list[str] = Field(
+        default_factory=list,
+        description="Capabilities to add back (all are dropped); only those the admin allows.",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Container labels; traefik.*, faas.* and com.docker.* are refused.",
+    )
+    limits: Limits = Field(default_factory=Limits)
+
+    @field_validator("cap_add")
+    @classmethod
+    def _cap_add(cls, value: list[str]) -> list[str]:
+        caps = [c.upper().removeprefix("CAP_") for c in value]
+        for cap in caps:
+            if not CAPABILITY_RE.match(cap):
+                raise ValueError(f"{cap!r} is not a capability name")
+        return sorted(set(caps))
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, val in value.items():
+            if key.lower().startswith(RESERVED_LABEL_PREFIXES):
+                raise ValueError(
+                    f"{key!r}: labels starting with {', '.join(RESERVED_LABEL_PREFIXES)} "
+                    "are reserved to the platform"
+                )
+            if not USER_LABEL_RE.match(key):
+                raise ValueError(f"{key!r} is not a valid label key")
+            if len(val) > 4096 or "\x00" in val:
+                raise ValueError(f"{key!r}: value too long or contains a NUL byte")
+        if len(value) > 64:
+            raise ValueError("at most 64 labels")
+        return value
 
     @field_validator("name")
     @classmethod

@@ -52,6 +52,7 @@ def render_config(settings: Settings) -> Path:
         "dynamic_dir": str(settings.dynamic_dir),
         "gateway_url": f"http://{_loopback(settings.gateway_host)}:{settings.gateway_port}",
         "log_level": "DEBUG" if settings.log_level.upper() == "DEBUG" else "WARN",
+        "response_timeout": f"{settings.request_timeout:g}s",
     }
     for name, target in (
         ("traefik.yml", out / "traefik.yml"),

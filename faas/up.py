@@ -90,6 +90,11 @@ def gateway_command(settings: Settings, reload: bool = False) -> list[str]:
 
 def run(settings: Settings, reload: bool = False) -> int:
     """Start Traefik and the gateway, print where they are, supervise until signalled."""
+    if os.geteuid() == 0:
+        logger.warning(
+            "running as root: faas up needs only the Docker socket (e.g. the docker group); "
+            "a non-root user limits what a flaw in the gateway or Traefik could do"
+        )
     token = auth.admin_token(settings)
     config = traefik.render_config(settings)
     env = _settings_env(settings)

@@ -46,6 +46,7 @@ def render(settings: Settings) -> None:
             "FAAS_GATEWAY_URL", f"http://manager:{settings.gateway_port}"
         ),
         "log_level": "DEBUG" if settings.log_level.upper() == "DEBUG" else "WARN",
+        "response_timeout": f"{settings.request_timeout:g}s",
     }
     settings.dynamic_dir.mkdir(parents=True, exist_ok=True)
     for template, target in (

@@ -127,6 +127,16 @@ def test_compose_stack(stack: Stack) -> None:
     finally:
         docker("rm", "-f", stray)
 
+    # An `auth: key` function: Traefik's forwardAuth reaches the manager by
+    # its compose name (FAAS_AUTH_URL), and the key headers never reach it.
+    keyed = stack.api("PUT", f"/functions/{NAME}", {"image": ECHO_IMAGE, "auth": "key"})
+    assert keyed.status_code == 200, keyed.text
+    assert requests.get(f"{stack.url}/function/{NAME}/k", timeout=30).status_code == 401
+    key = stack.api("POST", f"/functions/{NAME}/keys", {"ttl": 60}).json()["key"]
+    got = requests.get(f"{stack.url}/function/{NAME}/k", headers={"X-Faas-Key": key}, timeout=30)
+    assert got.status_code == 200, got.text
+    assert "x-faas-key" not in got.json()["headers"]
+
     cli(stack, "rm", NAME)
     assert stack.api("GET", f"/functions/{NAME}").status_code == 404
 

@@ -78,6 +78,7 @@ class Stack:
             "FAAS_STOP_TIMEOUT": "3",
             "FAAS_SCALE_INTERVAL": "0.3",
             "FAAS_BASE_IMAGE": base_image(),
+            "FAAS_REQUEST_TIMEOUT": "10",
         }
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.direct = f"http://127.0.0.1:{self.gateway_port}"

@@ -143,7 +143,8 @@ def test_traffic_and_long_streams_keep_a_function_up(stack: Stack) -> None:
 def test_failed_wake_answers_503_quickly_and_retries(
     stack: Stack, engine: docker.DockerClient
 ) -> None:
-    name, container_id = cold(stack, engine, env={"ECHO_CRASH_ON_RESTART": "1"})
+    # The flag file must survive a stop: not on the tmpfs /tmp of a read-only container.
+    name, container_id = cold(stack, engine, env={"ECHO_CRASH_ON_RESTART": "1"}, read_only=False)
     since = time.time()
     started = time.monotonic()
     got = stack.invoke(name)

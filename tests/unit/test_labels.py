@@ -63,3 +63,45 @@ def test_traefik_labels_route_the_function_path_only() -> None:
     assert got["traefik.http.middlewares.fn-hello-retry.retry.attempts"] == "3"
     assert got["traefik.http.services.fn-hello.loadbalancer.server.port"] == "9000"
     assert got["traefik.http.routers.fn-hello.entrypoints"] == "web"
+
+
+def test_key_functions_get_forward_auth_and_lose_the_key_headers() -> None:
+    spec = FunctionSpec(name="hello", image="echo", auth="key")
+    got = labels.traefik_labels(spec, "net", "http://127.0.0.1:8081/api/v1/auth")
+    mw = "traefik.http.middlewares.fn-hello"
+    assert got[f"{mw}-auth.forwardauth.address"] == "http://127.0.0.1:8081/api/v1/auth/hello"
+    assert got[f"{mw}-nokey.headers.customrequestheaders.Authorization"] == ""
+    assert got[f"{mw}-nokey.headers.customrequestheaders.X-Faas-Key"] == ""
+    chain = got["traefik.http.routers.fn-hello.middlewares"].split(",")
+    assert chain == ["fn-hello-auth", "fn-hello-nokey", "fn-hello-retry", "fn-hello-strip"]
+    public = labels.traefik_labels(FunctionSpec(name="hello", image="echo"), "net", "http://x")
+    assert not any("forwardauth" in k for k in public)
+    with pytest.raises(ValueError, match="auth URL"):
+        labels.traefik_labels(spec, "net")
+
+
+def test_limits_become_middlewares_before_the_function() -> None:
+    spec = FunctionSpec(
+        name="hello",
+        image="echo",
+        limits={"rate_average": 10, "rate_burst": 20, "max_in_flight": 5, "max_body_bytes": 1000},
+    )
+    got = labels.traefik_labels(spec, "net")
+    mw = "traefik.http.middlewares.fn-hello"
+    assert got[f"{mw}-rate.ratelimit.average"] == "10"
+    assert got[f"{mw}-rate.ratelimit.burst"] == "20"
+    assert got[f"{mw}-inflight.inflightreq.amount"] == "5"
+    assert got[f"{mw}-body.buffering.maxrequestbodybytes"] == "1000"
+    assert got["traefik.http.routers.fn-hello.middlewares"].split(",")[:3] == [
+        "fn-hello-rate",
+        "fn-hello-inflight",
+        "fn-hello-body",
+    ]
+
+
+def test_user_labels_are_written_but_never_over_the_platforms() -> None:
+    spec = FunctionSpec(name="hello", image="echo", labels={"team": "a", "org.x/y": "b"})
+    got = labels.container_labels(spec, "prod", "faas-prod")
+    assert got["team"] == "a"
+    assert got["org.x/y"] == "b"
+    assert labels.spec_from_labels(got) == spec

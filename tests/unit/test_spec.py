@@ -124,3 +124,24 @@ def test_good_runtime_gpus_resources() -> None:
     )
     assert spec.resources.memory == "64m"
     assert spec.gpus == 1
+
+
+@pytest.mark.parametrize(
+    "key", ["traefik.http.routers.x.rule", "TRAEFIK.enable", "faas.namespace", "com.docker.x"]
+)
+def test_reserved_user_labels_are_refused_naming_the_field(key: str) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        parse_spec({"name": "a", "image": "i", "labels": {key: "x"}})
+    assert info.value.field.startswith("labels")
+    assert key in info.value.reason
+
+
+def test_security_fields_default_and_validate() -> None:
+    spec = parse_spec({"name": "a", "image": "i"})
+    assert (spec.auth, spec.read_only, spec.cap_add) == ("public", True, [])
+    assert parse_spec({"name": "a", "image": "i", "cap_add": ["cap_net_bind_service"]}).cap_add == [
+        "NET_BIND_SERVICE"
+    ]
+    for bad in ({"auth": "open"}, {"cap_add": ["ALL; rm"]}, {"labels": {"bad key": "x"}}):
+        with pytest.raises(InvalidSpec):
+            parse_spec({"name": "a", "image": "i", **bad})
