@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -229,8 +230,13 @@ def _dockerfile_context(directory: Path) -> IO[bytes]:
 
 
 def _pull(client: Client, image: str) -> str:
-    """Pull through the API, showing the engine's progress on stderr."""
-    for event in client.pull(image):
+    """Pull through the API, showing the engine's progress on stderr.
+
+    FAAS_REGISTRY_USER and FAAS_REGISTRY_PASSWORD, when set, log in to the image's
+    registry (environment only: a password on the command line ends up in `ps`)."""
+    user, password = os.environ.get("FAAS_REGISTRY_USER"), os.environ.get("FAAS_REGISTRY_PASSWORD")
+    auth = {"username": user, "password": password} if user and password else None
+    for event in client.pull(image, auth):
         if "error" in event:
             raise FaasError(str(event["error"]))
         status, layer = event.get("status"), event.get("id")

@@ -54,8 +54,9 @@ class Client:
             if line:
                 yield cast(JSON, json.loads(line))
 
-    def pull(self, image: str) -> Iterator[JSON]:
-        response = self._call("POST", "/images/pull", json={"image": image}, stream=True)
+    def pull(self, image: str, auth: dict[str, str] | None = None) -> Iterator[JSON]:
+        body: JSON = {"image": image} if auth is None else {"image": image, "auth": auth}
+        response = self._call("POST", "/images/pull", json=body, stream=True)
         return self._events(response)
 
     def load(self, archive: IO[bytes]) -> Sequence[str]:

@@ -246,7 +246,7 @@ class DockerProvider:
             except FaasError as exc:
                 logger.warning("{} still routed after a failed start: {}", fn.spec.name, exc)
 
-    def pull(self, image: str) -> Iterator[dict[str, object]]:
+    def pull(self, image: str, auth: dict[str, str] | None = None) -> Iterator[dict[str, object]]:
         with _engine_errors():
             try:
                 self.client.images.get(image)
@@ -257,7 +257,10 @@ class DockerProvider:
             raise ImageNotFound(image, "no such image id on the engine")
         repository, tag = _split_reference(image)
         try:
-            for event in self.client.api.pull(repository, tag, stream=True, decode=True):
+            events = self.client.api.pull(
+                repository, tag, stream=True, decode=True, auth_config=auth
+            )
+            for event in events:
                 if "error" in event:
                     raise ImageNotFound(image, str(event["error"]))
                 yield cast(dict[str, object], event)

@@ -265,10 +265,18 @@ class Api:
     async def pull(self, request: Request) -> Response:
         """Pull an image unless present, streaming the engine's progress as JSON lines."""
         body = await _json_body(request)
-        image = body.get("image") if isinstance(body, dict) and len(body) == 1 else None
+        if not isinstance(body, dict) or not set(body) <= {"image", "auth"}:
+            raise InvalidSpec("", 'send {"image": "repo[:tag]", "auth"?: {"username", "password"}}')
+        image, credentials = body.get("image"), body.get("auth")
         if not isinstance(image, str) or not valid_image(image):
-            raise InvalidSpec("image", 'send {"image": "repo[:tag]"} with a valid reference')
-        events = iter(self.provider.pull(image))
+            raise InvalidSpec("image", "not a valid image reference")
+        if credentials is not None and not (
+            isinstance(credentials, dict)
+            and set(credentials) == {"username", "password"}
+            and all(isinstance(v, str) for v in credentials.values())
+        ):
+            raise InvalidSpec("auth", 'must be {"username": "...", "password": "..."}')
+        events = iter(self.provider.pull(image, credentials))
         first = await run_in_threadpool(next, events, None)  # fail as a plain 4xx
         return _ndjson(_prepend(first, events))
 

@@ -87,8 +87,11 @@ class Provider(Protocol):
 
     def stop(self, name: str) -> None: ...
 
-    def pull(self, image: str) -> Iterator[dict[str, object]]:
-        """Pull `image` unless present, yielding the engine's progress events."""
+    def pull(self, image: str, auth: dict[str, str] | None = None) -> Iterator[dict[str, object]]:
+        """Pull `image` unless present, yielding the engine's progress events.
+
+        `auth` ({"username", "password"}) is for a private registry; without it the
+        registry credentials of the engine's client config apply."""
         ...
 
     def load(self, archive: IO[bytes]) -> builtins.list[str]:

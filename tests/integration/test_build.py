@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -152,30 +153,43 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def registry() -> Iterator[str]:
-    """Debian's docker-registry on a free loopback port: host:port."""
+@contextlib.contextmanager
+def serve_registry(users: dict[str, str] | None = None) -> Iterator[str]:
+    """Debian's docker-registry on a free loopback port, optionally with htpasswd users."""
     binary = shutil.which("docker-registry")
-    if binary is None:
-        message = "docker-registry is not installed (apt-get install docker-registry)"
+    htpasswd = shutil.which("htpasswd")
+    if binary is None or (users and htpasswd is None):
+        message = "docker-registry (and apache2-utils for auth) are not installed"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
     root = Path(tempfile.mkdtemp(prefix="faas-registry-"))
     address = f"127.0.0.1:{free_port()}"
-    config = root / "config.yml"
-    config.write_text(
+    config = (
         f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
         f"http:\n  addr: {address}\n"
     )
+    if users:
+        lines = [
+            subprocess.run(
+                [str(htpasswd), "-Bbn", user, password], capture_output=True, text=True, check=True
+            ).stdout.strip()
+            for user, password in users.items()
+        ]
+        (root / "htpasswd").write_text("\n".join(lines) + "\n")
+        config += f"auth:\n  htpasswd:\n    realm: faas\n    path: {root / 'htpasswd'}\n"
+    (root / "config.yml").write_text(config)
     process = subprocess.Popen(
-        [binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [binary, "serve", str(root / "config.yml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
+        host, port = address.split(":")
         deadline = time.monotonic() + 15
         while True:
             try:
-                socket.create_connection(tuple(address.split(":")), timeout=0.2).close()  # type: ignore[arg-type]
+                socket.create_connection((host, int(port)), timeout=0.2).close()
                 break
             except OSError:
                 assert time.monotonic() < deadline, "registry did not start"
@@ -185,6 +199,44 @@ def registry() -> Iterator[str]:
         process.terminate()
         process.wait(10)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def registry() -> Iterator[str]:
+    with serve_registry() as address:
+        yield address
+
+
+def test_private_registry_with_explicit_credentials(
+    stack: Stack, engine: docker.DockerClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with serve_registry({"faas": "s3cret-pass"}) as registry:
+        ref = f"{registry}/private/echo:{secrets.token_hex(4)}"
+        engine.images.get(ECHO_IMAGE).tag(ref)
+        credentials = {"username": "faas", "password": "s3cret-pass"}
+        for _ in engine.api.push(ref, stream=True, decode=True, auth_config=credentials):
+            pass
+        engine.images.remove(ref)
+        name = fn_name("private")
+        try:
+            code, _, err = cli(stack, "deploy", name, "--image", ref)
+            assert code == 1
+            assert "no basic auth credentials" in err
+            monkeypatch.setenv("FAAS_REGISTRY_USER", "faas")
+            monkeypatch.setenv("FAAS_REGISTRY_PASSWORD", "wrong")
+            code, _, err = cli(stack, "deploy", name, "--image", ref)
+            assert code == 1
+            monkeypatch.setenv("FAAS_REGISTRY_PASSWORD", "s3cret-pass")
+            code, _, err = cli(stack, "deploy", name, "--image", ref)
+            assert code == 0, err
+            assert stack.invoke(name).status_code == 200
+            stack.api("DELETE", f"/functions/{name}")
+        finally:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                engine.images.remove(ref, force=True)
+    got = stack.api("POST", "/images/pull", json={"image": ref, "auth": {"username": "x"}})
+    assert got.status_code == 422
+    assert "auth" in got.json()["error"]
 
 
 def test_deploy_by_reference_pulls_from_a_registry(
