@@ -6,6 +6,7 @@ containers and teardown removes exactly what the session created.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -129,9 +130,10 @@ class Stack:
         return list(engine.containers.list(all=True, filters={"label": wanted}))
 
 
-@pytest.fixture(scope="session")
-def stack(engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("state"))
+@contextlib.contextmanager
+def running_stack(engine: docker.DockerClient, state_dir: Path) -> Iterator[Stack]:
+    """A started stack; on exit it is stopped and everything of its namespace removed."""
+    s = Stack(state_dir)
     s.start()
     try:
         yield s
@@ -141,6 +143,12 @@ def stack(engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory)
             container.remove(force=True)
         for network in engine.networks.list(filters={"label": f"faas.namespace={s.namespace}"}):
             network.remove()
+
+
+@pytest.fixture(scope="session")
+def stack(engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(engine, tmp_path_factory.mktemp("state")) as s:
+        yield s
 
 
 def fn_name(prefix: str) -> str:

@@ -15,9 +15,18 @@ import docker.errors
 import pytest
 import requests
 
-from .conftest import ECHO_IMAGE, Stack, fn_name
+from .conftest import ECHO_IMAGE, Stack, fn_name, running_stack
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack(engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack of its own: the load and abuse tests here leave Traefik slow to pick up
+    new containers for a while, which must not fail unrelated tests after them."""
+    with running_stack(engine, tmp_path_factory.mktemp("security")) as s:
+        yield s
+
 
 E = ECHO_IMAGE
 
