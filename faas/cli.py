@@ -101,7 +101,7 @@ def up(
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValueError as exc:
         raise fail(f"bad settings: {exc}", 2) from None
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     raise typer.Exit(up_module.run(settings, reload=reload))
 
 

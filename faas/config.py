@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -72,7 +73,16 @@ class Settings(BaseSettings):
     default_memory: str = Field("256m", description="Memory limit of a function container.")
     default_cpus: float = Field(1.0, gt=0, description="CPU quota of a function container.")
     default_pids: int = Field(256, ge=16, description="Process limit of a function container.")
+    stats_interval: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds between samples of the running functions' memory and CPU "
+        "(one engine stats call per running container, at most 4 at a time).",
+    )
     log_level: str = Field("INFO", description="Log level of the gateway and `faas up`.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`json` for one JSON object per log line (loguru's serialize)."
+    )
 
     @field_validator("traefik_api_url")
     @classmethod

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from loguru import logger
+from prometheus_client import Counter
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -34,10 +36,13 @@ from .errors import (
     WakeFailed,
 )
 from .logging import configure_logging
+from .metrics import CONTENT_TYPE
 from .provider import Function, LogStream, Provider, State
 from .proxy import Proxy
+from .sampler import Sampler
 from .scaler import Scaler
 from .spec import FunctionSpec, check_name, parse_spec
+from .stats import function_rows, parse_traefik
 from .traefik import Drains, TraefikRouter
 
 # One table from error type to HTTP status.
@@ -71,10 +76,14 @@ def error_response(exc: FaasError) -> JSONResponse:
 class Api:
     """The endpoints, bound to one provider and one admin token."""
 
-    def __init__(self, provider: Provider, token: str, scaler: Scaler) -> None:
+    def __init__(
+        self, provider: Provider, token: str, scaler: Scaler, router: TraefikRouter | None = None
+    ) -> None:
         self.provider = provider
         self.token = token
         self.scaler = scaler
+        self.counters = scaler.metrics
+        self.router = router
         self.proxy = Proxy()
 
     def admin(self, endpoint: Endpoint) -> Endpoint:
@@ -95,6 +104,23 @@ class Api:
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi.document())
+
+    async def metrics(self, request: Request) -> Response:
+        """The gateway's Prometheus exposition (Traefik serves its own)."""
+        return Response(self.counters.exposition(), media_type=CONTENT_TYPE)
+
+    async def stats(self, request: Request) -> Response:
+        """Per function: Traefik's request metrics joined with the gateway's numbers."""
+        name = request.query_params.get("name")
+        if name is not None:
+            functions = [await run_in_threadpool(self.provider.get, check_name(name))]
+        else:
+            functions = await run_in_threadpool(self.provider.list)
+        text = await run_in_threadpool(self.router.metrics_text) if self.router else ""
+        rows = function_rows(
+            functions, parse_traefik(text), self.scaler.starts, self.counters.snapshot.resources
+        )
+        return JSONResponse(rows)
 
     def _view(self, function: Function) -> dict[str, object]:
         view = function.to_json()
@@ -130,7 +156,8 @@ class Api:
 
     async def delete_function(self, request: Request) -> Response:
         name = check_name(request.path_params["name"])
-        await run_in_threadpool(self.provider.remove, name)
+        with counted(self.counters.removes):
+            await run_in_threadpool(self.provider.remove, name)
         return Response(status_code=204)
 
     async def logs(self, request: Request) -> Response:
@@ -165,12 +192,14 @@ class Api:
             prefix = labels.function_path(name)
             raw = request.scope.get("raw_path") or request.url.path.encode()
             path = raw[len(prefix) :].decode("latin-1") or "/"
+            arrived = time.monotonic()
             address, waited = await self.scaler.address(name)
             self.scaler.begin(name)
             response = await self.proxy.forward(
                 request, address, path, prefix, done=lambda: self.scaler.end(name)
             )
             if waited is not None:
+                self.counters.cold_first_byte.observe(time.monotonic() - arrived)
                 # Standard timing header: lets callers (and make bench) see the cold start.
                 response.raw_headers.append(
                     (b"server-timing", f"wake;dur={waited * 1000:.1f}".encode())
@@ -183,8 +212,20 @@ class Api:
 
     async def _deploy(self, spec: FunctionSpec, status: int) -> Response:
         logger.info("deploying {} from {}", spec.name, spec.image)
-        function = await run_in_threadpool(self.provider.deploy, spec)
+        with counted(self.counters.deploys):
+            function = await run_in_threadpool(self.provider.deploy, spec)
         return JSONResponse(function.to_json(), status_code=status)
+
+
+@contextmanager
+def counted(counter: Counter) -> Iterator[None]:
+    """Count one operation by outcome: `ok`, or `error` if it raised."""
+    try:
+        yield
+    except BaseException:
+        counter.labels("error").inc()
+        raise
+    counter.labels("ok").inc()
 
 
 async def _json_body(request: Request) -> object:
@@ -216,12 +257,22 @@ async def _drain(stream: LogStream) -> AsyncIterator[bytes]:
         stream.close()
 
 
-def build_app(provider: Provider, token: str, scaler: Scaler) -> Starlette:
-    api = Api(provider, token, scaler)
+def build_app(
+    provider: Provider,
+    token: str,
+    scaler: Scaler,
+    router: TraefikRouter | None = None,
+    sampler: Sampler | None = None,
+) -> Starlette:
+    api = Api(provider, token, scaler, router)
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     routes = [
         Route("/api/v1/healthz", api.healthz),
         Route("/api/v1/openapi.json", api.admin(api.openapi)),
+        # Unguarded on the gateway's own (loopback) port; through Traefik only with the token.
+        Route("/metrics", api.metrics, methods=["GET"]),
+        Route("/api/v1/metrics", api.admin(api.metrics), methods=["GET"]),
+        Route("/api/v1/stats", api.admin(api.stats), methods=["GET"]),
         Route("/api/v1/functions", api.admin(api.list_functions), methods=["GET"]),
         Route("/api/v1/functions", api.admin(api.create_function), methods=["POST"]),
         Route("/api/v1/functions/{name}", api.admin(api.get_function), methods=["GET"]),
@@ -235,11 +286,14 @@ def build_app(provider: Provider, token: str, scaler: Scaler) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        idle_checks = asyncio.create_task(scaler.run())
+        tasks = [asyncio.create_task(scaler.run())]
+        if sampler is not None:
+            tasks.append(asyncio.create_task(sampler.run()))
         try:
             yield
         finally:
-            idle_checks.cancel()
+            for task in tasks:
+                task.cancel()
             await api.proxy.close()
 
     return Starlette(
@@ -260,7 +314,7 @@ async def _not_allowed(request: Request, exc: Exception) -> Response:
 def create_app(settings: Settings | None = None) -> Starlette:
     """The app uvicorn serves: settings from FAAS_*, the Docker provider."""
     settings = settings or Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     api_url = settings.traefik_api
     router = None
     if api_url:
@@ -269,4 +323,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
         router = TraefikRouter(api_url, settings.ready_timeout, drains)
     provider = DockerProvider(settings, router=router)
     scaler = Scaler(provider, router, settings.scale_interval)
-    return build_app(provider, auth.admin_token(settings), scaler)
+    sampler = Sampler(provider, scaler.metrics, settings.stats_interval)
+    return build_app(provider, auth.admin_token(settings), scaler, router, sampler)
