@@ -174,9 +174,54 @@ def list_() -> None:
     for fn in State.client().list():
         state = str(fn["state"]) + (f" ({fn['reason']})" if fn.get("reason") else "")
         rows.append([str(fn["name"]), state, str(fn["image"]), str(fn["port"]), str(fn["created"])])
+    _echo_table(rows)
+
+
+def _echo_table(rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@app.command()
+@reports_errors
+def stats(
+    name: Annotated[str | None, typer.Argument(help="Only this function.")] = None,
+) -> None:
+    """Per function: state, invocations, 5xx rate, p50/p99 latency, cold starts, memory.
+
+    Invocations and latency are Traefik's (warm path) since Traefik started;
+    cold starts are the gateway's since it started; memory is the last sample."""
+    rows = [["NAME", "STATE", "INVOCATIONS", "ERRORS", "P50", "P99", "COLD", "MEMORY"]]
+    for fn in State.client().stats(name):
+        rows.append(
+            [
+                str(fn["name"]),
+                str(fn["state"]),
+                str(fn["invocations"]),
+                _percent(fn["error_rate"]),
+                _millis(fn["p50_seconds"]),
+                _millis(fn["p99_seconds"]),
+                str(fn["cold_starts"]),
+                _memory(fn["memory_bytes"], fn["memory_limit_bytes"]),
+            ]
+        )
+    _echo_table(rows)
+
+
+def _percent(value: object) -> str:
+    return f"{value:.1%}" if isinstance(value, int | float) else "-"
+
+
+def _millis(value: object) -> str:
+    return f"{value * 1000:.1f}ms" if isinstance(value, int | float) else "-"
+
+
+def _memory(used: object, limit: object) -> str:
+    if not isinstance(used, int):
+        return "-"
+    mib = used / 2**20
+    return f"{mib:.1f}/{limit / 2**20:.0f}MiB" if isinstance(limit, int) else f"{mib:.1f}MiB"
 
 
 @app.command()

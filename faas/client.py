@@ -10,6 +10,7 @@ import requests
 from .errors import ApiError, FaasError
 
 JSON = dict[str, object]
+Rows = list[JSON]  # an alias: inside Client, `list` names the method
 
 
 class Client:
@@ -47,6 +48,10 @@ class Client:
     def scale(self, name: str, replicas: int) -> JSON:
         response = self._call("POST", f"/functions/{name}/scale", json={"replicas": replicas})
         return cast(JSON, response.json())
+
+    def stats(self, name: str | None = None) -> Rows:
+        params = {"name": name} if name else None
+        return cast(Rows, self._call("GET", "/stats", params=params).json())
 
     def remove(self, name: str) -> None:
         self._call("DELETE", f"/functions/{name}")
