@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
@@ -56,6 +57,9 @@ STATUS: dict[type[FaasError], int] = {
     ProviderError: 503,
     WakeFailed: 503,
 }
+
+# The request id header, lower case as ASGI gives header names.
+CALL_ID = "x-call-id"
 
 # How long a caller should wait before retrying after a failed wake.
 RETRY_AFTER = "1"
@@ -185,7 +189,18 @@ class Api:
         return JSONResponse(function.to_json())
 
     async def invoke(self, request: Request) -> Response:
-        """A request for a function Traefik has no live route for: wake it, forward."""
+        """A request for a function Traefik has no live route for: wake it, forward.
+
+        The request id (`X-Call-Id`, made up if the caller sent none) goes to the
+        function, back to the caller, and into every log line of this request."""
+        call_id = request.headers.get(CALL_ID) or uuid.uuid4().hex
+        with logger.contextualize(call_id=call_id):
+            response = await self._invoke(request, call_id)
+        if CALL_ID.encode() not in (k.lower() for k, _ in response.raw_headers):
+            response.raw_headers.append((CALL_ID.encode(), call_id.encode("latin-1")))
+        return response
+
+    async def _invoke(self, request: Request, call_id: str) -> Response:
         name = request.path_params["name"]
         try:
             check_name(name)
@@ -196,7 +211,12 @@ class Api:
             address, waited = await self.scaler.address(name)
             self.scaler.begin(name)
             response = await self.proxy.forward(
-                request, address, path, prefix, done=lambda: self.scaler.end(name)
+                request,
+                address,
+                path,
+                prefix,
+                done=lambda: self.scaler.end(name),
+                headers=[(CALL_ID.encode(), call_id.encode("latin-1"))],
             )
             if waited is not None:
                 self.counters.cold_first_byte.observe(time.monotonic() - arrived)

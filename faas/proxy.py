@@ -6,7 +6,7 @@ or is being stopped) come this way; warm requests never touch Python.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import httpx
 from starlette.background import BackgroundTask
@@ -45,25 +45,35 @@ class Proxy:
         path: str,
         prefix: str,
         done: Callable[[], None] = lambda: None,
+        headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> Response:
         """Send `request` to `address` with its path replaced by `path`.
 
-        `done` runs once the response body has been sent (or the send failed).
+        `headers` replace the request's headers of the same names. `done` runs
+        once the response body has been sent (or the send failed).
         """
         try:
-            return await self._forward(request, address, path, prefix, done)
+            return await self._forward(request, address, path, prefix, done, headers)
         except BaseException:
             done()
             raise
 
     async def _forward(
-        self, request: Request, address: str, path: str, prefix: str, done: Callable[[], None]
+        self,
+        request: Request,
+        address: str,
+        path: str,
+        prefix: str,
+        done: Callable[[], None],
+        extra: Sequence[tuple[bytes, bytes]],
     ) -> Response:
         query = request.url.query
         url = f"http://{address}{path}" + (f"?{query}" if query else "")
+        replaced = HOP_BY_HOP | {k.decode("latin-1").lower() for k, _ in extra}
         headers = [
-            (k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in HOP_BY_HOP
+            (k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in replaced
         ]
+        headers.extend(extra)
         headers.append((b"x-forwarded-prefix", prefix.encode()))
         body = request.stream() if _has_body(request) else None
         upstream = self.client.build_request(request.method, url, headers=headers, content=body)
