@@ -219,7 +219,9 @@ class Api:
                 headers=[(CALL_ID.encode(), call_id.encode("latin-1"))],
             )
             if waited is not None:
-                self.counters.cold_first_byte.observe(time.monotonic() - arrived)
+                headers_at = time.monotonic()
+                self.counters.cold_first_byte.observe(headers_at - arrived)
+                self.counters.wake_phase.labels("first_byte").observe(headers_at - arrived - waited)
                 # Standard timing header: lets callers (and make bench) see the cold start.
                 response.raw_headers.append(
                     (b"server-timing", f"wake;dur={waited * 1000:.1f}".encode())

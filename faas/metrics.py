@@ -74,7 +74,8 @@ class Metrics:
         self.wake_phase = Histogram(
             "faas_wake_phase_seconds",
             "Wake duration by phase: start (engine starts the container), "
-            "ready (started -> answers HTTP).",
+            "ready (started -> answers HTTP), first_byte (woken -> the function's "
+            "response headers, per request that waited).",
             ["phase"],
             buckets=WAKE_BUCKETS,
             registry=r,

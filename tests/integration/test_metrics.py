@@ -86,6 +86,10 @@ def test_stats_counts_invocations_errors_and_a_cold_start(stack: Stack, function
     assert stack.invoke(function).status_code == 200  # through the gateway: a wake
     (row,) = stack.api("GET", "/stats", params={"name": function}).json()
     assert row["cold_starts"] == 1
+    text = requests.get(f"{stack.direct}/metrics", timeout=10).text
+    for phase in ("start", "ready", "first_byte"):
+        assert value(text, "faas_wake_phase_seconds_count", phase=phase) >= 1, phase
+    assert value(text, "faas_wakes_total", function=function) == 1
 
     result = CliRunner().invoke(app, ["--url", stack.url, "--token", stack.token, "stats"])
     assert result.exit_code == 0, result.output
