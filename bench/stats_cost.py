@@ -29,7 +29,7 @@ from faas.sampler import Sampler
 from faas.spec import parse_spec
 
 IMAGE = os.environ.get("FAAS_ECHO_IMAGE", "faas/echo:latest")
-ROUNDS = int(os.environ.get("BENCH_STATS_ROUNDS", "5"))
+ROUNDS = int(os.environ.get("BENCH_STATS_ROUNDS", "3"))
 RESULTS = Path(__file__).resolve().parent / "results-stats.md"
 
 
@@ -72,8 +72,19 @@ def cleanup(namespace: str) -> None:
         subprocess.run(["docker", "network", "rm", *nets], capture_output=True, check=False)
 
 
-def measure(provider: DockerProvider, concurrency: int) -> tuple[float, float | None, int]:
-    """Median seconds per round, engine CPU seconds per round, containers sampled."""
+def engine_cpu_rate(seconds: float) -> float | None:
+    """The engine's CPU seconds per second while nobody samples: its baseline."""
+    before = dockerd_cpu_seconds()
+    time.sleep(seconds)  # a measurement window, not synchronisation
+    after = dockerd_cpu_seconds()
+    return None if before is None or after is None else (after - before) / seconds
+
+
+def measure(
+    provider: DockerProvider, concurrency: int, baseline: float | None
+) -> tuple[float, float | None, int]:
+    """Median seconds per round, engine CPU seconds per round above its baseline,
+    containers sampled."""
     sampler = Sampler(provider, Metrics(), interval=15, concurrency=concurrency)
     durations: list[float] = []
     cpu_before = dockerd_cpu_seconds()
@@ -84,8 +95,8 @@ def measure(provider: DockerProvider, concurrency: int) -> tuple[float, float | 
         durations.append(time.monotonic() - began)
     cpu_after = dockerd_cpu_seconds()
     engine = None
-    if cpu_before is not None and cpu_after is not None:
-        engine = (cpu_after - cpu_before) / ROUNDS
+    if cpu_before is not None and cpu_after is not None and baseline is not None:
+        engine = (cpu_after - cpu_before - baseline * sum(durations)) / ROUNDS
     return statistics.median(durations), engine, sampled
 
 
@@ -98,15 +109,18 @@ def main() -> None:
         began = time.monotonic()
         deploy_all(provider, n)
         print(f"{n} functions running after {time.monotonic() - began:.0f} s", file=sys.stderr)
+        baseline = engine_cpu_rate(10)
+        idle = f"{baseline:.3f}" if baseline is not None else "n/a"
         rows = [
             f"Resource sampling with {n} running functions, median of {ROUNDS} rounds "
-            f"(one list, then one stats + one inspect per container):",
+            f"(one list, then one stats + one inspect per container); engine CPU is "
+            f"dockerd+containerd above their idle rate ({idle} CPU s/s):",
             "",
             "| concurrency | round | per container | engine CPU per round | sampled |",
             "|---|---|---|---|---|",
         ]
-        for concurrency in (1, 4, 8):
-            took, engine, sampled = measure(provider, concurrency)
+        for concurrency in (4, 8, 16):
+            took, engine, sampled = measure(provider, concurrency, baseline)
             engine_text = f"{engine:.2f} s" if engine is not None else "n/a"
             rows.append(
                 f"| {concurrency} | {took:.2f} s | {took / max(sampled, 1) * 1000:.1f} ms "

@@ -76,8 +76,15 @@ class Settings(BaseSettings):
     stats_interval: float = Field(
         15.0,
         gt=0,
-        description="Seconds between samples of the running functions' memory and CPU "
-        "(one engine stats call per running container, at most 4 at a time).",
+        description="Seconds between the end of one sample of the running functions' "
+        "memory and CPU and the start of the next (one engine stats call per container).",
+    )
+    stats_concurrency: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Engine stats calls in flight at once. Each waits about 1 s for the "
+        "engine's collector, so a round over N running functions takes ~N/this seconds.",
     )
     log_level: str = Field("INFO", description="Log level of the gateway and `faas up`.")
     log_format: Literal["text", "json"] = Field(

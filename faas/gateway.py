@@ -345,5 +345,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
         router = TraefikRouter(api_url, settings.ready_timeout, drains)
     provider = DockerProvider(settings, router=router)
     scaler = Scaler(provider, router, settings.scale_interval)
-    sampler = Sampler(provider, scaler.metrics, settings.stats_interval)
+    sampler = Sampler(provider, scaler.metrics, settings.stats_interval, settings.stats_concurrency)
     return build_app(provider, auth.admin_token(settings), scaler, router, sampler)

@@ -1,10 +1,12 @@
 """Sample the running functions' resource use on an interval, gently.
 
-The engine's stats call costs tens of milliseconds per container even with
-`one_shot` (no one-second wait for a CPU delta), so a scrape never calls it:
-one list of the functions per round, then at most `concurrency` stats calls at
-a time for the running ones, and the result replaces the snapshot the
-`/metrics` endpoint reads.
+The engine's stats call is slow even with `one_shot` (no second sample for a
+CPU delta): on Docker 20.10 each call waited ~0.5-1 s for the daemon's
+collector, so 100 running functions took ~100 s sequentially, ~14 s with 8 in
+flight (bench/results-stats.md). So a scrape never calls it: one list of the
+functions per round, then at most `concurrency` stats calls at a time for the
+running ones; the result replaces the snapshot `/metrics` reads, and the next
+round starts `interval` seconds after this one ends (rounds never overlap).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class Sampler:
     provider: Provider
     metrics: Metrics
     interval: float
-    concurrency: int = 4
+    concurrency: int = 8
     last_duration: float = 0.0  # seconds the last round took, for the logs and the bench
 
     async def sample(self) -> dict[str, Resources]:
