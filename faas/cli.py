@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
+import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -293,14 +295,30 @@ def logs(
     name: Annotated[str, typer.Argument(help="Function name.")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming.")] = False,
     tail: Annotated[int | None, typer.Option(help="Only the last N lines.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only lines from this long ago on: 30s, 10m, 2h, 1d.")
+    ] = None,
 ) -> None:
     """Print a function's logs, with timestamps."""
+    # The engine counts whole seconds; rounding up never shows a line from before `since`.
+    start = None if since is None else math.ceil(time.time() - _duration(since))
     try:
-        for chunk in State.client().logs(name, follow=follow, tail=tail):
+        for chunk in State.client().logs(name, follow=follow, tail=tail, since=start):
             sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
     except KeyboardInterrupt:
         pass
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(raw: str) -> int:
+    """Seconds in `30s`, `10m`, `2h`, `1d` (or a bare number of seconds)."""
+    number, unit = (raw[:-1], raw[-1]) if raw[-1:] in _UNITS else (raw, "s")
+    if not number.isdigit():
+        raise typer.BadParameter(f"{raw!r} is not a duration like 30s, 10m, 2h or 1d")
+    return int(number) * _UNITS[unit]
 
 
 @app.command()

@@ -56,10 +56,15 @@ class Client:
     def remove(self, name: str) -> None:
         self._call("DELETE", f"/functions/{name}")
 
-    def logs(self, name: str, follow: bool, tail: int | None) -> Iterator[bytes]:
+    def logs(
+        self, name: str, follow: bool, tail: int | None, since: int | None = None
+    ) -> Iterator[bytes]:
+        """`since`: a Unix timestamp; only lines logged from then on."""
         params: dict[str, str] = {"follow": str(follow).lower()}
         if tail is not None:
             params["tail"] = str(tail)
+        if since is not None:
+            params["since"] = str(since)
         response = self._call("GET", f"/functions/{name}/logs", params=params, stream=True)
         return response.iter_content(chunk_size=None)
 
