@@ -193,9 +193,13 @@ def test_prometheus_scrapes_gateway_and_traefik(
         result = query(prometheus, promql)
         return bool(result) and float(result[0]["value"][1]) == 5  # type: ignore[index]
 
+    def both_up() -> bool:
+        up = {r["metric"]["job"]: r["value"][1] for r in query(prometheus, "up")}  # type: ignore[index]
+        return up == {"faas": "1", "traefik": "1"}
+
+    # Each target is scraped at its own offset within the interval: wait for both.
     wait_for(counted_five, 30, "Prometheus to see 5 requests")
-    up = {r["metric"]["job"]: r["value"][1] for r in query(prometheus, "up")}  # type: ignore[index]
-    assert up == {"faas": "1", "traefik": "1"}
+    wait_for(both_up, 30, "both targets up")
     deploys = query(prometheus, 'faas_deploys_total{outcome="ok"}')
     assert deploys
     assert float(deploys[0]["value"][1]) >= 1  # type: ignore[index]
