@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -105,7 +107,7 @@ def up(
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValueError as exc:
         raise fail(f"bad settings: {exc}", 2) from None
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     raise typer.Exit(up_module.run(settings, reload=reload))
 
 
@@ -302,9 +304,54 @@ def list_() -> None:
     for fn in State.client().list():
         state = str(fn["state"]) + (f" ({fn['reason']})" if fn.get("reason") else "")
         rows.append([str(fn["name"]), state, str(fn["image"]), str(fn["port"]), str(fn["created"])])
+    _echo_table(rows)
+
+
+def _echo_table(rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@app.command()
+@reports_errors
+def stats(
+    name: Annotated[str | None, typer.Argument(help="Only this function.")] = None,
+) -> None:
+    """Per function: state, invocations, 5xx rate, p50/p99 latency, cold starts, memory.
+
+    Invocations and latency are Traefik's (warm path) since Traefik started;
+    cold starts are the gateway's since it started; memory is the last sample."""
+    rows = [["NAME", "STATE", "INVOCATIONS", "ERRORS", "P50", "P99", "COLD", "MEMORY"]]
+    for fn in State.client().stats(name):
+        rows.append(
+            [
+                str(fn["name"]),
+                str(fn["state"]),
+                str(fn["invocations"]),
+                _percent(fn["error_rate"]),
+                _millis(fn["p50_seconds"]),
+                _millis(fn["p99_seconds"]),
+                str(fn["cold_starts"]),
+                _memory(fn["memory_bytes"], fn["memory_limit_bytes"]),
+            ]
+        )
+    _echo_table(rows)
+
+
+def _percent(value: object) -> str:
+    return f"{value:.1%}" if isinstance(value, int | float) else "-"
+
+
+def _millis(value: object) -> str:
+    return f"{value * 1000:.1f}ms" if isinstance(value, int | float) else "-"
+
+
+def _memory(used: object, limit: object) -> str:
+    if not isinstance(used, int):
+        return "-"
+    mib = used / 2**20
+    return f"{mib:.1f}/{limit / 2**20:.0f}MiB" if isinstance(limit, int) else f"{mib:.1f}MiB"
 
 
 @app.command()
@@ -384,14 +431,30 @@ def logs(
     name: Annotated[str, typer.Argument(help="Function name.")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming.")] = False,
     tail: Annotated[int | None, typer.Option(help="Only the last N lines.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only lines from this long ago on: 30s, 10m, 2h, 1d.")
+    ] = None,
 ) -> None:
     """Print a function's logs, with timestamps."""
+    # The engine counts whole seconds; rounding up never shows a line from before `since`.
+    start = None if since is None else math.ceil(time.time() - _duration(since))
     try:
-        for chunk in State.client().logs(name, follow=follow, tail=tail):
+        for chunk in State.client().logs(name, follow=follow, tail=tail, since=start):
             sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
     except KeyboardInterrupt:
         pass
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(raw: str) -> int:
+    """Seconds in `30s`, `10m`, `2h`, `1d` (or a bare number of seconds)."""
+    number, unit = (raw[:-1], raw[-1]) if raw[-1:] in _UNITS else (raw, "s")
+    if not number.isdigit():
+        raise typer.BadParameter(f"{raw!r} is not a duration like 30s, 10m, 2h or 1d")
+    return int(number) * _UNITS[unit]
 
 
 @app.command()

@@ -11,6 +11,7 @@ import requests
 from .errors import ApiError, FaasError
 
 JSON = dict[str, object]
+Rows = list[JSON]  # an alias: inside Client, `list` names the method
 
 
 class Client:
@@ -77,13 +78,22 @@ class Client:
     def revoke_key(self, kid: str) -> None:
         self._call("DELETE", f"/keys/{kid}")
 
+    def stats(self, name: str | None = None) -> Rows:
+        params = {"name": name} if name else None
+        return cast(Rows, self._call("GET", "/stats", params=params).json())
+
     def remove(self, name: str) -> None:
         self._call("DELETE", f"/functions/{name}")
 
-    def logs(self, name: str, follow: bool, tail: int | None) -> Iterator[bytes]:
+    def logs(
+        self, name: str, follow: bool, tail: int | None, since: int | None = None
+    ) -> Iterator[bytes]:
+        """`since`: a Unix timestamp; only lines logged from then on."""
         params: dict[str, str] = {"follow": str(follow).lower()}
         if tail is not None:
             params["tail"] = str(tail)
+        if since is not None:
+            params["since"] = str(since)
         response = self._call("GET", f"/functions/{name}/logs", params=params, stream=True)
         return response.iter_content(chunk_size=None)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -111,7 +112,23 @@ class Settings(BaseSettings):
         description="Seconds a function has to start answering a request (its response "
         "headers) before the caller gets 504; 0: no limit. Streaming after that is not cut.",
     )
+    stats_interval: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds between the end of one sample of the running functions' "
+        "memory and CPU and the start of the next (one engine stats call per container).",
+    )
+    stats_concurrency: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Engine stats calls in flight at once. Each waits about 1 s for the "
+        "engine's collector, so a round over N running functions takes ~N/this seconds.",
+    )
     log_level: str = Field("INFO", description="Log level of the gateway and `faas up`.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`json` for one JSON object per log line (loguru's serialize)."
+    )
 
     @field_validator("traefik_api_url")
     @classmethod

@@ -42,7 +42,7 @@ from .errors import (
     InvalidSpec,
     ProviderError,
 )
-from .provider import Function, LogStream, Router, State
+from .provider import Function, LogStream, Resources, Router, StartTimes, State
 from .spec import FunctionSpec, Limits
 
 # A container as the engine's list endpoint describes it.
@@ -213,7 +213,7 @@ class DockerProvider:
                 self._router.unrouted(name)
             logger.info("removed {}", name)
 
-    def start(self, name: str) -> Function:
+    def start(self, name: str, times: StartTimes | None = None) -> Function:
         """Start a stopped function; returns once it answers (Traefik may lag)."""
         with self._lock(name):
             fn = self.get(name)
@@ -226,7 +226,7 @@ class DockerProvider:
             if self._router is not None:
                 self._router.drain(name, wait=False)
             try:
-                self._start_and_wait(fn.spec, container)
+                self._start_and_wait(fn.spec, container, times)
             except DeployFailed:
                 self._stop_failed(fn)
                 raise
@@ -327,6 +327,21 @@ class DockerProvider:
             stats = self.client.api.stats(fn.container_id, stream=False, one_shot=True)
         nets = cast(dict[str, dict[str, int]], stats.get("networks") or {})
         return sum(n.get("tx_bytes", 0) for n in nets.values())
+
+    def resources(self, fn: Function) -> Resources:
+        """One stats sample (one_shot: no 1 s wait for a CPU delta) plus an inspect."""
+        with _engine_errors():
+            stats = self.client.api.stats(fn.container_id, stream=False, one_shot=True)
+            state = self.client.api.inspect_container(fn.container_id)
+        memory = cast(dict[str, Any], stats.get("memory_stats") or {})
+        cpu = cast(dict[str, Any], stats.get("cpu_stats") or {}).get("cpu_usage") or {}
+        return Resources(
+            memory_bytes=int(memory.get("usage", 0)),
+            memory_limit_bytes=int(memory.get("limit", 0)),
+            cpu_seconds=int(cpu.get("total_usage", 0)) / 1e9,
+            restarts=int(state.get("RestartCount", 0)),
+            oom_killed=bool(state.get("State", {}).get("OOMKilled")),
+        )
 
     def stop(self, name: str) -> None:
         with self._lock(name):
@@ -457,8 +472,12 @@ class DockerProvider:
                     raise InvalidSpec("", str(exc.explanation or exc)) from exc
                 raise
 
-    def _start_and_wait(self, spec: FunctionSpec, container: Container) -> str:
+    def _start_and_wait(
+        self, spec: FunctionSpec, container: Container, times: StartTimes | None = None
+    ) -> str:
         """Start the container and return its address once it answers HTTP."""
+        times = times or StartTimes()
+        began = time.monotonic()
         with _engine_errors():
             try:
                 container.start()
@@ -469,7 +488,9 @@ class DockerProvider:
                 # (a prune, a compose down): recreate it and reattach.
                 self._reattach(container)
                 container.start()
-        deadline = time.monotonic() + self.settings.ready_timeout
+        started = time.monotonic()
+        times.started = started - began
+        deadline = started + self.settings.ready_timeout
         ip: str | None = None
         probes = 0
         while True:
@@ -479,6 +500,7 @@ class DockerProvider:
                 ip = self._running_ip(spec, container)
             probes += 1
             if ip and _answers(ip, spec.port, spec.health_path):
+                times.ready = time.monotonic() - started
                 return f"{ip}:{spec.port}"
             if time.monotonic() > deadline:
                 raise DeployFailed(

@@ -11,11 +11,14 @@ import asyncio
 import hashlib
 import json
 import tempfile
+import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import IO, TypeVar, cast
 
 from loguru import logger
+from prometheus_client import Counter
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -42,10 +45,13 @@ from .errors import (
 )
 from .keys import Keys, check_kid, presented_key
 from .logging import configure_logging
+from .metrics import CONTENT_TYPE
 from .provider import Function, LogStream, Provider, State
 from .proxy import Proxy
+from .sampler import Sampler
 from .scaler import Scaler
 from .spec import FunctionSpec, check_name, parse_spec, valid_image
+from .stats import function_rows, parse_traefik
 from .traefik import Drains, TraefikRouter
 
 # One table from error type to HTTP status.
@@ -66,6 +72,8 @@ STATUS: dict[type[FaasError], int] = {
 
 # Longest lifetime of an invoke key, in seconds (ten years).
 MAX_KEY_TTL = 10 * 365 * 24 * 3600
+# The request id header, lower case as ASGI gives header names.
+CALL_ID = "x-call-id"
 
 # How long a caller should wait before retrying after a failed wake.
 RETRY_AFTER = "1"
@@ -97,6 +105,7 @@ class Api:
         max_body: int = 0,
         timeout: float = 0,
         base_image: str = "python:3.12-slim",
+        router: TraefikRouter | None = None,
     ) -> None:
         self.provider = provider
         self.token = token
@@ -105,6 +114,8 @@ class Api:
         self.keys = keys
         self.max_body = max_body  # the platform default; a spec may set its own
         self.proxy = Proxy(timeout)
+        self.counters = scaler.metrics
+        self.router = router
 
     def admin(self, endpoint: Endpoint) -> Endpoint:
         """Wrap an endpoint: require the admin token, turn FaasError into JSON."""
@@ -124,6 +135,23 @@ class Api:
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi.document())
+
+    async def metrics(self, request: Request) -> Response:
+        """The gateway's Prometheus exposition (Traefik serves its own)."""
+        return Response(self.counters.exposition(), media_type=CONTENT_TYPE)
+
+    async def stats(self, request: Request) -> Response:
+        """Per function: Traefik's request metrics joined with the gateway's numbers."""
+        name = request.query_params.get("name")
+        if name is not None:
+            functions = [await run_in_threadpool(self.provider.get, check_name(name))]
+        else:
+            functions = await run_in_threadpool(self.provider.list)
+        text = await run_in_threadpool(self.router.metrics_text) if self.router else ""
+        rows = function_rows(
+            functions, parse_traefik(text), self.scaler.starts, self.counters.snapshot.resources
+        )
+        return JSONResponse(rows)
 
     def _view(self, function: Function) -> dict[str, object]:
         view = function.to_json()
@@ -159,7 +187,8 @@ class Api:
 
     async def delete_function(self, request: Request) -> Response:
         name = check_name(request.path_params["name"])
-        await run_in_threadpool(self.provider.remove, name)
+        with counted(self.counters.removes):
+            await run_in_threadpool(self.provider.remove, name)
         return Response(status_code=204)
 
     async def logs(self, request: Request) -> Response:
@@ -238,7 +267,18 @@ class Api:
         return labels.KEY_HEADERS
 
     async def invoke(self, request: Request) -> Response:
-        """A request for a function Traefik has no live route for: wake it, forward."""
+        """A request for a function Traefik has no live route for: wake it, forward.
+
+        The request id (`X-Call-Id`, made up if the caller sent none) goes to the
+        function, back to the caller, and into every log line of this request."""
+        call_id = request.headers.get(CALL_ID) or uuid.uuid4().hex
+        with logger.contextualize(call_id=call_id):
+            response = await self._invoke(request, call_id)
+        if CALL_ID.encode() not in (k.lower() for k, _ in response.raw_headers):
+            response.raw_headers.append((CALL_ID.encode(), call_id.encode("latin-1")))
+        return response
+
+    async def _invoke(self, request: Request, call_id: str) -> Response:
         name = request.path_params["name"]
         try:
             check_name(name)
@@ -246,12 +286,22 @@ class Api:
             prefix = labels.function_path(name)
             raw = request.scope.get("raw_path") or request.url.path.encode()
             path = raw[len(prefix) :].decode("latin-1") or "/"
+            arrived = time.monotonic()
             address, waited = await self.scaler.address(name)
             self.scaler.begin(name)
             response = await self.proxy.forward(
-                request, address, path, prefix, done=lambda: self.scaler.end(name), strip=strip
+                request,
+                address,
+                path,
+                prefix,
+                done=lambda: self.scaler.end(name),
+                strip=strip,
+                headers=[(CALL_ID.encode(), call_id.encode("latin-1"))],
             )
             if waited is not None:
+                headers_at = time.monotonic()
+                self.counters.cold_first_byte.observe(headers_at - arrived)
+                self.counters.wake_phase.labels("first_byte").observe(headers_at - arrived - waited)
                 # Standard timing header: lets callers (and make bench) see the cold start.
                 response.raw_headers.append(
                     (b"server-timing", f"wake;dur={waited * 1000:.1f}".encode())
@@ -317,8 +367,20 @@ class Api:
 
     async def _deploy(self, spec: FunctionSpec, status: int) -> Response:
         logger.info("deploying {} from {}", spec.name, spec.image)
-        function = await run_in_threadpool(self.provider.deploy, spec)
+        with counted(self.counters.deploys):
+            function = await run_in_threadpool(self.provider.deploy, spec)
         return JSONResponse(function.to_json(), status_code=status)
+
+
+@contextmanager
+def counted(counter: Counter) -> Iterator[None]:
+    """Count one operation by outcome: `ok`, or `error` if it raised."""
+    try:
+        yield
+    except BaseException:
+        counter.labels("error").inc()
+        raise
+    counter.labels("ok").inc()
 
 
 async def _json_body(request: Request) -> object:
@@ -411,12 +473,18 @@ def build_app(
     max_body: int = 0,
     timeout: float = 0,
     base_image: str = "python:3.12-slim",
+    router: TraefikRouter | None = None,
+    sampler: Sampler | None = None,
 ) -> Starlette:
-    api = Api(provider, token, scaler, keys, max_body, timeout, base_image)
+    api = Api(provider, token, scaler, keys, max_body, timeout, base_image, router)
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     routes = [
         Route("/api/v1/healthz", api.healthz),
         Route("/api/v1/openapi.json", api.admin(api.openapi)),
+        # Unguarded on the gateway's own (loopback) port; through Traefik only with the token.
+        Route("/metrics", api.metrics, methods=["GET"]),
+        Route("/api/v1/metrics", api.admin(api.metrics), methods=["GET"]),
+        Route("/api/v1/stats", api.admin(api.stats), methods=["GET"]),
         Route("/api/v1/functions", api.admin(api.list_functions), methods=["GET"]),
         Route("/api/v1/functions", api.admin(api.create_function), methods=["POST"]),
         Route("/api/v1/functions/{name}", api.admin(api.get_function), methods=["GET"]),
@@ -436,11 +504,14 @@ def build_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        idle_checks = asyncio.create_task(scaler.run())
+        tasks = [asyncio.create_task(scaler.run())]
+        if sampler is not None:
+            tasks.append(asyncio.create_task(sampler.run()))
         try:
             yield
         finally:
-            idle_checks.cancel()
+            for task in tasks:
+                task.cancel()
             await api.proxy.close()
 
     return Starlette(
@@ -461,7 +532,7 @@ async def _not_allowed(request: Request, exc: Exception) -> Response:
 def create_app(settings: Settings | None = None) -> Starlette:
     """The app uvicorn serves: settings from FAAS_*, the Docker provider."""
     settings = settings or Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     api_url = settings.traefik_api
     router = None
     if api_url:
@@ -472,6 +543,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     scaler = Scaler(provider, router, settings.scale_interval)
     keys = Keys.from_settings(settings)
     token = auth.admin_token(settings)
+    sampler = Sampler(provider, scaler.metrics, settings.stats_interval, settings.stats_concurrency)
     return build_app(
         provider,
         token,
@@ -480,4 +552,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settings.max_body_bytes,
         settings.request_timeout,
         settings.base_image,
+        router,
+        sampler,
     )

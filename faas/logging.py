@@ -7,8 +7,12 @@ import sys
 from loguru import logger
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, fmt: str = "text") -> None:
+    """Text lines for people, or (`json`) one JSON object per line for collectors."""
     logger.remove()
+    if fmt == "json":
+        logger.add(sys.stderr, level=level.upper(), serialize=True)
+        return
     logger.add(
         sys.stderr,
         level=level.upper(),

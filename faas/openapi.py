@@ -126,5 +126,19 @@ def document() -> dict[str, object]:
                     "responses": _responses("200", None, 404),
                 },
             },
+            "/api/v1/metrics": {
+                "get": {
+                    "summary": "The gateway's Prometheus metrics (also at /metrics on its port)",
+                    "responses": _responses("200", None),
+                }
+            },
+            "/api/v1/stats": {
+                "parameters": [{"name": "name", "in": "query", "schema": {"type": "string"}}],
+                "get": {
+                    "summary": "Per function: state, invocations, 5xx rate, p50/p99, "
+                    "cold starts, memory",
+                    "responses": _responses("200", {"type": "array", "items": {}}, 404),
+                },
+            },
         },
     }

@@ -41,6 +41,26 @@ class Function:
         }
 
 
+@dataclass(frozen=True)
+class Resources:
+    """One sample of a running function container's resource use."""
+
+    memory_bytes: int
+    memory_limit_bytes: int
+    cpu_seconds: float
+    restarts: int
+    oom_killed: bool  # the engine's flag: the container's last exit was an OOM kill
+
+
+@dataclass
+class StartTimes:
+    """How a start went: seconds until the engine had started the container
+    (`started`), and from then until it answered HTTP (`ready`)."""
+
+    started: float = 0.0
+    ready: float = 0.0
+
+
 class LogStream(Protocol):
     """Chunks of a function's log output; close() ends a follow early."""
 
@@ -83,7 +103,13 @@ class Provider(Protocol):
 
     def list(self) -> list[Function]: ...
 
-    def start(self, name: str) -> Function: ...
+    def start(self, name: str, times: StartTimes | None = None) -> Function:
+        """Start a stopped function; return once it answers. Fills `times` if given."""
+        ...
+
+    def resources(self, fn: Function) -> Resources:
+        """One sample of the resource use of `fn`'s container (as listed, running)."""
+        ...
 
     def stop(self, name: str) -> None: ...
 

@@ -7,7 +7,7 @@ or is being stopped) come this way; warm requests never touch Python.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import httpx
 from starlette.background import BackgroundTask
@@ -48,14 +48,16 @@ class Proxy:
         prefix: str,
         done: Callable[[], None] = lambda: None,
         strip: tuple[str, ...] = (),
+        headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> Response:
         """Send `request` to `address` with its path replaced by `path`, without
         the headers named in `strip`.
 
-        `done` runs once the response body has been sent (or the send failed).
+        `headers` replace the request's headers of the same names. `done` runs
+        once the response body has been sent (or the send failed).
         """
         try:
-            return await self._forward(request, address, path, prefix, done, strip)
+            return await self._forward(request, address, path, prefix, done, strip, headers)
         except BaseException:
             done()
             raise
@@ -68,13 +70,19 @@ class Proxy:
         prefix: str,
         done: Callable[[], None],
         strip: tuple[str, ...],
+        extra: Sequence[tuple[bytes, bytes]],
     ) -> Response:
         query = request.url.query
         url = f"http://{address}{path}" + (f"?{query}" if query else "")
-        dropped = HOP_BY_HOP | {h.lower() for h in strip}
+        dropped = (
+            HOP_BY_HOP
+            | {h.lower() for h in strip}
+            | {k.decode("latin-1").lower() for k, _ in extra}
+        )
         headers = [
             (k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in dropped
         ]
+        headers.extend(extra)
         headers.append((b"x-forwarded-prefix", prefix.encode()))
         body = request.stream() if _has_body(request) else None
         upstream = self.client.build_request(request.method, url, headers=headers, content=body)

@@ -20,8 +20,9 @@ from loguru import logger
 from starlette.concurrency import run_in_threadpool
 
 from . import labels
-from .errors import DeployFailed, FaasError, WakeFailed
-from .provider import Function, Provider, State
+from .errors import DeployFailed, FaasError, ProviderError, WakeFailed
+from .metrics import Metrics, wake_failure_cause
+from .provider import Function, Provider, StartTimes, State
 from .traefik import TraefikRouter
 
 # Seconds the container must stay silent before an idle function is stopped.
@@ -43,6 +44,7 @@ class Scaler:
     provider: Provider
     router: TraefikRouter | None
     interval: float
+    metrics: Metrics = field(default_factory=Metrics)
     _waking: dict[str, asyncio.Future[Function]] = field(default_factory=dict)
     _draining: dict[str, asyncio.Event] = field(default_factory=dict)
     _activity: dict[str, Activity] = field(default_factory=dict)
@@ -80,12 +82,20 @@ class Scaler:
 
     async def _start(self, name: str) -> Function:
         started = time.monotonic()
+        times = StartTimes()
         try:
-            fn = await run_in_threadpool(self.provider.start, name)
+            fn = await run_in_threadpool(self.provider.start, name, times)
         except DeployFailed as exc:
             logger.warning("wake of {} failed: {}", name, exc.reason)
+            self.metrics.wake_failures.labels(wake_failure_cause(exc.reason)).inc()
             raise WakeFailed(name, exc.reason) from exc
+        except ProviderError:
+            self.metrics.wake_failures.labels("engine").inc()
+            raise
         self.starts[name] += 1
+        self.metrics.wakes.labels(name).inc()
+        self.metrics.wake_phase.labels("start").observe(times.started)
+        self.metrics.wake_phase.labels("ready").observe(times.ready)
         self._activity[name] = Activity(since=time.monotonic())
         logger.info("woke {} in {:.0f} ms", name, (time.monotonic() - started) * 1000)
         return fn
@@ -105,8 +115,10 @@ class Scaler:
 
     # -- stopping ------------------------------------------------------------
 
-    async def scale_down(self, name: str) -> None:
-        """Stop `name` without failing a request that arrives meanwhile."""
+    async def scale_down(self, name: str, reason: str = "explicit") -> None:
+        """Stop `name` without failing a request that arrives meanwhile.
+
+        `reason` ("idle" or "explicit") labels the scale-down metric."""
         if name in self._draining:
             await self._draining[name].wait()
             return
@@ -119,7 +131,8 @@ class Scaler:
             if self.router is not None:
                 await run_in_threadpool(self.router.unrouted, name)
             self._activity.pop(name, None)
-            logger.info("scaled {} to zero", name)
+            self.metrics.scale_downs.labels(reason).inc()
+            logger.info("scaled {} to zero ({})", name, reason)
         finally:
             if self.router is not None:
                 self.router.undrain(name)
@@ -138,7 +151,7 @@ class Scaler:
 
     async def _scale_down_logged(self, name: str) -> None:
         try:
-            await self.scale_down(name)
+            await self.scale_down(name, reason="idle")
         except FaasError as exc:
             logger.warning("scale-down of {} failed: {}", name, exc)
 
@@ -146,6 +159,7 @@ class Scaler:
         """Running scale-to-zero functions that have seen no traffic for their idle timeout."""
         counts = await run_in_threadpool(self.router.request_counts) if self.router else {}
         functions = await run_in_threadpool(self.provider.list)
+        self.metrics.saw_functions(functions)
         now = time.monotonic()
         running = {f.spec.name: f for f in functions if f.state is State.RUNNING}
         for gone in set(self._activity) - set(running):

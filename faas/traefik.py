@@ -200,15 +200,19 @@ class TraefikRouter:
                 raise ProviderError(f"Traefik did not load router {router} in {self.timeout:g}s")
             time.sleep(0.02)
 
-    def request_counts(self) -> dict[str, float]:
-        """Requests served so far per Traefik service, from its Prometheus metrics."""
+    def metrics_text(self) -> str:
+        """Traefik's Prometheus exposition (served on its internal entrypoint)."""
         try:
             response = self.session.get(f"{self.api_url}/metrics", timeout=5)
             response.raise_for_status()
         except requests.RequestException as exc:
             raise ProviderError(f"Traefik metrics unreachable at {self.api_url}") from exc
+        return response.text
+
+    def request_counts(self) -> dict[str, float]:
+        """Requests served so far per Traefik service, from its Prometheus metrics."""
         counts: dict[str, float] = {}
-        for match in _REQUESTS.finditer(response.text):
+        for match in _REQUESTS.finditer(self.metrics_text()):
             service = match["service"]
             counts[service] = counts.get(service, 0.0) + float(match["value"])
         return counts

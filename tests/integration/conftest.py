@@ -69,20 +69,23 @@ class Stack:
         self.namespace = "t" + secrets.token_hex(4)
         self.http_port = free_port()
         self.gateway_port = free_port()
+        self.traefik_api_port = free_port()
         self.env = {
             **os.environ,
             "FAAS_NAMESPACE": self.namespace,
             "FAAS_STATE_DIR": str(state_dir),
             "FAAS_GATEWAY_PORT": str(self.gateway_port),
-            "FAAS_TRAEFIK_API_PORT": str(free_port()),
+            "FAAS_TRAEFIK_API_PORT": str(self.traefik_api_port),
             "FAAS_READY_TIMEOUT": "8",
             "FAAS_STOP_TIMEOUT": "3",
             "FAAS_SCALE_INTERVAL": "0.3",
             "FAAS_BASE_IMAGE": base_image(),
             "FAAS_REQUEST_TIMEOUT": "10",
+            "FAAS_STATS_INTERVAL": "0.5",
         }
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.direct = f"http://127.0.0.1:{self.gateway_port}"
+        self.traefik_api = f"http://127.0.0.1:{self.traefik_api_port}"
         self.process: subprocess.Popen[str] | None = None
         self.token = ""
         self.session = requests.Session()

@@ -251,6 +251,14 @@ def test_logs_and_follow(stack: Stack) -> None:
     code, out, _ = cli(stack, "logs", name, "--tail", "1")
     assert code == 0
     assert "/second-call" in out
+
+    code, out, _ = cli(stack, "logs", name, "--since", "1h")
+    assert code == 0
+    assert "/first-call" in out
+    assert "/second-call" in out
+    code, out, _ = cli(stack, "logs", name, "--since", "0s")  # from now on: nothing yet
+    assert code == 0
+    assert "/first-call" not in out
     assert stack.api("DELETE", f"/functions/{name}").status_code == 204
 
 

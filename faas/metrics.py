@@ -1,0 +1,118 @@
+"""The gateway's Prometheus metrics: every metric object lives here, in one registry.
+
+Invocation counts, error rates and latency are not here: Traefik measures them
+per service on the warm path (`traefik_service_requests_total{service="fn-<name>@docker"}`),
+where no Python runs. The gateway counts what only it sees: deploys, wakes and
+their phases, scale-downs, and samples of the containers' resources.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .provider import Function, Resources, State
+
+# Wakes take from ~30 ms (a tiny server) to the ready timeout (30 s by default).
+WAKE_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Snapshot(Collector):
+    """Gauges read from the latest samples, so a scrape never calls the engine."""
+
+    def __init__(self) -> None:
+        self.states: Tally[str] = Tally()
+        self.resources: dict[str, Resources] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        states = GaugeMetricFamily(
+            "faas_functions",
+            "Deployed functions by state (at the last idle check).",
+            labels=["state"],
+        )
+        for state in State:
+            states.add_metric([state.value], self.states[state.value])
+        yield states
+        yield from self._resources()
+
+    def _resources(self) -> Iterator[Metric]:
+        fn = ["function"]
+        memory = GaugeMetricFamily("faas_function_memory_bytes", "Memory in use.", labels=fn)
+        limit = GaugeMetricFamily("faas_function_memory_limit_bytes", "Memory limit.", labels=fn)
+        cpu = CounterMetricFamily("faas_function_cpu_seconds", "CPU time used.", labels=fn)
+        restarts = CounterMetricFamily(
+            "faas_function_restarts", "Restarts of the container by the engine.", labels=fn
+        )
+        oom = GaugeMetricFamily(
+            "faas_function_oom_killed", "1 if the container's last exit was an OOM kill.", labels=fn
+        )
+        for name, r in sorted(self.resources.items()):
+            memory.add_metric([name], r.memory_bytes)
+            limit.add_metric([name], r.memory_limit_bytes)
+            cpu.add_metric([name], r.cpu_seconds)
+            restarts.add_metric([name], r.restarts)
+            oom.add_metric([name], float(r.oom_killed))
+        yield from (memory, limit, cpu, restarts, oom)
+
+
+class Metrics:
+    """The metric objects of one gateway (own registry: tests build many gateways)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.deploys = Counter("faas_deploys", "Deploys by outcome.", ["outcome"], registry=r)
+        self.removes = Counter("faas_removes", "Removals by outcome.", ["outcome"], registry=r)
+        self.wakes = Counter(
+            "faas_wakes", "Cold starts (wakes) by function.", ["function"], registry=r
+        )
+        self.wake_phase = Histogram(
+            "faas_wake_phase_seconds",
+            "Wake duration by phase: start (engine starts the container), "
+            "ready (started -> answers HTTP), first_byte (woken -> the function's "
+            "response headers, per request that waited).",
+            ["phase"],
+            buckets=WAKE_BUCKETS,
+            registry=r,
+        )
+        self.cold_first_byte = Histogram(
+            "faas_cold_request_first_byte_seconds",
+            "A request that had to wait for a wake: arrival -> response headers from the function.",
+            buckets=WAKE_BUCKETS,
+            registry=r,
+        )
+        self.wake_failures = Counter(
+            "faas_wake_failures", "Failed wakes by cause.", ["cause"], registry=r
+        )
+        self.scale_downs = Counter(
+            "faas_scale_downs", "Scale-downs to zero by reason.", ["reason"], registry=r
+        )
+        self.snapshot = Snapshot()
+        r.register(self.snapshot)
+
+    def saw_functions(self, functions: Iterable[Function]) -> None:
+        self.snapshot.states = Tally(f.state.value for f in functions)
+
+    def sampled(self, resources: dict[str, Resources]) -> None:
+        self.snapshot.resources = resources
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def wake_failure_cause(reason: str) -> str:
+    """A small, fixed set of label values from a failed start's reason."""
+    if "out of memory" in reason:
+        return "oom"
+    if "no HTTP answer" in reason:
+        return "timeout"
+    if "exited" in reason:
+        return "exited"
+    if "Traefik" in reason:
+        return "route"
+    return "other"
