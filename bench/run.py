@@ -117,6 +117,15 @@ class Bench:
         self.row("warm invoke through Traefik", ms(t50), ms(pct(traefik, 0.9)), n)
         self.row("warm invoke direct to the container", ms(d50), ms(pct(direct, 0.9)), n)
         self.row("warm latency ratio Traefik / direct", f"{t50 / d50:.2f}x", "", "median/median")
+        # The same through a key function: Traefik's forwardAuth asks the gateway first.
+        self.call("PUT", "/functions/warmkey", json={"image": IMAGE, "min_scale": 1, "auth": "key"})
+        key = str(self.call("POST", "/functions/warmkey/keys", json={"ttl": 3600})["key"])
+        keyed = requests.Session()
+        keyed.headers["Authorization"] = f"Bearer {key}"
+        k50 = statistics.median(timed(keyed, f"{self.base}/function/warmkey/", WARM_CALLS))
+        self.row("warm invoke of a key function (forwardAuth)", ms(k50), "", n)
+        self.row("warm latency ratio key / public function", f"{k50 / t50:.2f}x", "", "")
+        self.call("DELETE", "/functions/warmkey")
         self.call("DELETE", "/functions/warm")
 
     def deploy(self) -> None:
