@@ -102,18 +102,16 @@ class Api:
         token: str,
         scaler: Scaler,
         keys: Keys,
-        max_body: int = 0,
-        timeout: float = 0,
-        base_image: str = "python:3.12-slim",
+        settings: Settings,
         router: TraefikRouter | None = None,
     ) -> None:
         self.provider = provider
         self.token = token
-        self.base_image = base_image
+        self.base_image = settings.base_image
         self.scaler = scaler
         self.keys = keys
-        self.max_body = max_body  # the platform default; a spec may set its own
-        self.proxy = Proxy(timeout)
+        self.max_body = settings.max_body_bytes  # the platform default; a spec may set its own
+        self.proxy = Proxy(settings.request_timeout)
         self.counters = scaler.metrics
         self.router = router
 
@@ -470,13 +468,11 @@ def build_app(
     token: str,
     scaler: Scaler,
     keys: Keys,
-    max_body: int = 0,
-    timeout: float = 0,
-    base_image: str = "python:3.12-slim",
+    settings: Settings | None = None,
     router: TraefikRouter | None = None,
     sampler: Sampler | None = None,
 ) -> Starlette:
-    api = Api(provider, token, scaler, keys, max_body, timeout, base_image, router)
+    api = Api(provider, token, scaler, keys, settings or Settings(), router)
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     routes = [
         Route("/api/v1/healthz", api.healthz),
@@ -544,14 +540,4 @@ def create_app(settings: Settings | None = None) -> Starlette:
     keys = Keys.from_settings(settings)
     token = auth.admin_token(settings)
     sampler = Sampler(provider, scaler.metrics, settings.stats_interval, settings.stats_concurrency)
-    return build_app(
-        provider,
-        token,
-        scaler,
-        keys,
-        settings.max_body_bytes,
-        settings.request_timeout,
-        settings.base_image,
-        router,
-        sampler,
-    )
+    return build_app(provider, token, scaler, keys, settings, router, sampler)
