@@ -24,6 +24,7 @@ BASE_IMAGE="${FAAS_BASE_IMAGE:-python:3.12-slim}"
 OFFLINE_BASE="faas/python-base:bookworm"
 MANAGER_IMAGE="${FAAS_MANAGER_IMAGE:-faas/manager:latest}"
 TRAEFIK_IMAGE="${FAAS_TRAEFIK_IMAGE:-traefik:v3.7}"
+PROMETHEUS_IMAGE="${FAAS_PROMETHEUS_IMAGE:-prom/prometheus:v2.53.0}"
 PROXY_IMAGE="${FAAS_SOCKET_PROXY_IMAGE:-haproxy:2.8}"
 VENV="${VENV:-.venv}"
 WHEELS=build/wheels
@@ -151,6 +152,28 @@ proxy_image() {
   echo "$image"
 }
 
+prometheus_image() {  # prometheus_image BASE
+  if available "$PROMETHEUS_IMAGE"; then
+    echo "$PROMETHEUS_IMAGE"
+    return
+  fi
+  local image=faas/prometheus:debian binary hash
+  binary="$(command -v prometheus || true)"
+  if [ -z "$binary" ]; then
+    log "no $PROMETHEUS_IMAGE and no prometheus binary (apt-get install prometheus); the monitoring profile will not start"
+    echo "$PROMETHEUS_IMAGE"
+    return
+  fi
+  hash="$(cat "$binary" deploy/prometheus/Dockerfile | sha256sum | cut -c1-16)"
+  if [ "$(label "$image" faas.source)" != "$hash" ]; then
+    mkdir -p "$tmp/prometheus"
+    cp "$binary" "$tmp/prometheus/prometheus"
+    build "$image" "$tmp/prometheus" -f deploy/prometheus/Dockerfile \
+      --build-arg "FAAS_BASE_IMAGE=$1" --label "faas.source=$hash"
+  fi
+  echo "$image"
+}
+
 compose_tool
 base="$(base_image)"
 wheels "$base"
@@ -158,6 +181,7 @@ wheels "$base"
 build "$MANAGER_IMAGE" . --build-arg "FAAS_BASE_IMAGE=$base"
 traefik="$(traefik_image)"
 proxy="$(proxy_image "$base")"
+prometheus="$(prometheus_image "$base")"
 # Drop the images these builds replaced (untagged now, still labelled).
 docker image prune -f --filter label=faas.image=compose >/dev/null
 
@@ -166,5 +190,6 @@ FAAS_BASE_IMAGE=$base
 FAAS_MANAGER_IMAGE=$MANAGER_IMAGE
 FAAS_TRAEFIK_IMAGE=$traefik
 FAAS_SOCKET_PROXY_IMAGE=$proxy
+FAAS_PROMETHEUS_IMAGE=$prometheus
 EOF
 log "ready: $(tr '\n' ' ' <"$ENV_FILE")"

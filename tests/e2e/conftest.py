@@ -87,6 +87,7 @@ class Stack:
         self.namespace = f"e2e{suffix}"
         self.network = f"faas-{self.namespace}"
         self.http_port, self.https_port, self.api_port = free_port(), free_port(), free_port()
+        self.prometheus_port = free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.compose = [*compose, "-p", self.project, "-f", str(COMPOSE_FILE)]
         self.env = {
@@ -98,6 +99,8 @@ class Stack:
             "FAAS_HTTPS_PORT": str(self.https_port),
             "FAAS_TRAEFIK_API_PORT": str(self.api_port),
             "FAAS_STOP_TIMEOUT": "3",
+            "COMPOSE_PROFILES": "monitoring",
+            "FAAS_PROMETHEUS_PORT": str(self.prometheus_port),
         }
         self.token = ""
 

@@ -6,6 +6,7 @@ import http.client
 import json
 import ssl
 import time
+from collections.abc import Callable
 
 import pytest
 import requests
@@ -56,6 +57,26 @@ def state(stack: Stack) -> str:
     return str(stack.api("GET", f"/functions/{NAME}").json()["state"])
 
 
+def prometheus_until(
+    stack: Stack, query: str, done: Callable[[dict[str, str], float], bool]
+) -> tuple[dict[str, str], float]:
+    """Poll the stack's Prometheus: `up` per job, and the value of `query`."""
+    api = f"http://127.0.0.1:{stack.prometheus_port}/api/v1/query"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            up = requests.get(api, params={"query": "up"}, timeout=5).json()["data"]["result"]
+            jobs = {r["metric"]["job"]: r["value"][1] for r in up}
+            result = requests.get(api, params={"query": query}, timeout=5).json()["data"]["result"]
+            value = float(result[0]["value"][1]) if result else 0.0
+        except (requests.RequestException, KeyError, ValueError):
+            jobs, value = {}, 0.0
+        if jobs and done(jobs, value):
+            return jobs, value
+        assert time.monotonic() < deadline, (jobs, value)
+        time.sleep(0.5)
+
+
 def test_compose_stack(stack: Stack) -> None:
     took = stack.up()
     print(f"\ncompose up -d -> all services healthy: {took:.1f}s")
@@ -76,6 +97,12 @@ def test_compose_stack(stack: Stack) -> None:
     assert (echo["path"], echo["query"], echo["body"]) == ("/any/path", {"x": ["1"]}, "body")
     assert echo["env"]["ECHO_GREETING"] == "hi"
     assert json.loads(cli(stack, "invoke", NAME, "/cli", "-d", "x"))["path"] == "/cli"
+
+    # The monitoring profile's Prometheus scrapes the gateway and Traefik, and
+    # sees this function's invocations in Traefik's per-service counter.
+    series = f'sum(traefik_service_requests_total{{service="fn-{NAME}@docker"}})'
+    jobs, _ = prometheus_until(stack, series, lambda jobs, n: n >= 2)
+    assert jobs == {"faas-gateway": "1", "traefik": "1"}
 
     # HTTPS with Traefik's self-signed default certificate, same routes.
     status, body, cert = https_get(stack.https_port, f"/function/{NAME}/tls")
