@@ -418,11 +418,13 @@ class DockerProvider:
             if any(n["Name"] == net for n in self.client.api.networks(names=[net])):
                 return
             logger.info("creating network {}", net)
+            icc = "true" if self.settings.function_icc else "false"
             self.client.networks.create(
                 net,
                 driver="bridge",
                 check_duplicate=True,
                 labels={labels.NAMESPACE: self.settings.namespace},
+                options={"com.docker.network.bridge.enable_icc": icc},
             )
 
     def _create(self, spec: FunctionSpec) -> Container:

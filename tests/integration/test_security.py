@@ -385,10 +385,14 @@ print(json.dumps(out))
 def test_a_function_container_reaches_neither_gateway_nor_docker(
     stack: Stack, engine: docker.DockerClient
 ) -> None:
-    name = fn_name("jail")
+    name, neighbour = fn_name("jail"), fn_name("neighbour")
     assert stack.deploy(name, min_scale=1).status_code == 200
+    assert stack.deploy(neighbour, min_scale=1, auth="key").status_code == 200
     try:
         (container,) = stack.containers(engine, name)
+        other_ip, other_port = (
+            stack.api("GET", f"/functions/{neighbour}").json()["address"].split(":")
+        )
         network = engine.networks.get(stack.env.get("FAAS_NETWORK") or f"faas-{stack.namespace}")
         bridge_ip = network.attrs["IPAM"]["Config"][0]["Gateway"]  # the host, seen from inside
         targets = [
@@ -397,6 +401,8 @@ def test_a_function_container_reaches_neither_gateway_nor_docker(
             ("traefik api via bridge", bridge_ip, int(stack.env["FAAS_TRAEFIK_API_PORT"])),
             ("docker tcp via bridge", bridge_ip, 2375),
             ("gateway via loopback", "127.0.0.1", stack.gateway_port),
+            # Straight to another function, around its key check: no ICC on the network.
+            ("another function", other_ip, int(other_port)),
         ]
         code, output = container.exec_run(["python3", "-c", PROBE, json.dumps(targets)])
         assert code == 0, output
@@ -421,6 +427,7 @@ def test_a_function_container_reaches_neither_gateway_nor_docker(
         assert requests.get(f"{stack.direct}/api/v1/healthz", timeout=5).status_code == 200
     finally:
         stack.api("DELETE", f"/functions/{name}")
+        stack.api("DELETE", f"/functions/{neighbour}")
 
 
 def test_read_only_is_an_opt_out(stack: Stack, engine: docker.DockerClient) -> None:
