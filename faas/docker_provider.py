@@ -28,6 +28,7 @@ import docker.errors
 import docker.utils.build
 import requests.exceptions
 from docker.models.containers import Container
+from docker.models.images import Image
 from docker.types import DeviceRequest, LogConfig, Ulimit
 from loguru import logger
 
@@ -247,12 +248,17 @@ class DockerProvider:
                 logger.warning("{} still routed after a failed start: {}", fn.spec.name, exc)
 
     def pull(self, image: str, auth: dict[str, str] | None = None) -> Iterator[dict[str, object]]:
+        if self._local_image(image) is None:
+            yield from self._pull(image, auth)
+
+    def _local_image(self, image: str) -> Image | None:
         with _engine_errors():
             try:
-                self.client.images.get(image)
-                return
+                return self.client.images.get(image)
             except docker.errors.ImageNotFound:
-                pass
+                return None
+
+    def _pull(self, image: str, auth: dict[str, str] | None) -> Iterator[dict[str, object]]:
         if image.startswith("sha256:"):
             raise ImageNotFound(image, "no such image id on the engine")
         repository, tag = _split_reference(image)
@@ -405,10 +411,13 @@ class DockerProvider:
         )
 
     def _ensure_image(self, image: str) -> None:
-        for _ in self.pull(image):
-            pass
-        with _engine_errors():
-            found = self.client.images.get(image)
+        found = self._local_image(image)
+        if found is None:
+            for _ in self._pull(image, None):
+                pass
+            found = self._local_image(image)
+        if found is None:
+            raise ImageNotFound(image, "not on the engine after the pull")
         _check_image_labels(image, found.labels or {})
 
     def _ensure_network(self) -> None:

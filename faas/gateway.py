@@ -13,7 +13,7 @@ import json
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import IO, TypeVar, cast
 
@@ -251,17 +251,16 @@ class Api:
         logger.info("revoked key {}", kid)
         return Response(status_code=204)
 
-    async def _guard_invoke(self, request: Request, name: str) -> tuple[str, ...]:
+    def _guard_invoke(self, request: Request, spec: FunctionSpec) -> tuple[str, ...]:
         """Check a cold-path request as the function's own router would; returns
         the headers to strip before forwarding."""
-        spec = (await run_in_threadpool(self.provider.get, name)).spec
         limit = self.max_body if spec.limits.max_body_bytes is None else spec.limits.max_body_bytes
         length = request.headers.get("content-length", "")
         if limit and length.isdigit() and int(length) > limit:
             raise PayloadTooLarge(f"request body larger than {limit} bytes")
         if spec.auth != "key":
             return ()
-        self.authorize(request, name)
+        self.authorize(request, spec.name)
         return labels.KEY_HEADERS
 
     async def invoke(self, request: Request) -> Response:
@@ -280,12 +279,13 @@ class Api:
         name = request.path_params["name"]
         try:
             check_name(name)
-            strip = await self._guard_invoke(request, name)
+            function = await run_in_threadpool(self.provider.get, name)
+            strip = self._guard_invoke(request, function.spec)
             prefix = labels.function_path(name)
             raw = request.scope.get("raw_path") or request.url.path.encode()
             path = raw[len(prefix) :].decode("latin-1") or "/"
             arrived = time.monotonic()
-            address, waited = await self.scaler.address(name)
+            address, waited = await self.scaler.address(function)
             self.scaler.begin(name)
             response = await self.proxy.forward(
                 request,
@@ -419,7 +419,7 @@ async def _spool(request: Request, limit: int) -> IO[bytes]:
     return cast(IO[bytes], spool)
 
 
-async def _iterate(blocking: Iterator[T]) -> AsyncIterator[T]:
+async def _iterate(blocking: Iterable[T]) -> AsyncIterator[T]:
     """Walk a blocking iterator from async code, one step per worker thread."""
     items = iter(blocking)
     while True:
@@ -452,12 +452,8 @@ def _ndjson(events: AsyncIterator[dict[str, object]]) -> StreamingResponse:
 
 async def _drain(stream: LogStream) -> AsyncIterator[bytes]:
     """Relay a blocking log stream; closing it on disconnect frees its thread."""
-    chunks = iter(stream)
     try:
-        while True:
-            chunk = await run_in_threadpool(next, chunks, None)
-            if chunk is None:
-                return
+        async for chunk in _iterate(stream):
             yield chunk
     finally:
         stream.close()

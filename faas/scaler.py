@@ -53,14 +53,21 @@ class Scaler:
 
     # -- waking --------------------------------------------------------------
 
-    async def address(self, name: str) -> tuple[str, float | None]:
-        """Where to send a request for `name` now, and the wake's duration if it had to wait."""
+    async def address(self, fn: Function) -> tuple[str, float | None]:
+        """Where to send a request for `fn` now, and the wake's duration if it had to wait.
+
+        `fn` is the caller's fresh view of the function; it is read again only when
+        a scale-down finished meanwhile."""
+        name = fn.spec.name
+        drained = False
         while (draining := self._draining.get(name)) is not None:
             await draining.wait()
+            drained = True
         started = time.monotonic()
         if name in self._waking:  # join the start in flight; no need to ask the engine
             return await self.wake(name), time.monotonic() - started
-        fn = await run_in_threadpool(self.provider.get, name)
+        if drained:
+            fn = await run_in_threadpool(self.provider.get, name)
         if fn.state is State.RUNNING and fn.address:
             return fn.address, None
         address = await self.wake(name)

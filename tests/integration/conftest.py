@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
@@ -22,6 +22,9 @@ import docker.errors
 import pytest
 import requests
 from docker.models.containers import Container
+from typer.testing import CliRunner
+
+from faas.cli import app
 
 ECHO_IMAGE = os.environ.get("FAAS_ECHO_IMAGE", "faas/echo:latest")
 
@@ -152,6 +155,32 @@ def running_stack(engine: docker.DockerClient, state_dir: Path) -> Iterator[Stac
 def stack(engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with running_stack(engine, tmp_path_factory.mktemp("state")) as s:
         yield s
+
+
+def cli(stack: Stack, *args: str) -> tuple[int, str, str]:
+    """The real CLI, in process, against `stack`: (exit code, stdout, stderr)."""
+    result = CliRunner().invoke(app, ["--url", stack.url, "--token", stack.token, *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def assert_refused(
+    stack: Stack, engine: docker.DockerClient, method: str, path: str, body: object,
+    status: int, mentions: str,
+) -> None:  # fmt: skip
+    """The API refuses the call with `status`, naming `mentions`, and creates nothing."""
+    before = [c.id for c in stack.containers(engine)]
+    data = body if isinstance(body, str) else None
+    got = stack.api(method, path, json=None if data else body, data=data)
+    assert got.status_code == status, got.text
+    assert mentions in got.json()["error"]
+    assert [c.id for c in stack.containers(engine)] == before
 
 
 def fn_name(prefix: str) -> str:

@@ -17,18 +17,10 @@ from pathlib import Path
 import docker
 import docker.errors
 import pytest
-from typer.testing import CliRunner
 
-from faas.cli import app
-
-from .conftest import ECHO_IMAGE, Stack, fn_name
+from .conftest import ECHO_IMAGE, Stack, cli, fn_name
 
 pytestmark = pytest.mark.integration
-
-
-def cli(stack: Stack, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, ["--url", stack.url, "--token", stack.token, *args])
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture

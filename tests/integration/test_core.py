@@ -14,16 +14,9 @@ from typer.testing import CliRunner
 
 from faas.cli import app
 
-from .conftest import ECHO_IMAGE, Stack, fn_name
+from .conftest import ECHO_IMAGE, Stack, assert_refused, cli, fn_name
 
 pytestmark = pytest.mark.integration
-
-
-def cli(stack: Stack, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(
-        app, ["--url", stack.url, "--token", stack.token, *args], catch_exceptions=False
-    )
-    return result.exit_code, result.stdout, result.stderr
 
 
 def test_deploy_invoke_update_remove(stack: Stack, engine: docker.DockerClient) -> None:
@@ -165,12 +158,7 @@ def test_bad_input_is_refused_and_changes_nothing(
     status: int,
     mentions: str,
 ) -> None:
-    before = [c.id for c in stack.containers(engine)]
-    data = body if isinstance(body, str) else None
-    got = stack.api(method, path, json=None if data else body, data=data)
-    assert got.status_code == status, got.text
-    assert mentions in got.json()["error"]
-    assert [c.id for c in stack.containers(engine)] == before
+    assert_refused(stack, engine, method, path, body, status, mentions)
 
 
 def test_post_refuses_an_existing_name(stack: Stack) -> None:

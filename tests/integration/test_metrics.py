@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,9 @@ from typer.testing import CliRunner
 
 from faas.cli import app
 
-from .conftest import Stack, fn_name, free_port
+from .conftest import Stack, fn_name, free_port, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def value(text: str, name: str, **labels: str) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import docker
@@ -14,16 +13,9 @@ from typer.testing import CliRunner
 
 from faas.cli import app
 
-from .conftest import Stack, fn_name
+from .conftest import Stack, fn_name, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def state(stack: Stack, name: str) -> str:

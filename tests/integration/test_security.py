@@ -8,14 +8,14 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import docker
 import docker.errors
 import pytest
 import requests
 
-from .conftest import ECHO_IMAGE, Stack, fn_name, running_stack
+from .conftest import ECHO_IMAGE, Stack, assert_refused, fn_name, running_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -102,12 +102,7 @@ def test_attack_is_refused_and_creates_nothing(
     status: int,
     mentions: str,
 ) -> None:
-    before = [c.id for c in stack.containers(engine)]
-    data = body if isinstance(body, str) else None
-    got = stack.api(method, path, json=None if data else body, data=data)
-    assert got.status_code == status, got.text
-    assert mentions in got.json()["error"]
-    assert [c.id for c in stack.containers(engine)] == before
+    assert_refused(stack, engine, method, path, body, status, mentions)
 
 
 @pytest.mark.parametrize(
@@ -188,13 +183,6 @@ def scale(stack: Stack, name: str, replicas: int) -> str:
     got = stack.api("POST", f"/functions/{name}/scale", json={"replicas": replicas})
     assert got.status_code == 200, got.text
     return str(got.json()["state"])
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

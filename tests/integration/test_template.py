@@ -8,11 +8,8 @@ from pathlib import Path
 
 import docker
 import pytest
-from typer.testing import CliRunner
 
-from faas.cli import app
-
-from .conftest import Stack, fn_name
+from .conftest import Stack, cli, fn_name
 
 pytestmark = pytest.mark.integration
 
@@ -31,11 +28,6 @@ def handle(request):
         return {"got": request.json(), "query": request.query}
     return Response("made", status=201, headers={"X-Made": "yes"})
 """
-
-
-def cli(stack: Stack, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, ["--url", stack.url, "--token", stack.token, *args])
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture
