@@ -29,11 +29,11 @@ RUN python3 -m venv --without-pip /opt/faas; \
 FROM ${FAAS_BASE_IMAGE}
 # A fixed uid and gid, so named volumes keep working across rebuilds. An
 # empty named volume mounted on /var/lib/faas (the admin token) or on
-# /var/lib/faas/traefik (what Traefik reads) takes the owner of the image's
-# directory, so the unprivileged gateway can write there.
+# /var/lib/faas/traefik or .../prometheus (what those read) takes the owner
+# of the image's directory, so the unprivileged gateway can write there.
 RUN groupadd --system --gid 10001 faas \
     && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/faas --no-create-home faas \
-    && mkdir -p /var/lib/faas/traefik/dynamic \
+    && mkdir -p /var/lib/faas/traefik/dynamic /var/lib/faas/prometheus \
     && chown -R faas:faas /var/lib/faas
 COPY --from=build /opt/faas /opt/faas
 COPY deploy/manager/entrypoint.py /opt/faas/entrypoint.py

@@ -53,13 +53,6 @@ class Settings(BaseSettings):
     network: str | None = Field(
         None, description="Docker network of the functions; defaults to faas-<namespace>."
     )
-    function_icc: bool = Field(
-        False,
-        description="Let function containers reach each other on their network. Off: only "
-        "the host (faas up's Traefik and gateway) reaches them, so no function can call "
-        "another around Traefik and its key check. The compose stack, whose Traefik and "
-        "manager are containers, creates its network with it on.",
-    )
     ready_timeout: float = Field(
         30.0, gt=0, description="Seconds a new container has to answer HTTP before it fails."
     )

@@ -53,6 +53,7 @@ Summaries = list[Summary]
 # Exit codes of a container that was stopped on purpose (by `docker stop`:
 # SIGTERM honoured, or SIGKILL after the grace period), not one that crashed.
 _STOP_EXIT_CODES = (0, 143, 137)
+ICC = "com.docker.network.bridge.enable_icc"
 
 
 @contextmanager
@@ -83,6 +84,7 @@ class DockerProvider:
         self._router = router
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
+        self._warned: set[str] = set()
 
     @property
     def client(self) -> docker.DockerClient:
@@ -424,16 +426,27 @@ class DockerProvider:
         net = self.settings.function_network
         with self._lock("\0network"), _engine_errors():
             # The names filter matches substrings; compare exactly.
-            if any(n["Name"] == net for n in self.client.api.networks(names=[net])):
+            found = [n for n in self.client.api.networks(names=[net]) if n["Name"] == net]
+            if found:
+                if found[0].get("Options", {}).get(ICC) != "false" and net not in self._warned:
+                    self._warned.add(net)
+                    logger.warning(
+                        "network {} lets its containers reach each other, so a function "
+                        "can call another around Traefik and its key check; remove it "
+                        "(with its functions' containers) and the platform recreates it "
+                        "without",
+                        net,
+                    )
                 return
             logger.info("creating network {}", net)
-            icc = "true" if self.settings.function_icc else "false"
+            # Inter-container traffic off: only the host reaches a function
+            # (Traefik and the gateway run there), no function another.
             self.client.networks.create(
                 net,
                 driver="bridge",
                 check_duplicate=True,
                 labels={labels.NAMESPACE: self.settings.namespace},
-                options={"com.docker.network.bridge.enable_icc": icc},
+                options={ICC: "false"},
             )
 
     def _create(self, spec: FunctionSpec) -> Container:

@@ -4,9 +4,9 @@
 # scripts/compose-images.sh wrote to build/images.env (a variable already set
 # in the environment wins).
 #
-#   scripts/compose.sh up     create the function network if missing, `up -d`,
-#                             wait until every service is healthy, then print
-#                             the URL and the admin token (as `faas up` does)
+#   scripts/compose.sh up     `up -d`, wait until every service is healthy,
+#                             then print the URL and the admin token (as
+#                             `faas up` does)
 #   scripts/compose.sh ARGS   any other compose command: down, logs -f, ps ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,12 +37,6 @@ if [ "${1:-}" != up ]; then
 fi
 
 namespace="${FAAS_NAMESPACE:-default}"
-network="faas-$namespace"
-if ! docker network inspect "$network" >/dev/null 2>&1; then
-  log "creating network $network"
-  docker network create --label "faas.namespace=$namespace" "$network" >/dev/null
-fi
-
 started=$SECONDS
 "${compose[@]}" up -d
 # `up --wait` is Compose v2 only; poll the healthchecks instead.

@@ -9,16 +9,20 @@ Here Traefik runs in its own container and cannot render anything (its image
 is the bare binary), so the manager renders its templates into the volume the
 two share, mounted at <state dir>/traefik here and at /etc/traefik in Traefik:
 
-    traefik/compose.yml     -> traefik.yml          static config (namespace, network)
+    traefik/compose.yml     -> traefik.yml          static config (entrypoints, network)
     traefik/gateway.yml     -> dynamic/gateway.yml  /api/v1 and the wake catch-all
     traefik/compose-tls.yml -> dynamic/tls.yml      HTTPS relay to the web entrypoint
 
-Traefik reads its static config once, at start; compose starts it only once
-this container is healthy, so the files are in place by then.
+and Prometheus' (the `monitoring` profile) into <state dir>/prometheus.
+Traefik and Prometheus read their static config once, at start; compose
+starts them only once this container is healthy, so the files are in place
+by then. All three share the host's network namespace, so
+every address is a host address.
 
-Environment besides the FAAS_* settings: FAAS_GATEWAY_URL (how Traefik reaches
-the gateway, default http://manager:<gateway port>) and FAAS_TRAEFIK_TEMPLATES
-(default /etc/faas/traefik, where docker-compose.yml mounts traefik/).
+Environment besides the FAAS_* settings: FAAS_HTTPS_PORT (Traefik's websecure
+entrypoint, default 443) and FAAS_TRAEFIK_TEMPLATES / FAAS_PROMETHEUS_TEMPLATES
+(default /etc/faas/traefik and /etc/faas/prometheus, where docker-compose.yml
+mounts traefik/ and deploy/prometheus/).
 """
 
 from __future__ import annotations
@@ -35,26 +39,38 @@ from faas.config import Settings
 from faas.up import gateway_command
 
 TEMPLATES = Path(os.environ.get("FAAS_TRAEFIK_TEMPLATES", "/etc/faas/traefik"))
+PROMETHEUS_TEMPLATES = Path(os.environ.get("FAAS_PROMETHEUS_TEMPLATES", "/etc/faas/prometheus"))
 
 
 def render(settings: Settings) -> None:
+    http_host = settings.http_host
+    # The HTTPS relay goes back to the web entrypoint: over loopback, unless
+    # that listens on one other address only.
+    relay_host = "127.0.0.1" if http_host in ("", "0.0.0.0", "127.0.0.1") else http_host
     values = {
         "namespace": settings.namespace,
         "network": settings.function_network,
-        # The compose service name: Traefik reaches the gateway through Docker's DNS.
-        "gateway_url": os.environ.get(
-            "FAAS_GATEWAY_URL", f"http://manager:{settings.gateway_port}"
-        ),
+        "http_address": f"{http_host}:{settings.http_port}",
+        "https_address": f"{http_host}:{os.environ.get('FAAS_HTTPS_PORT', '443')}",
+        "api_address": f"127.0.0.1:{settings.traefik_api_port}",
+        "relay_host": relay_host,
+        "relay_address": f"{relay_host}:{settings.http_port}",
+        "gateway_url": f"http://{settings.gateway_host}:{settings.gateway_port}",
+        "gateway_port": str(settings.gateway_port),
+        "traefik_api_port": str(settings.traefik_api_port),
         "log_level": "DEBUG" if settings.log_level.upper() == "DEBUG" else "WARN",
         "response_timeout": f"{settings.request_timeout:g}s",
     }
-    settings.dynamic_dir.mkdir(parents=True, exist_ok=True)
-    for template, target in (
-        ("compose.yml", settings.state_dir / "traefik" / "traefik.yml"),
-        ("gateway.yml", settings.dynamic_dir / "gateway.yml"),
-        ("compose-tls.yml", settings.dynamic_dir / "tls.yml"),
-    ):
-        text = string.Template((TEMPLATES / template).read_text()).substitute(values)
+    prometheus = settings.state_dir / "prometheus"
+    files = [
+        (TEMPLATES / "compose.yml", settings.state_dir / "traefik" / "traefik.yml"),
+        (TEMPLATES / "gateway.yml", settings.dynamic_dir / "gateway.yml"),
+        (TEMPLATES / "compose-tls.yml", settings.dynamic_dir / "tls.yml"),
+        (PROMETHEUS_TEMPLATES / "prometheus.yml", prometheus / "prometheus.yml"),
+    ]
+    for template, target in files:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        text = string.Template(template.read_text()).substitute(values)
         # Traefik watches the dynamic directory: it must only ever see whole files.
         tmp = target.with_name(f".{target.name}.tmp")
         tmp.write_text(text)

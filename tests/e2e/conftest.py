@@ -87,7 +87,7 @@ class Stack:
         self.namespace = f"e2e{suffix}"
         self.network = f"faas-{self.namespace}"
         self.http_port, self.https_port, self.api_port = free_port(), free_port(), free_port()
-        self.prometheus_port = free_port()
+        self.prometheus_port, self.gateway_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.compose = [*compose, "-p", self.project, "-f", str(COMPOSE_FILE)]
         self.env = {
@@ -98,6 +98,7 @@ class Stack:
             "FAAS_HTTP_PORT": str(self.http_port),
             "FAAS_HTTPS_PORT": str(self.https_port),
             "FAAS_TRAEFIK_API_PORT": str(self.api_port),
+            "FAAS_GATEWAY_PORT": str(self.gateway_port),
             "FAAS_STOP_TIMEOUT": "3",
             "COMPOSE_PROFILES": "monitoring",
             "FAAS_PROMETHEUS_PORT": str(self.prometheus_port),
@@ -114,8 +115,6 @@ class Stack:
 
     def up(self) -> float:
         """`up -d` and wait until every service is healthy; returns the seconds it took."""
-        # The function network outlives the stack (see docker-compose.yml).
-        docker("network", "create", "--label", f"faas.namespace={self.namespace}", self.network)
         started = time.monotonic()
         self.run("up", "-d")
         while (health := self.health()) and set(health.values()) != {"healthy"}:

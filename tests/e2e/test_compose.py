@@ -13,6 +13,7 @@ import requests
 from typer.testing import CliRunner
 
 from faas.cli import app
+from tests.probe import PROBE
 
 from .conftest import ECHO_IMAGE, Stack, docker
 
@@ -97,6 +98,39 @@ def test_compose_stack(stack: Stack) -> None:
     assert (echo["path"], echo["query"], echo["body"]) == ("/any/path", {"x": ["1"]}, "body")
     assert echo["env"]["ECHO_GREETING"] == "hi"
     assert json.loads(cli(stack, "invoke", NAME, "/cli", "-d", "x"))["path"] == "/cli"
+
+    # Isolation, tried from inside the function: its network has no member but
+    # functions and lets none reach another; the manager listens on the host's
+    # loopback, the socket proxies on Unix sockets in volumes of their own.
+    other = stack.api("PUT", "/functions/neighbour", {"image": ECHO_IMAGE, "min_scale": 1})
+    assert other.status_code == 200, other.text
+    other_ip, other_port = other.json()["address"].split(":")
+    host_ip = docker(
+        "network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", stack.network
+    )
+    members = docker("network", "inspect", "-f", "{{json .Containers}}", stack.network)
+    assert len(json.loads(members)) == 2  # the two functions, nobody else
+    targets = [
+        ("manager via the host", host_ip, stack.gateway_port),
+        ("traefik api via the host", host_ip, stack.api_port),
+        ("traefik web via the host", host_ip, stack.http_port),  # loopback in this test
+        ("docker via the host", host_ip, 2375),
+        ("another function", other_ip, int(other_port)),
+    ]
+    (container,) = docker(
+        "ps", "-q", "--filter", f"label=faas.namespace={stack.namespace}",
+        "--filter", f"label=faas.function={NAME}",
+    ).split()  # fmt: skip
+    seen = json.loads(docker("exec", container, "python3", "-c", PROBE, json.dumps(targets)))
+    assert {label: seen[label] for label, *_ in targets} == {
+        label: "TimeoutError" if label == "another function" else "ConnectionRefusedError"
+        for label, *_ in targets
+    }
+    assert (seen["sockets"], seen["docker_host"]) == ([], None)
+    # ...while Traefik, from the host, still routes to both.
+    got = requests.get(f"{stack.url}/function/neighbour/n", timeout=30)
+    assert got.status_code == 200, got.text
+    assert stack.api("DELETE", "/functions/neighbour").status_code == 204
 
     # The monitoring profile's Prometheus scrapes the gateway and Traefik, and
     # sees this function's invocations in Traefik's per-service counter.

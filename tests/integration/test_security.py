@@ -15,6 +15,8 @@ import docker.errors
 import pytest
 import requests
 
+from tests.probe import PROBE
+
 from .conftest import ECHO_IMAGE, Stack, assert_refused, fn_name, running_stack, wait_for
 
 pytestmark = pytest.mark.integration
@@ -340,34 +342,6 @@ def test_rate_and_in_flight_limits_answer_429(stack: Stack) -> None:
 
 
 # -- what a function container can reach ---------------------------------------------
-
-PROBE = """
-import json, os, socket, sys
-out = {}
-for label, host, port in json.loads(sys.argv[1]):
-    s = socket.socket()
-    s.settimeout(2)
-    try:
-        s.connect((host, port))
-        out[label] = "connected"
-    except OSError as exc:
-        out[label] = type(exc).__name__
-    finally:
-        s.close()
-out["sockets"] = [p for p in ("/var/run/docker.sock", "/run/docker.sock") if os.path.exists(p)]
-out["docker_host"] = os.environ.get("DOCKER_HOST")
-for path in ("/app/x", "/tmp/x"):
-    try:
-        open(path, "w").write("x")
-        out[path] = "written"
-    except OSError as exc:
-        out[path] = type(exc).__name__
-status = dict(line.split(":", 1) for line in open("/proc/self/status"))
-out["CapEff"] = status["CapEff"].strip()
-out["NoNewPrivs"] = status["NoNewPrivs"].strip()
-out["uid"] = os.getuid()
-print(json.dumps(out))
-"""
 
 
 def test_a_function_container_reaches_neither_gateway_nor_docker(
