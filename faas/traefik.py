@@ -21,6 +21,9 @@ from .errors import DeployFailed, ProviderError
 from .spec import FunctionSpec
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "traefik"
+# Traefik loads local plugins (Go source, run by its interpreter) from this
+# directory under its working directory, and has no setting for another place.
+PLUGINS = "plugins-local"
 
 
 def binary(settings: Settings) -> str:
@@ -40,16 +43,27 @@ def _loopback(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
+def install_plugins(workdir: Path, templates: Path = TEMPLATES) -> None:
+    """Copy the local plugins' source (the X-Call-Id middleware) under `workdir`,
+    the working directory Traefik must then run in."""
+    target = workdir / PLUGINS
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(templates / PLUGINS, target)
+
+
 def render_config(settings: Settings) -> Path:
-    """Fill the templates under traefik/ from settings; return the static config path."""
-    out = settings.state_dir / "traefik"
+    """Fill the templates under traefik/ from settings; return the static config path.
+
+    Traefik must run in that file's directory, where its plugins are; so every
+    path in it is absolute."""
+    out = settings.state_dir.resolve() / "traefik"
     settings.dynamic_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     values = {
         "http_address": f"{settings.http_host}:{settings.http_port}",
         "api_address": f"127.0.0.1:{settings.traefik_api_port}",
         "namespace": settings.namespace,
         "network": settings.function_network,
-        "dynamic_dir": str(settings.dynamic_dir),
+        "dynamic_dir": str(settings.dynamic_dir.resolve()),
         "gateway_url": f"http://{_loopback(settings.gateway_host)}:{settings.gateway_port}",
         "log_level": "DEBUG" if settings.log_level.upper() == "DEBUG" else "WARN",
         "response_timeout": f"{settings.request_timeout:g}s",
@@ -60,6 +74,7 @@ def render_config(settings: Settings) -> Path:
     ):
         template = string.Template((TEMPLATES / name).read_text())
         target.write_text(template.substitute(values))
+    install_plugins(out)
     Drains(settings.dynamic_dir).clear()
     return out / "traefik.yml"
 

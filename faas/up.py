@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 import requests
@@ -55,11 +56,13 @@ def _http_ok(url: str) -> Callable[[], bool]:
 
 
 class Child:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None
+    ) -> None:
         self.name = name
         # Own session: a terminal's Ctrl-C reaches only us, and we stop the
         # children in order.
-        self.process = subprocess.Popen(argv, env=env, start_new_session=True)
+        self.process = subprocess.Popen(argv, env=env, cwd=cwd, start_new_session=True)
 
     def stop(self) -> None:
         if self.process.poll() is not None:
@@ -110,7 +113,8 @@ def run(settings: Settings, reload: bool = False) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     children = [
-        Child("traefik", [traefik.binary(settings), f"--configFile={config}"], env),
+        # In the config's directory: Traefik finds its plugins there.
+        Child("traefik", [traefik.binary(settings), f"--configFile={config}"], env, config.parent),
         Child("gateway", gateway_argv, env),
     ]
     web = f"http://{settings.http_host}:{settings.http_port}"

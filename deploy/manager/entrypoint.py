@@ -12,12 +12,14 @@ two share, mounted at <state dir>/traefik here and at /etc/traefik in Traefik:
     traefik/compose.yml     -> traefik.yml          static config (entrypoints, network)
     traefik/gateway.yml     -> dynamic/gateway.yml  /api/v1 and the wake catch-all
     traefik/compose-tls.yml -> dynamic/tls.yml      HTTPS relay to the web entrypoint
+    traefik/plugins-local/  -> plugins-local/       the X-Call-Id middleware's Go source
 
 and Prometheus' (the `monitoring` profile) into <state dir>/prometheus.
 Traefik and Prometheus read their static config once, at start; compose
 starts them only once this container is healthy, so the files are in place
 by then. All three share the host's network namespace, so
-every address is a host address.
+every address is a host address. Traefik loads plugins-local/ from its
+working directory, which docker-compose.yml sets to /etc/traefik.
 
 Environment besides the FAAS_* settings: FAAS_HTTPS_PORT (Traefik's websecure
 entrypoint, default 443) and FAAS_TRAEFIK_TEMPLATES / FAAS_PROMETHEUS_TEMPLATES
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from faas.config import Settings
+from faas.traefik import install_plugins
 from faas.up import gateway_command
 
 TEMPLATES = Path(os.environ.get("FAAS_TRAEFIK_TEMPLATES", "/etc/faas/traefik"))
@@ -75,6 +78,7 @@ def render(settings: Settings) -> None:
         tmp = target.with_name(f".{target.name}.tmp")
         tmp.write_text(text)
         tmp.replace(target)
+    install_plugins(settings.state_dir / "traefik", TEMPLATES)
 
 
 def serve(settings: Settings) -> NoReturn:

@@ -1,0 +1,3 @@
+module faas/callid
+
+go 1.22
