@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import tempfile
 import time
 import uuid
@@ -74,6 +75,10 @@ STATUS: dict[type[FaasError], int] = {
 MAX_KEY_TTL = 10 * 365 * 24 * 3600
 # The request id header, lower case as ASGI gives header names.
 CALL_ID = "x-call-id"
+# A caller's request id is kept only when it matches, as in Traefik's callid
+# middleware (traefik/plugins-local/src/faas/callid), which sets it first on
+# every request through Traefik.
+SANE_CALL_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 # How long a caller should wait before retrying after a failed wake.
 RETRY_AFTER = "1"
@@ -81,6 +86,13 @@ RETRY_AFTER = "1"
 Endpoint = Callable[[Request], Awaitable[Response]]
 T = TypeVar("T")
 _END = object()
+
+
+def call_id(given: str | None) -> str:
+    """The caller's request id when sane, else a new one (32 hex digits)."""
+    if given is not None and SANE_CALL_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
 
 
 def error_response(exc: FaasError) -> JSONResponse:
@@ -266,16 +278,19 @@ class Api:
     async def invoke(self, request: Request) -> Response:
         """A request for a function Traefik has no live route for: wake it, forward.
 
-        The request id (`X-Call-Id`, made up if the caller sent none) goes to the
-        function, back to the caller, and into every log line of this request."""
-        call_id = request.headers.get(CALL_ID) or uuid.uuid4().hex
-        with logger.contextualize(call_id=call_id):
-            response = await self._invoke(request, call_id)
-        if CALL_ID.encode() not in (k.lower() for k, _ in response.raw_headers):
-            response.raw_headers.append((CALL_ID.encode(), call_id.encode("latin-1")))
+        The request id (`X-Call-Id`: the caller's, or Traefik's, when sane, else a
+        new one) goes to the function, back to the caller in place of any the
+        function sent, and into every log line of this request."""
+        rid = call_id(request.headers.get(CALL_ID))
+        with logger.contextualize(call_id=rid):
+            response = await self._invoke(request, rid)
+        response.raw_headers = [
+            *((k, v) for k, v in response.raw_headers if k.lower() != CALL_ID.encode()),
+            (CALL_ID.encode(), rid.encode()),
+        ]
         return response
 
-    async def _invoke(self, request: Request, call_id: str) -> Response:
+    async def _invoke(self, request: Request, rid: str) -> Response:
         name = request.path_params["name"]
         try:
             check_name(name)
@@ -294,7 +309,7 @@ class Api:
                 prefix,
                 done=lambda: self.scaler.end(name),
                 strip=strip,
-                headers=[(CALL_ID.encode(), call_id.encode("latin-1"))],
+                headers=[(CALL_ID.encode(), rid.encode())],
             )
             if waited is not None:
                 headers_at = time.monotonic()
