@@ -1,4 +1,6 @@
-"""Metrics, `faas stats` and request ids against a real stack, and a real Prometheus scrape."""
+"""Metrics and `faas stats` against a real stack, and a real Prometheus scrape.
+
+Request ids: test_call_id.py."""
 
 from __future__ import annotations
 
@@ -92,20 +94,6 @@ def test_stats_counts_invocations_errors_and_a_cold_start(stack: Stack, function
     (mine,) = [line.split() for line in lines if line.split()[0] == function]
     assert mine[1] == "running"
     assert mine[6] == "1"
-
-
-def test_cold_requests_carry_a_call_id(stack: Stack, function: str) -> None:
-    assert stack.api("POST", f"/functions/{function}/scale", json={"replicas": 0}).ok
-    got = stack.invoke(function, headers={"X-Call-Id": "abc-123"})
-    assert got.status_code == 200
-    assert got.headers["X-Call-Id"] == "abc-123"
-    assert got.json()["headers"]["x-call-id"] == "abc-123"
-
-    assert stack.api("POST", f"/functions/{function}/scale", json={"replicas": 0}).ok
-    got = stack.invoke(function)
-    made_up = got.headers["X-Call-Id"]
-    assert len(made_up) == 32
-    assert got.json()["headers"]["x-call-id"] == made_up
 
 
 # -- a real Prometheus -------------------------------------------------------

@@ -1,0 +1,159 @@
+"""X-Call-Id on both paths: Traefik's callid plugin (warm) and the gateway (cold).
+
+Each check asks the same three things: the caller gets exactly one id, the
+function received that same id, and it is the caller's own when sane, else a
+new one of 32 hex digits.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from .conftest import Stack, fn_name
+
+pytestmark = pytest.mark.integration
+
+NEW_ID = re.compile(r"[0-9a-f]{32}")
+SANE = ["abc-123", "A.b_C-9", "a" * 128]
+INSANE = ["", "has space", "semi;colon", "slash/es", "a" * 129, "caf\u00e9", "x\ty"]
+
+
+@pytest.fixture(scope="module")
+def warm(stack: Stack) -> Iterator[str]:
+    """A function that stays up: its requests take its own Traefik router."""
+    name = fn_name("cid")
+    got = stack.deploy(name, min_scale=1)
+    assert got.status_code == 200, got.text
+    yield name
+    stack.api("DELETE", f"/functions/{name}")
+
+
+@pytest.fixture(scope="module")
+def cold(stack: Stack) -> Iterator[str]:
+    name = fn_name("cidc")
+    got = stack.deploy(name)
+    assert got.status_code == 200, got.text
+    yield name
+    stack.api("DELETE", f"/functions/{name}")
+
+
+def the_id(got: requests.Response) -> str:
+    """The one X-Call-Id of the response, which the function also received."""
+    assert got.status_code == 200, got.text
+    (sent_back,) = got.raw.headers.getlist("X-Call-Id")
+    assert got.json()["headers"]["x-call-id"] == sent_back
+    return str(sent_back)
+
+
+def call(stack: Stack, name: str, given: str | None) -> requests.Response:
+    return stack.invoke(name, headers={} if given is None else {"X-Call-Id": given})
+
+
+def cold_call(stack: Stack, name: str, given: str | None) -> requests.Response:
+    assert stack.api("POST", f"/functions/{name}/scale", json={"replicas": 0}).ok
+    got = call(stack, name, given)
+    assert "wake;dur=" in got.headers.get("Server-Timing", ""), "not a cold request"
+    return got
+
+
+# -- warm path: Traefik -> container, no Python ------------------------------
+
+
+def test_warm_request_gets_a_new_id(stack: Stack, warm: str) -> None:
+    first, second = the_id(call(stack, warm, None)), the_id(call(stack, warm, None))
+    assert NEW_ID.fullmatch(first)
+    assert NEW_ID.fullmatch(second)
+    assert first != second
+
+
+@pytest.mark.parametrize("given", SANE)
+def test_warm_request_keeps_a_sane_id(stack: Stack, warm: str, given: str) -> None:
+    assert the_id(call(stack, warm, given)) == given
+
+
+@pytest.mark.parametrize("given", INSANE)
+def test_warm_request_replaces_an_insane_id(stack: Stack, warm: str, given: str) -> None:
+    assert NEW_ID.fullmatch(the_id(call(stack, warm, given)))
+
+
+def test_warm_request_with_two_ids_keeps_only_the_first(stack: Stack, warm: str) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", stack.http_port, timeout=10)
+    try:
+        conn.putrequest("GET", f"/function/{warm}/")
+        conn.putheader("X-Call-Id", "first")
+        conn.putheader("X-Call-Id", "second")
+        conn.endheaders()
+        got = conn.getresponse()
+        body = json.loads(got.read())
+    finally:
+        conn.close()
+    assert got.status == 200
+    assert got.headers.get_all("X-Call-Id") == ["first"]
+    # The echo function keeps the last of repeated headers: there was one.
+    assert body["headers"]["x-call-id"] == "first"
+
+
+def test_warm_streams_still_flush(stack: Stack, warm: str) -> None:
+    """The plugin wraps the response; each chunk must still reach the caller as
+    the function sends it (one every 0.25 s), not all at the end."""
+    with stack.invoke(warm, "/?stream=4", stream=True, headers={"X-Call-Id": "s1"}) as got:
+        assert got.headers["X-Call-Id"] == "s1"
+        lines = got.iter_lines()
+        assert next(lines) == b"chunk 0"
+        first = time.monotonic()
+        assert list(lines) == [b"chunk 1", b"chunk 2", b"chunk 3"]
+        assert time.monotonic() - first > 0.5
+
+
+# -- cold path: Traefik -> gateway (wakes the function) -> container ---------
+
+
+def test_cold_request_gets_a_new_id(stack: Stack, cold: str) -> None:
+    assert NEW_ID.fullmatch(the_id(cold_call(stack, cold, None)))
+
+
+@pytest.mark.parametrize("given", ["abc-123", "a" * 128])
+def test_cold_request_keeps_a_sane_id(stack: Stack, cold: str, given: str) -> None:
+    assert the_id(cold_call(stack, cold, given)) == given
+
+
+@pytest.mark.parametrize("given", ["has space", "a" * 129])
+def test_cold_request_replaces_an_insane_id(stack: Stack, cold: str, given: str) -> None:
+    assert NEW_ID.fullmatch(the_id(cold_call(stack, cold, given)))
+
+
+def test_the_gateway_alone_applies_the_same_rule(stack: Stack, warm: str) -> None:
+    """Straight to the gateway's port, without Traefik: it checks the id itself."""
+
+    def direct(given: str) -> requests.Response:
+        url = f"{stack.direct}/function/{warm}/"
+        return requests.get(url, headers={"X-Call-Id": given}, timeout=30)
+
+    assert the_id(direct("abc-123")) == "abc-123"
+    assert NEW_ID.fullmatch(the_id(direct("a" * 129)))
+
+
+def test_an_unknown_function_answers_with_an_id(stack: Stack) -> None:
+    got = stack.invoke(fn_name("nobody"), headers={"X-Call-Id": "lost-1"})
+    assert got.status_code == 404
+    assert got.raw.headers.getlist("X-Call-Id") == ["lost-1"]
+
+
+def test_traefik_refusals_answer_with_an_id(stack: Stack) -> None:
+    """A key function called without a key: Traefik's forwardAuth answers 401,
+    behind the entrypoint's middleware."""
+    name = fn_name("cidk")
+    assert stack.deploy(name, auth="key", min_scale=1).status_code == 200
+    try:
+        got = stack.invoke(name, headers={"X-Call-Id": "no-key-1"})
+        assert got.status_code == 401
+        assert got.raw.headers.getlist("X-Call-Id") == ["no-key-1"]
+    finally:
+        stack.api("DELETE", f"/functions/{name}")
