@@ -24,6 +24,7 @@ from pathlib import Path
 
 import requests
 
+from faas import labels, traefik
 from faas.config import Settings
 from faas.docker_provider import DockerProvider
 
@@ -110,11 +111,23 @@ class Bench:
     def warm(self) -> None:
         self.call("PUT", "/functions/warm", json={"image": IMAGE, "min_scale": 1})
         address = self.call("GET", "/functions/warm")["address"]
-        traefik = timed(requests.Session(), f"{self.base}/function/warm/", WARM_CALLS)
+        with tempfile.TemporaryDirectory(prefix="faas-bench-plain-") as state:
+            plain, plain_url = self.plain_traefik(Path(state))
+            try:
+                routed, without = timed_pair(
+                    f"{self.base}/function/warm/", f"{plain_url}/function/warm/", WARM_CALLS
+                )
+            finally:
+                plain.terminate()
+                plain.wait(10)
         direct = timed(requests.Session(), f"http://{address}/", WARM_CALLS)
-        t50, d50 = statistics.median(traefik), statistics.median(direct)
+        t50, d50 = statistics.median(routed), statistics.median(direct)
+        w50 = statistics.median(without)
         n = f"n={WARM_CALLS}, keep-alive, sequential"
-        self.row("warm invoke through Traefik", ms(t50), ms(pct(traefik, 0.9)), n)
+        self.row("warm invoke through Traefik", ms(t50), ms(pct(routed, 0.9)), n)
+        self.row("  same, Traefik without the X-Call-Id plugin", ms(w50), ms(pct(without, 0.9)),
+                 "a second Traefik, its requests alternated with the row above")  # fmt: skip
+        self.row("  X-Call-Id plugin cost", f"{(t50 - w50) * 1000:.2f} ms", "", "median - median")
         self.row("warm invoke direct to the container", ms(d50), ms(pct(direct, 0.9)), n)
         self.row("warm latency ratio Traefik / direct", f"{t50 / d50:.2f}x", "", "median/median")
         # The same through a key function: Traefik's forwardAuth asks the gateway first.
@@ -127,6 +140,35 @@ class Bench:
         self.row("warm latency ratio key / public function", f"{k50 / t50:.2f}x", "", "")
         self.call("DELETE", "/functions/warmkey")
         self.call("DELETE", "/functions/warm")
+
+    def plain_traefik(self, state: Path) -> tuple[subprocess.Popen[bytes], str]:
+        """A second Traefik routing this namespace's functions, configured as `faas up`
+        configures its own but for the X-Call-Id middleware: the plugin's cost, same run."""
+        port, api = free_port(), free_port()
+        settings = Settings(
+            namespace=self.namespace,
+            state_dir=state,
+            http_port=port,
+            traefik_api_port=api,
+            gateway_port=int(self.env["FAAS_GATEWAY_PORT"]),
+        )
+        config = traefik.render_config(settings)
+        text = config.read_text()
+        assert "middlewares: [callid@file]" in text
+        config.write_text(text.replace("middlewares: [callid@file]", "middlewares: []"))
+        process = subprocess.Popen(
+            [traefik.binary(settings), f"--configFile={config}"],
+            cwd=config.parent,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        # Routed by its own router, not the gateway's catch-all.
+        service = f"http://127.0.0.1:{api}/api/http/services/{labels.service_name('warm')}"
+        deadline = time.monotonic() + 30
+        while not ok(service):
+            assert time.monotonic() < deadline, "the second Traefik did not route the function"
+            time.sleep(0.05)
+        return process, f"http://127.0.0.1:{port}"
 
     def deploy(self) -> None:
         samples = []
@@ -280,6 +322,27 @@ def timed(session: requests.Session, url: str, n: int) -> list[float]:
         session.get(url, timeout=10).raise_for_status()
         out.append(time.perf_counter() - start)
     return out
+
+
+def timed_pair(first: str, second: str, n: int) -> tuple[list[float], list[float]]:
+    """`timed` for two URLs at once, alternating requests, each on its own connection."""
+    sessions = requests.Session(), requests.Session()
+    samples: tuple[list[float], list[float]] = ([], [])
+    for session, url in zip(sessions, (first, second), strict=True):
+        session.get(url, timeout=10).raise_for_status()
+    for _ in range(n):
+        for session, url, out in zip(sessions, (first, second), samples, strict=True):
+            start = time.perf_counter()
+            session.get(url, timeout=10).raise_for_status()
+            out.append(time.perf_counter() - start)
+    return samples
+
+
+def ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 def gateway_rss(up_pid: int) -> int:
