@@ -97,6 +97,9 @@ def test_compose_stack(stack: Stack) -> None:
     echo = got.json()
     assert (echo["path"], echo["query"], echo["body"]) == ("/any/path", {"x": ["1"]}, "body")
     assert echo["env"]["ECHO_GREETING"] == "hi"
+    # Traefik's callid plugin (in the shared volume) gave the request an id.
+    assert len(got.headers["X-Call-Id"]) == 32
+    assert echo["headers"]["x-call-id"] == got.headers["X-Call-Id"]
     assert json.loads(cli(stack, "invoke", NAME, "/cli", "-d", "x"))["path"] == "/cli"
 
     # Isolation, tried from inside the function: its network has no member but
@@ -169,6 +172,7 @@ def test_compose_stack(stack: Stack) -> None:
     assert got.status_code == 200
     assert got.json()["path"] == "/wake"
     assert got.headers["server-timing"].startswith("wake;dur=")
+    assert got.headers["X-Call-Id"] == got.json()["headers"]["x-call-id"]
     print(f"wake through the stack: {time.monotonic() - started:.2f}s")
     assert state(stack) == "running"
 
