@@ -129,6 +129,11 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="`json` for one JSON object per log line (loguru's serialize)."
     )
+    access_log: bool = Field(
+        False,
+        description="Traefik's access log: a JSON line per request on its standard output, "
+        "with the request id the function got (request_X-Call-Id).",
+    )
 
     @field_validator("traefik_api_url")
     @classmethod

@@ -51,14 +51,23 @@ def install_plugins(workdir: Path, templates: Path = TEMPLATES) -> None:
     shutil.copytree(templates / PLUGINS, target)
 
 
-def render_config(settings: Settings) -> Path:
-    """Fill the templates under traefik/ from settings; return the static config path.
+# Traefik's access log, when FAAS_ACCESS_LOG is on: a JSON line per request on
+# its standard output, with the request id (request_X-Call-Id) the function got.
+ACCESS_LOG = """
+accessLog:
+  format: json
+  fields:
+    headers:
+      defaultMode: drop
+      names:
+        X-Call-Id: keep
+"""
 
-    Traefik must run in that file's directory, where its plugins are; so every
-    path in it is absolute."""
-    out = settings.state_dir.resolve() / "traefik"
-    settings.dynamic_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    values = {
+
+def config_values(settings: Settings) -> dict[str, str]:
+    """The values of the $name placeholders in the templates under traefik/,
+    the same for `faas up` and the compose stack (deploy/manager/entrypoint.py)."""
+    return {
         "http_address": f"{settings.http_host}:{settings.http_port}",
         "api_address": f"127.0.0.1:{settings.traefik_api_port}",
         "namespace": settings.namespace,
@@ -66,8 +75,19 @@ def render_config(settings: Settings) -> Path:
         "dynamic_dir": str(settings.dynamic_dir.resolve()),
         "gateway_url": f"http://{_loopback(settings.gateway_host)}:{settings.gateway_port}",
         "log_level": "DEBUG" if settings.log_level.upper() == "DEBUG" else "WARN",
+        "access_log": ACCESS_LOG if settings.access_log else "",
         "response_timeout": f"{settings.request_timeout:g}s",
     }
+
+
+def render_config(settings: Settings) -> Path:
+    """Fill the templates under traefik/ from settings; return the static config path.
+
+    Traefik must run in that file's directory, where its plugins are; so every
+    path in it is absolute."""
+    out = settings.state_dir.resolve() / "traefik"
+    settings.dynamic_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    values = config_values(settings)
     for name, target in (
         ("traefik.yml", out / "traefik.yml"),
         ("gateway.yml", settings.dynamic_dir / "gateway.yml"),

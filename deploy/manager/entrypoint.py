@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from faas.config import Settings
-from faas.traefik import install_plugins
+from faas.traefik import config_values, install_plugins
 from faas.up import gateway_command
 
 TEMPLATES = Path(os.environ.get("FAAS_TRAEFIK_TEMPLATES", "/etc/faas/traefik"))
@@ -51,18 +51,12 @@ def render(settings: Settings) -> None:
     # that listens on one other address only.
     relay_host = "127.0.0.1" if http_host in ("", "0.0.0.0", "127.0.0.1") else http_host
     values = {
-        "namespace": settings.namespace,
-        "network": settings.function_network,
-        "http_address": f"{http_host}:{settings.http_port}",
+        **config_values(settings),
         "https_address": f"{http_host}:{os.environ.get('FAAS_HTTPS_PORT', '443')}",
-        "api_address": f"127.0.0.1:{settings.traefik_api_port}",
         "relay_host": relay_host,
         "relay_address": f"{relay_host}:{settings.http_port}",
-        "gateway_url": f"http://{settings.gateway_host}:{settings.gateway_port}",
         "gateway_port": str(settings.gateway_port),
         "traefik_api_port": str(settings.traefik_api_port),
-        "log_level": "DEBUG" if settings.log_level.upper() == "DEBUG" else "WARN",
-        "response_timeout": f"{settings.request_timeout:g}s",
     }
     prometheus = settings.state_dir / "prometheus"
     files = [

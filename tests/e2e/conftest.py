@@ -8,6 +8,7 @@ the Docker CLI and HTTP are used, as a user would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -27,10 +28,13 @@ ECHO_IMAGE = os.environ.get("FAAS_ECHO_IMAGE", "faas/echo:latest")
 HEALTH_TIMEOUT = 90.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(n: int) -> list[int]:
+    """n distinct ports free on loopback now (held open together, so no repeats)."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 def docker(*args: str, check: bool = True) -> str:
@@ -86,8 +90,10 @@ class Stack:
         self.project = f"faase2e{suffix}"
         self.namespace = f"e2e{suffix}"
         self.network = f"faas-{self.namespace}"
-        self.http_port, self.https_port, self.api_port = free_port(), free_port(), free_port()
-        self.prometheus_port, self.gateway_port = free_port(), free_port()
+        # Traefik, the manager and Prometheus listen on these in the host's namespace.
+        ports = free_ports(5)
+        self.http_port, self.https_port, self.api_port, self.prometheus_port = ports[:4]
+        self.gateway_port = ports[4]
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.compose = [*compose, "-p", self.project, "-f", str(COMPOSE_FILE)]
         self.env = {
@@ -100,6 +106,7 @@ class Stack:
             "FAAS_TRAEFIK_API_PORT": str(self.api_port),
             "FAAS_GATEWAY_PORT": str(self.gateway_port),
             "FAAS_STOP_TIMEOUT": "3",
+            "FAAS_ACCESS_LOG": "true",
             "COMPOSE_PROFILES": "monitoring",
             "FAAS_PROMETHEUS_PORT": str(self.prometheus_port),
         }

@@ -100,6 +100,11 @@ def test_compose_stack(stack: Stack) -> None:
     # Traefik's callid plugin (in the shared volume) gave the request an id.
     assert len(got.headers["X-Call-Id"]) == 32
     assert echo["headers"]["x-call-id"] == got.headers["X-Call-Id"]
+    # ...which Traefik's access log (FAAS_ACCESS_LOG) records.
+    deadline = time.monotonic() + 10
+    while f'"request_X-Call-Id":"{got.headers["X-Call-Id"]}"' not in stack.run("logs", "traefik"):
+        assert time.monotonic() < deadline, "no access log line with the request's id"
+        time.sleep(0.2)
     assert json.loads(cli(stack, "invoke", NAME, "/cli", "-d", "x"))["path"] == "/cli"
 
     # Isolation, tried from inside the function: its network has no member but

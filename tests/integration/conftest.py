@@ -137,9 +137,11 @@ class Stack:
 
 
 @contextlib.contextmanager
-def running_stack(engine: docker.DockerClient, state_dir: Path) -> Iterator[Stack]:
-    """A started stack; on exit it is stopped and everything of its namespace removed."""
+def running_stack(engine: docker.DockerClient, state_dir: Path, **env: str) -> Iterator[Stack]:
+    """A started stack (`env`: more FAAS_* settings); on exit it is stopped and
+    everything of its namespace removed."""
     s = Stack(state_dir)
+    s.env.update(env)
     s.start()
     try:
         yield s

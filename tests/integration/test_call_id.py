@@ -7,16 +7,21 @@ new one of 32 hex digits.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import queue
 import re
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import docker
 import pytest
 import requests
 
-from .conftest import Stack, fn_name
+from .conftest import Stack, fn_name, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -157,3 +162,38 @@ def test_traefik_refusals_answer_with_an_id(stack: Stack) -> None:
         assert got.raw.headers.getlist("X-Call-Id") == ["no-key-1"]
     finally:
         stack.api("DELETE", f"/functions/{name}")
+
+
+def test_traefik_access_log_records_the_id(engine: docker.DockerClient, tmp_path: Path) -> None:
+    """FAAS_ACCESS_LOG: a JSON line per request, with the id the function got."""
+    with running_stack(engine, tmp_path, FAAS_ACCESS_LOG="true") as stack:
+        assert stack.process is not None
+        assert stack.process.stdout is not None
+        lines: queue.Queue[str] = queue.Queue()
+        out = stack.process.stdout
+
+        def follow() -> None:
+            for line in out:
+                lines.put(line)
+
+        threading.Thread(target=follow, daemon=True).start()
+        name = fn_name("alog")
+        assert stack.deploy(name, min_scale=1).status_code == 200
+        made = the_id(stack.invoke(name, "/logged"))
+        kept = the_id(stack.invoke(name, "/logged", headers={"X-Call-Id": "order-42"}))
+        assert kept == "order-42"
+        seen: dict[str, dict[str, object]] = {}
+        deadline = time.monotonic() + 10
+        while {made, kept} - seen.keys():
+            assert time.monotonic() < deadline, seen
+            with contextlib.suppress(queue.Empty):
+                line = lines.get(timeout=0.5)
+                if line.startswith("{") and '"request_X-Call-Id"' in line:
+                    entry = json.loads(line)
+                    seen[str(entry["request_X-Call-Id"])] = entry
+        for call_id in (made, kept):
+            entry = seen[call_id]
+            assert entry["RequestPath"] == f"/function/{name}/logged"
+            assert entry["DownstreamStatus"] == 200
+            assert entry["ServiceName"] == f"fn-{name}@docker"
+            assert entry["downstream_X-Call-Id"] == call_id
