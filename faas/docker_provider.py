@@ -422,20 +422,25 @@ class DockerProvider:
             raise ImageNotFound(image, "not on the engine after the pull")
         _check_image_labels(image, found.labels or {})
 
+    def prepare(self) -> None:
+        self._ensure_network()
+
     def _ensure_network(self) -> None:
         net = self.settings.function_network
         with self._lock("\0network"), _engine_errors():
             # The names filter matches substrings; compare exactly.
             found = [n for n in self.client.api.networks(names=[net]) if n["Name"] == net]
             if found:
-                if found[0].get("Options", {}).get(ICC) != "false" and net not in self._warned:
+                icc = (found[0].get("Options") or {}).get(ICC, "true")
+                # The engine reads the option with Go's ParseBool.
+                if icc.lower() not in ("false", "f", "0") and net not in self._warned:
                     self._warned.add(net)
                     logger.warning(
-                        "network {} lets its containers reach each other, so a function "
-                        "can call another around Traefik and its key check; remove it "
-                        "(with its functions' containers) and the platform recreates it "
-                        "without",
-                        net,
+                        "network {net} lets its containers reach each other, so a function "
+                        "can call another around Traefik and its key check. Scale every "
+                        "function to zero, then `docker network rm {net}`: the platform "
+                        "makes it anew without, and reattaches each function as it starts",
+                        net=net,
                     )
                 return
             logger.info("creating network {}", net)

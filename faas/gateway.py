@@ -511,6 +511,11 @@ def build_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            await asyncio.to_thread(provider.prepare)
+        except FaasError as exc:
+            # Not fatal: the engine may come later; every call says so meanwhile.
+            logger.warning("could not prepare the engine: {}", exc)
         tasks = [asyncio.create_task(scaler.run())]
         if sampler is not None:
             tasks.append(asyncio.create_task(sampler.run()))

@@ -93,6 +93,11 @@ class Provider(Protocol):
     """Runs function containers. Implementations translate their engine's errors
     into `faas.errors` and keep all state on the engine's side."""
 
+    def prepare(self) -> None:
+        """Make what every function needs (their network), at the gateway's start;
+        log what is wrong with what is already there."""
+        ...
+
     def deploy(self, spec: FunctionSpec) -> Function:
         """Start `spec` as a new container, ready to serve, and retire older ones."""
         ...

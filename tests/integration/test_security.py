@@ -385,11 +385,32 @@ def test_a_function_container_reaches_neither_gateway_nor_docker(
         assert host["Privileged"] is False
         assert host["ReadonlyRootfs"] is True
         assert host["NetworkMode"] == network.name
+        assert network.attrs["Options"]["com.docker.network.bridge.enable_icc"] == "false"
         # ...while the platform itself still reaches the gateway.
         assert requests.get(f"{stack.direct}/api/v1/healthz", timeout=5).status_code == 200
     finally:
         stack.api("DELETE", f"/functions/{name}")
         stack.api("DELETE", f"/functions/{neighbour}")
+
+
+def test_a_network_that_lets_functions_meet_is_reported_at_start(
+    engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory,
+    capfd: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """A function network made by hand (or by an older faas) with inter-container
+    traffic on is used as it is, but the gateway says so when it starts."""
+    network = engine.networks.create(f"faas-icc-{secrets.token_hex(3)}", labels={"faas.test": "1"})
+    seen: list[str] = []
+
+    def warned() -> bool:
+        seen.append(capfd.readouterr().err)
+        return f"network {network.name} lets its containers reach each other" in "".join(seen)
+
+    try:
+        with running_stack(engine, tmp_path_factory.mktemp("icc"), FAAS_NETWORK=network.name):
+            wait_for(warned, 10, "the gateway's warning")
+    finally:
+        network.remove()
 
 
 def test_read_only_is_an_opt_out(stack: Stack, engine: docker.DockerClient) -> None:

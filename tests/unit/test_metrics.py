@@ -39,6 +39,9 @@ class FakeProvider:
         self.most_in_stats = 0
         self._lock = threading.Lock()
 
+    def prepare(self) -> None:
+        pass
+
     def deploy(self, spec: FunctionSpec) -> Function:
         if spec.image == "bad":
             raise DeployFailed(spec.name, "no HTTP answer on port 8080 within 1s")
