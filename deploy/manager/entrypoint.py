@@ -30,15 +30,14 @@ mounts traefik/ and deploy/prometheus/).
 from __future__ import annotations
 
 import os
-import string
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import NoReturn
 
+from faas import traefik
 from faas.config import Settings
-from faas.traefik import config_values, install_plugins
 from faas.up import gateway_command
 
 TEMPLATES = Path(os.environ.get("FAAS_TRAEFIK_TEMPLATES", "/etc/faas/traefik"))
@@ -46,33 +45,16 @@ PROMETHEUS_TEMPLATES = Path(os.environ.get("FAAS_PROMETHEUS_TEMPLATES", "/etc/fa
 
 
 def render(settings: Settings) -> None:
-    http_host = settings.http_host
-    # The HTTPS relay goes back to the web entrypoint: over loopback, unless
-    # that listens on one other address only.
-    relay_host = "127.0.0.1" if http_host in ("", "0.0.0.0", "127.0.0.1") else http_host
-    values = {
-        **config_values(settings),
-        "https_address": f"{http_host}:{os.environ.get('FAAS_HTTPS_PORT', '443')}",
-        "relay_host": relay_host,
-        "relay_address": f"{relay_host}:{settings.http_port}",
-        "gateway_port": str(settings.gateway_port),
-        "traefik_api_port": str(settings.traefik_api_port),
-    }
-    prometheus = settings.state_dir / "prometheus"
+    state = settings.state_dir
     files = [
-        (TEMPLATES / "compose.yml", settings.state_dir / "traefik" / "traefik.yml"),
+        (TEMPLATES / "compose.yml", state / "traefik" / "traefik.yml"),
         (TEMPLATES / "gateway.yml", settings.dynamic_dir / "gateway.yml"),
         (TEMPLATES / "compose-tls.yml", settings.dynamic_dir / "tls.yml"),
-        (PROMETHEUS_TEMPLATES / "prometheus.yml", prometheus / "prometheus.yml"),
+        (PROMETHEUS_TEMPLATES / "prometheus.yml", state / "prometheus" / "prometheus.yml"),
     ]
-    for template, target in files:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        text = string.Template(template.read_text()).substitute(values)
-        # Traefik watches the dynamic directory: it must only ever see whole files.
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(target)
-    install_plugins(settings.state_dir / "traefik", TEMPLATES)
+    https_port = int(os.environ.get("FAAS_HTTPS_PORT", "443"))
+    traefik.render(files, traefik.compose_values(settings, https_port))
+    traefik.install_plugins(settings.state_dir / "traefik", TEMPLATES)
 
 
 def serve(settings: Settings) -> NoReturn:
@@ -86,9 +68,9 @@ def replace_process(argv: list[str]) -> NoReturn:
 
 
 def healthcheck(settings: Settings) -> int:
-    url = f"http://127.0.0.1:{settings.gateway_port}/api/v1/healthz"
+    url = f"{settings.gateway_url}/api/v1/healthz"
     try:
-        with urllib.request.urlopen(url, timeout=3) as response:
+        with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 - http:// always
             return 0 if response.status == 200 else 1
     except (urllib.error.URLError, OSError) as exc:
         print(f"healthcheck: {url}: {exc}", file=sys.stderr)

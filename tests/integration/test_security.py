@@ -399,15 +399,16 @@ def test_a_network_that_lets_functions_meet_is_reported_at_start(
 ) -> None:  # fmt: skip
     """A function network made by hand (or by an older faas) with inter-container
     traffic on is used as it is, but the gateway says so when it starts."""
-    network = engine.networks.create(f"faas-icc-{secrets.token_hex(3)}", labels={"faas.test": "1"})
+    name = f"faas-icc-{secrets.token_hex(3)}"
+    network = engine.networks.create(name, labels={"faas.test": "1"})
     seen: list[str] = []
 
     def warned() -> bool:
         seen.append(capfd.readouterr().err)
-        return f"network {network.name} lets its containers reach each other" in "".join(seen)
+        return f"network {name} lets its containers reach each other" in "".join(seen)
 
     try:
-        with running_stack(engine, tmp_path_factory.mktemp("icc"), FAAS_NETWORK=network.name):
+        with running_stack(engine, tmp_path_factory.mktemp("icc"), FAAS_NETWORK=name):
             wait_for(warned, 10, "the gateway's warning")
     finally:
         network.remove()

@@ -32,7 +32,14 @@ def test_env_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("FAAS_NAMESPACE", "Bad_NS"), ("FAAS_HTTP_PORT", "70000"), ("FAAS_READY_TIMEOUT", "0")],
+    [
+        ("FAAS_NAMESPACE", "Bad_NS"),
+        ("FAAS_HTTP_PORT", "70000"),
+        ("FAAS_READY_TIMEOUT", "0"),
+        # Traefik's config takes an address as it is: no names.
+        ("FAAS_HTTP_HOST", "localhost"),
+        ("FAAS_GATEWAY_HOST", ""),
+    ],
 )
 def test_bad_settings_are_refused(monkeypatch: pytest.MonkeyPatch, key: str, value: str) -> None:
     monkeypatch.setenv(key, value)

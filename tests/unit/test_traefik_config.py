@@ -1,0 +1,90 @@
+"""The Traefik and Prometheus configs rendered from the templates, for both modes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from faas import traefik
+from faas.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+# Traefik's and Prometheus' documents, read back: their schemas are theirs.
+Document = dict[str, Any]
+
+
+def settings(tmp_path: Path, **values: object) -> Settings:
+    return Settings(state_dir=tmp_path, **values)  # type: ignore[arg-type]
+
+
+def rendered(template: Path, values: dict[str, str], tmp_path: Path) -> Document:
+    target = tmp_path / "out" / template.name
+    traefik.render([(template, target)], values)
+    loaded = yaml.safe_load(target.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+@pytest.mark.parametrize(
+    ("host", "web", "websecure", "relay", "trusted"),
+    [
+        ("127.0.0.1", "127.0.0.1:80", "127.0.0.1:443", "127.0.0.1:80", ["127.0.0.1/32"]),
+        ("0.0.0.0", "0.0.0.0:80", "0.0.0.0:443", "127.0.0.1:80", ["127.0.0.1/32"]),
+        # Linux sends to 127.0.0.2 from 127.0.0.1: both are trusted.
+        ("127.0.0.2", "127.0.0.2:80", "127.0.0.2:443", "127.0.0.2:80",
+         ["127.0.0.1/32", "127.0.0.2/32"]),
+        ("192.0.2.7", "192.0.2.7:80", "192.0.2.7:443", "192.0.2.7:80",
+         ["127.0.0.1/32", "192.0.2.7/32"]),
+        ("::", "[::]:80", "[::]:443", "[::1]:80", ["127.0.0.1/32", "::1/128"]),
+    ],
+)  # fmt: skip
+def test_compose_entrypoints_and_https_relay(
+    tmp_path: Path, host: str, web: str, websecure: str, relay: str, trusted: list[str]
+) -> None:
+    values = traefik.compose_values(settings(tmp_path, http_host=host, http_port=80), 443)
+    static = rendered(ROOT / "traefik" / "compose.yml", values, tmp_path)
+    entrypoints = static["entryPoints"]
+    assert isinstance(entrypoints, dict)
+    assert entrypoints["web"]["address"] == web
+    assert sorted(entrypoints["web"]["proxyProtocol"]["trustedIPs"]) == trusted
+    assert entrypoints["websecure"]["address"] == websecure
+    # Loopback only, whatever the web address.
+    assert entrypoints["traefik"]["address"].startswith("127.0.0.1:")
+    assert entrypoints["web"]["http"]["middlewares"] == ["callid@file"]
+    tls = rendered(ROOT / "traefik" / "compose-tls.yml", values, tmp_path)
+    (server,) = tls["tcp"]["services"]["faas-web"]["loadBalancer"]["servers"]
+    assert server == {"address": relay}
+
+
+def test_gateway_and_prometheus_on_loopback(tmp_path: Path) -> None:
+    s = settings(tmp_path, gateway_host="127.0.0.1", gateway_port=9001, traefik_api_port=9002)
+    values = traefik.compose_values(s, 443)
+    gateway = rendered(ROOT / "traefik" / "gateway.yml", values, tmp_path)
+    servers = gateway["http"]["services"]["faas-gateway"]["loadBalancer"]["servers"]
+    assert servers == [{"url": "http://127.0.0.1:9001"}]
+    prometheus = rendered(ROOT / "deploy" / "prometheus" / "prometheus.yml", values, tmp_path)
+    targets = {
+        job["job_name"]: job["static_configs"][0]["targets"] for job in prometheus["scrape_configs"]
+    }
+    assert targets == {"faas-gateway": ["127.0.0.1:9001"], "traefik": ["127.0.0.1:9002"]}
+
+
+@pytest.mark.parametrize("template", ["traefik.yml", "compose.yml"])
+@pytest.mark.parametrize("on", [True, False])
+def test_access_log_is_a_setting(tmp_path: Path, template: str, on: bool) -> None:
+    values = traefik.compose_values(settings(tmp_path, access_log=on), 443)
+    static = rendered(ROOT / "traefik" / template, values, tmp_path)
+    if on:
+        assert static["accessLog"]["format"] == "json"
+        assert static["accessLog"]["fields"]["headers"]["names"] == {"X-Call-Id": "keep"}
+    else:
+        assert "accessLog" not in static
+
+
+def test_an_ipv6_gateway_is_bracketed(tmp_path: Path) -> None:
+    s = settings(tmp_path, gateway_host="::", gateway_port=9001)
+    assert s.gateway_url == "http://[::1]:9001"
+    assert s.forward_auth_url == "http://[::1]:9001/api/v1/auth"
