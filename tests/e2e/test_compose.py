@@ -116,23 +116,48 @@ def test_compose_stack(stack: Stack) -> None:
     host_ip = docker(
         "network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", stack.network
     )
-    members = docker("network", "inspect", "-f", "{{json .Containers}}", stack.network)
-    assert len(json.loads(members)) == 2  # the two functions, nobody else
-    targets = [
-        ("manager via the host", host_ip, stack.gateway_port),
-        ("traefik api via the host", host_ip, stack.api_port),
-        ("traefik web via the host", host_ip, stack.http_port),  # loopback in this test
-        ("docker via the host", host_ip, 2375),
-        ("another function", other_ip, int(other_port)),
-    ]
+    network = json.loads(docker("network", "inspect", stack.network))[0]
+    assert len(network["Containers"]) == 2  # the two functions, nobody else
+    assert network["Options"]["com.docker.network.bridge.enable_icc"] == "false"
+    # Where the stack's own services sit: none on a network a function could share.
+    service = '{{index .Config.Labels "com.docker.compose.service"}}'
+    ids = stack.run("ps", "-q").split()
+    modes = dict(
+        line.split()
+        for line in docker(
+            "inspect", "-f", f"{service} {{{{.HostConfig.NetworkMode}}}}", *ids
+        ).splitlines()
+    )
+    assert modes == {
+        "traefik": "host", "manager": "host", "prometheus": "host",
+        "docker-proxy-traefik": "none", "docker-proxy-manager": "none",
+    }  # fmt: skip
     (container,) = docker(
         "ps", "-q", "--filter", f"label=faas.namespace={stack.namespace}",
         "--filter", f"label=faas.function={NAME}",
     ).split()  # fmt: skip
+    own_ip = docker(
+        "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", container
+    )
+    targets = [
+        # The probe itself works: the function reaches its own server.
+        ("itself", own_ip, 8080),
+        ("manager via the host", host_ip, stack.gateway_port),
+        ("traefik api via the host", host_ip, stack.api_port),
+        ("traefik web via the host", host_ip, stack.http_port),  # loopback in this test
+        ("prometheus via the host", host_ip, stack.prometheus_port),
+        ("docker via the host", host_ip, 2375),
+        ("another function", other_ip, int(other_port)),
+    ]
     seen = json.loads(docker("exec", container, "python3", "-c", PROBE, json.dumps(targets)))
     assert {label: seen[label] for label, *_ in targets} == {
-        label: "TimeoutError" if label == "another function" else "ConnectionRefusedError"
-        for label, *_ in targets
+        "itself": "connected",
+        "manager via the host": "ConnectionRefusedError",
+        "traefik api via the host": "ConnectionRefusedError",
+        "traefik web via the host": "ConnectionRefusedError",
+        "prometheus via the host": "ConnectionRefusedError",
+        "docker via the host": "ConnectionRefusedError",
+        "another function": "TimeoutError",
     }
     assert (seen["sockets"], seen["docker_host"]) == ([], None)
     # ...while Traefik, from the host, still routes to both.
@@ -197,8 +222,8 @@ def test_compose_stack(stack: Stack) -> None:
     finally:
         docker("rm", "-f", stray)
 
-    # An `auth: key` function: Traefik's forwardAuth reaches the manager by
-    # its compose name (FAAS_AUTH_URL), and the key headers never reach it.
+    # An `auth: key` function: Traefik's forwardAuth reaches the manager on the
+    # host's loopback, and the key headers never reach the function.
     keyed = stack.api("PUT", f"/functions/{NAME}", {"image": ECHO_IMAGE, "auth": "key"})
     assert keyed.status_code == 200, keyed.text
     assert requests.get(f"{stack.url}/function/{NAME}/k", timeout=30).status_code == 401
@@ -211,6 +236,7 @@ def test_compose_stack(stack: Stack) -> None:
     assert stack.api("GET", f"/functions/{NAME}").status_code == 404
 
     stack.run("down", "-v", "-t", "3")
-    # The function network is the stack's only external part; the test made it.
+    # The function network is the stack's only external part (the manager
+    # made it, and `down` leaves it for the functions).
     docker("network", "rm", stack.network)
     assert stack.leftovers() == {}
