@@ -3,6 +3,7 @@ with a clear 4xx, and nothing created or woken."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import secrets
@@ -20,6 +21,8 @@ from tests.probe import PROBE
 from .conftest import ECHO_IMAGE, Stack, assert_refused, fn_name, running_stack, wait_for
 
 pytestmark = pytest.mark.integration
+
+ICC = "com.docker.network.bridge.enable_icc"
 
 
 @pytest.fixture(scope="module")
@@ -390,7 +393,7 @@ def test_a_function_container_reaches_neither_gateway_nor_docker(
         assert host["Privileged"] is False
         assert host["ReadonlyRootfs"] is True
         assert host["NetworkMode"] == network.name
-        assert network.attrs["Options"]["com.docker.network.bridge.enable_icc"] == "false"
+        assert network.attrs["Options"][ICC] == "false"
         # ...while the platform itself still reaches the gateway.
         assert requests.get(f"{stack.direct}/api/v1/healthz", timeout=5).status_code == 200
     finally:
@@ -413,10 +416,26 @@ def test_a_network_that_lets_functions_meet_is_reported_at_start(
         return f"network {name} lets its containers reach each other" in "".join(seen)
 
     try:
-        with running_stack(engine, tmp_path_factory.mktemp("icc"), FAAS_NETWORK=name):
+        with running_stack(engine, tmp_path_factory.mktemp("icc"), FAAS_NETWORK=name) as stack:
             wait_for(warned, 10, "the gateway's warning")
+            # The way out the warning gives: scale to zero, remove the network;
+            # the next wake makes it anew, without ICC, and reattaches.
+            fn = fn_name("icc")
+            assert stack.deploy(fn).status_code == 200
+            assert stack.api("POST", f"/functions/{fn}/scale", json={"replicas": 0}).ok
+            network.remove()
+            got = stack.invoke(fn, "/again")
+            assert got.status_code == 200, got.text
+            assert got.json()["path"] == "/again"
+            network = engine.networks.get(name)
+            assert network.attrs["Options"][ICC] == "false"
+            (container,) = stack.containers(engine, fn)
+            assert list(container.attrs["NetworkSettings"]["Networks"]) == [name]
     finally:
-        network.remove()
+        with contextlib.suppress(docker.errors.NotFound):
+            for container in engine.containers.list(all=True, filters={"network": name}):
+                container.remove(force=True)
+            network.remove()
 
 
 def test_read_only_is_an_opt_out(stack: Stack, engine: docker.DockerClient) -> None:

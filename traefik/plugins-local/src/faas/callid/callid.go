@@ -60,7 +60,9 @@ func newID() string {
 // proxy cannot flush through it and a stream would reach the caller only at
 // its end. The writer therefore flushes by itself where the proxy would: after
 // the headers and after every write of a response of unknown length.
-// Responses with a Content-Length go out when done, as they would anyway.
+// Responses with a Content-Length go out as the proxy's buffer fills and at
+// their end; one that trickles with a Content-Length loses Traefik's periodic
+// flush (every 100 ms), which no function answer here relies on.
 type writer struct {
 	http.ResponseWriter
 	id     string
