@@ -120,6 +120,21 @@ def test_warm_streams_still_flush(stack: Stack, warm: str) -> None:
 # -- cold path: Traefik -> gateway (wakes the function) -> container ---------
 
 
+def test_warm_head_and_error_answers_carry_the_id(stack: Stack, warm: str) -> None:
+    """The plugin sets the id on answers without a body and on the function's errors,
+    and leaves their length alone."""
+    head = stack.invoke(warm, "/h", method="HEAD", headers={"X-Call-Id": "head-1"})
+    assert head.status_code == 200
+    assert head.headers["X-Call-Id"] == "head-1"
+    assert int(head.headers["Content-Length"]) > 0
+    assert head.content == b""
+    failed = stack.invoke(warm, "/e", headers={"X-Echo-Status": "503"})
+    assert failed.status_code == 503
+    assert NEW_ID.fullmatch(failed.headers["X-Call-Id"])
+    assert failed.json()["headers"]["x-call-id"] == failed.headers["X-Call-Id"]
+    assert "chunked" not in failed.headers.get("Transfer-Encoding", "")
+
+
 def test_cold_request_gets_a_new_id(stack: Stack, cold: str) -> None:
     assert NEW_ID.fullmatch(the_id(cold_call(stack, cold, None)))
 
