@@ -12,6 +12,7 @@ import http.client
 import json
 import queue
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import docker
 import pytest
 import requests
 
-from .conftest import Stack, fn_name, running_stack
+from .conftest import ECHO_IMAGE, Stack, cli, fn_name, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -212,3 +213,78 @@ def test_traefik_access_log_records_the_id(engine: docker.DockerClient, tmp_path
             assert entry["DownstreamStatus"] == 200
             assert entry["ServiceName"] == f"fn-{name}@docker"
             assert entry["downstream_X-Call-Id"] == call_id
+
+
+UPGRADER = """
+import socketserver
+
+
+class Upgrade(socketserver.StreamRequestHandler):
+    # Plain HTTP for the readiness probe; an upgrade answers 101 saying which
+    # X-Call-Id it got, then echoes raw bytes, as a WebSocket server would frames.
+    def handle(self):
+        lines = []
+        while (line := self.rfile.readline()) not in (b"", b"\\r\\n"):
+            lines.append(line.decode())
+        headers = dict(
+            (k.strip().lower(), v.strip()) for k, v in (x.split(":", 1) for x in lines[1:])
+        )
+        if headers.get("upgrade", "").lower() != "websocket":
+            self.wfile.write(
+                b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n"
+                b"Connection: close\\r\\n\\r\\nok"
+            )
+            return
+        seen = headers.get("x-call-id", "")
+        self.wfile.write(
+            b"HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\n"
+            b"Connection: Upgrade\\r\\nX-Seen-Call-Id: " + seen.encode() + b"\\r\\n\\r\\n"
+        )
+        self.wfile.flush()
+        while data := self.request.recv(1024):
+            self.request.sendall(data)
+
+
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer.daemon_threads = True
+socketserver.ThreadingTCPServer(("", 8080), Upgrade).serve_forever()
+"""
+
+
+def test_an_upgraded_connection_carries_the_id(
+    stack: Stack, engine: docker.DockerClient, tmp_path: Path
+) -> None:
+    """WebSocket-style upgrades pass the middleware: the function gets an id, and
+    the tunnel then carries bytes both ways."""
+    name = fn_name("ws")
+    (tmp_path / "upgrade.py").write_text(UPGRADER)
+    (tmp_path / "Dockerfile").write_text(
+        f'FROM {ECHO_IMAGE}\nCOPY upgrade.py /upgrade.py\nCMD ["python3", "/upgrade.py"]\n'
+    )
+    try:
+        code, _, err = cli(stack, "deploy", name, "--build", str(tmp_path), "--min-scale", "1")
+        assert code == 0, err
+        with socket.create_connection(("127.0.0.1", stack.http_port), timeout=10) as conn:
+            conn.sendall(
+                f"GET /function/{name}/socket HTTP/1.1\r\nHost: faas\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n".encode()
+            )
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(1024)
+                assert chunk, head
+                head += chunk
+            status, *lines = head.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+            assert status.startswith("HTTP/1.1 101"), head
+            headers = {k.lower(): v.strip() for k, v in (x.split(":", 1) for x in lines)}
+            assert NEW_ID.fullmatch(headers["x-seen-call-id"]), head
+            # Traefik's retry middleware (every function's router has one) writes
+            # the 101 from a header map of its own, which holds the function's
+            # headers only: the function may send the id back itself.
+            assert headers.get("x-call-id", headers["x-seen-call-id"]) == headers["x-seen-call-id"]
+            conn.sendall(b"ping")
+            assert conn.recv(4) == b"ping"
+    finally:
+        stack.api("DELETE", f"/functions/{name}")
+        for image in engine.images.list(name=f"faas/{name}"):
+            engine.images.remove(str(image.id), force=True)

@@ -105,7 +105,8 @@ func (w *writer) flush() {
 }
 
 // Hijack lets upgrades (WebSocket) through. The proxy writes the 101 response
-// itself after hijacking, with the headers as they are by then.
+// itself after hijacking, from its ResponseWriter's header map: ours, unless a
+// middleware between has a map of its own (retry does; see docs/observability.md).
 func (w *writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	w.ResponseWriter.Header().Set(Header, w.id)
 	return http.NewResponseController(w.ResponseWriter).Hijack()
