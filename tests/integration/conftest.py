@@ -7,12 +7,14 @@ containers and teardown removes exactly what the session created.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import secrets
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -129,6 +131,17 @@ class Stack:
     def deploy(self, name: str, **spec: object) -> requests.Response:
         return self.api("PUT", f"/functions/{name}", json={"image": ECHO_IMAGE, **spec})
 
+    @contextlib.contextmanager
+    def deployed(self, prefix: str, **spec: object) -> Iterator[str]:
+        """A function of the echo image (or `spec`), removed afterwards; yields its name."""
+        name = fn_name(prefix)
+        got = self.deploy(name, **spec)
+        assert got.status_code == 200, got.text
+        try:
+            yield name
+        finally:
+            self.api("DELETE", f"/functions/{name}")
+
     def containers(self, engine: docker.DockerClient, name: str | None = None) -> list[Container]:
         wanted = [f"faas.namespace={self.namespace}"]
         if name:
@@ -187,3 +200,51 @@ def assert_refused(
 
 def fn_name(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(3)}"
+
+
+@contextlib.contextmanager
+def image_from(engine: docker.DockerClient, name: str, dockerfile: str) -> Iterator[str]:
+    """An image built from `dockerfile` alone (no context), removed afterwards."""
+    tag = f"faas-test/{name}:{secrets.token_hex(3)}"
+    engine.images.build(
+        fileobj=io.BytesIO(dockerfile.encode()), tag=tag, labels={"faas.test": "1"}, rm=True
+    )
+    try:
+        yield tag
+    finally:
+        engine.images.remove(tag, force=True)
+
+
+class Load:
+    """Clients POSTing to a function until the block ends: `served` counts the
+    answers, `failures` keeps every one that was not the function's echo."""
+
+    def __init__(self, stack: Stack, name: str, clients: int = 1, pace: float = 0.0) -> None:
+        self.url = f"{stack.url}/function/{name}/load"
+        self.pace = pace
+        self.served = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._clients = [threading.Thread(target=self._run) for _ in range(clients)]
+
+    def _run(self) -> None:
+        session = requests.Session()
+        while not self._stop.is_set():
+            try:
+                got = session.post(self.url, data=b"payload", timeout=15)
+                if got.status_code != 200 or got.json()["body"] != "payload":
+                    self.failures.append(f"{got.status_code} {got.text[:100]}")
+                self.served += 1
+            except requests.RequestException as exc:
+                self.failures.append(repr(exc))
+            time.sleep(self.pace)
+
+    def __enter__(self) -> Load:
+        for client in self._clients:
+            client.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for client in self._clients:
+            client.join()

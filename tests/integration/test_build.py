@@ -18,7 +18,7 @@ import docker
 import docker.errors
 import pytest
 
-from .conftest import ECHO_IMAGE, Stack, cli, fn_name
+from .conftest import ECHO_IMAGE, Stack, cli, fn_name, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +79,19 @@ def test_failed_build_keeps_the_running_version(
     stack.api("DELETE", f"/functions/{name}")
 
 
+def imports_and_serves(stack: Stack, engine: docker.DockerClient, archive: Path, ref: str) -> None:
+    """`faas import` loads `archive` as `ref`, which then deploys and answers; the
+    image is removed afterwards."""
+    try:
+        code, out, err = cli(stack, "import", str(archive))
+        assert code == 0, err
+        assert out.split() == [ref]
+        with stack.deployed("imported", image=ref) as name:
+            assert stack.invoke(name).status_code == 200
+    finally:
+        engine.images.remove(ref, force=True)
+
+
 def test_import_an_archive_then_deploy(
     stack: Stack, engine: docker.DockerClient, tmp_path: Path
 ) -> None:
@@ -89,16 +102,7 @@ def test_import_an_archive_then_deploy(
         for chunk in engine.images.get(ref).save(named=True):
             f.write(chunk)
     engine.images.remove(ref)
-    try:
-        code, out, err = cli(stack, "import", str(archive))
-        assert code == 0, err
-        assert out.split() == [ref]
-        name = fn_name("imported")
-        assert stack.deploy(name, image=ref).status_code == 200
-        assert stack.invoke(name).status_code == 200
-        stack.api("DELETE", f"/functions/{name}")
-    finally:
-        engine.images.remove(ref, force=True)
+    imports_and_serves(stack, engine, archive, ref)
     code, _, err = cli(stack, "import", str(tmp_path / "missing.tar"))
     assert code == 1
     assert "cannot read" in err
@@ -123,26 +127,11 @@ def test_import_an_oci_layout_archive(
     with tarfile.open(archive) as tar:
         assert "index.json" in tar.getnames()
         assert "manifest.json" not in tar.getnames()
-    try:
-        code, out, err = cli(stack, "import", str(archive))
-        assert code == 0, err
-        assert out.split() == [ref]
-        name = fn_name("oci")
-        assert stack.deploy(name, image=ref).status_code == 200
-        assert stack.invoke(name).status_code == 200
-        stack.api("DELETE", f"/functions/{name}")
-    finally:
-        engine.images.remove(ref, force=True)
+    imports_and_serves(stack, engine, archive, ref)
     archive.write_bytes(b"not a tar")
     code, _, err = cli(stack, "import", str(archive))
     assert code == 1
     assert "archive" in err
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ import docker
 import pytest
 import requests
 
-from .conftest import ECHO_IMAGE, Stack, cli, fn_name, running_stack
+from .conftest import ECHO_IMAGE, Stack, fn_name, image_from, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -34,20 +34,14 @@ INSANE = ["", "has space", "semi;colon", "slash/es", "a" * 129, "caf\u00e9", "x\
 @pytest.fixture(scope="module")
 def warm(stack: Stack) -> Iterator[str]:
     """A function that stays up: its requests take its own Traefik router."""
-    name = fn_name("cid")
-    got = stack.deploy(name, min_scale=1)
-    assert got.status_code == 200, got.text
-    yield name
-    stack.api("DELETE", f"/functions/{name}")
+    with stack.deployed("cid", min_scale=1) as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
 def cold(stack: Stack) -> Iterator[str]:
-    name = fn_name("cidc")
-    got = stack.deploy(name)
-    assert got.status_code == 200, got.text
-    yield name
-    stack.api("DELETE", f"/functions/{name}")
+    with stack.deployed("cidc") as name:
+        yield name
 
 
 def the_id(got: requests.Response) -> str:
@@ -251,40 +245,31 @@ socketserver.ThreadingTCPServer(("", 8080), Upgrade).serve_forever()
 """
 
 
-def test_an_upgraded_connection_carries_the_id(
-    stack: Stack, engine: docker.DockerClient, tmp_path: Path
-) -> None:
+def test_an_upgraded_connection_carries_the_id(stack: Stack, engine: docker.DockerClient) -> None:
     """WebSocket-style upgrades pass the middleware: the function gets an id, and
     the tunnel then carries bytes both ways."""
-    name = fn_name("ws")
-    (tmp_path / "upgrade.py").write_text(UPGRADER)
-    (tmp_path / "Dockerfile").write_text(
-        f'FROM {ECHO_IMAGE}\nCOPY upgrade.py /upgrade.py\nCMD ["python3", "/upgrade.py"]\n'
-    )
-    try:
-        code, _, err = cli(stack, "deploy", name, "--build", str(tmp_path), "--min-scale", "1")
-        assert code == 0, err
-        with socket.create_connection(("127.0.0.1", stack.http_port), timeout=10) as conn:
-            conn.sendall(
-                f"GET /function/{name}/socket HTTP/1.1\r\nHost: faas\r\n"
-                "Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n".encode()
-            )
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = conn.recv(1024)
-                assert chunk, head
-                head += chunk
-            status, *lines = head.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
-            assert status.startswith("HTTP/1.1 101"), head
-            headers = {k.lower(): v.strip() for k, v in (x.split(":", 1) for x in lines)}
-            assert NEW_ID.fullmatch(headers["x-seen-call-id"]), head
-            # Traefik's retry middleware (every function's router has one) writes
-            # the 101 from a header map of its own, which holds the function's
-            # headers only: the function may send the id back itself.
-            assert headers.get("x-call-id", headers["x-seen-call-id"]) == headers["x-seen-call-id"]
-            conn.sendall(b"ping")
-            assert conn.recv(4) == b"ping"
-    finally:
-        stack.api("DELETE", f"/functions/{name}")
-        for image in engine.images.list(name=f"faas/{name}"):
-            engine.images.remove(str(image.id), force=True)
+    dockerfile = f"FROM {ECHO_IMAGE}\nCMD {json.dumps(['python3', '-c', UPGRADER])}\n"
+    with (
+        image_from(engine, "upgrade", dockerfile) as image,
+        stack.deployed("ws", image=image, min_scale=1) as name,
+        socket.create_connection(("127.0.0.1", stack.http_port), timeout=10) as conn,
+    ):
+        conn.sendall(
+            f"GET /function/{name}/socket HTTP/1.1\r\nHost: faas\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(1024)
+            assert chunk, head
+            head += chunk
+        status, *lines = head.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+        assert status.startswith("HTTP/1.1 101"), head
+        headers = {k.lower(): v.strip() for k, v in (x.split(":", 1) for x in lines)}
+        assert NEW_ID.fullmatch(headers["x-seen-call-id"]), head
+        # Traefik's retry middleware (every function's router has one) writes
+        # the 101 from a header map of its own, which holds the function's
+        # headers only: the function may send the id back itself.
+        assert headers.get("x-call-id", headers["x-seen-call-id"]) == headers["x-seen-call-id"]
+        conn.sendall(b"ping")
+        assert conn.recv(4) == b"ping"

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from faas.cli import app
 
-from .conftest import ECHO_IMAGE, Stack, assert_refused, cli, fn_name
+from .conftest import ECHO_IMAGE, Load, Stack, assert_refused, cli, fn_name
 
 pytestmark = pytest.mark.integration
 
@@ -277,34 +277,11 @@ def test_cli_errors_are_one_line(stack: Stack) -> None:
 def test_updates_under_load_lose_no_request(stack: Stack) -> None:
     name = fn_name("roll")
     assert stack.deploy(name).status_code == 200
-    failures: list[str] = []
-    served = 0
-    stop = threading.Event()
-
-    def load() -> None:
-        nonlocal served
-        session = requests.Session()
-        while not stop.is_set():
-            try:
-                got = session.post(f"{stack.url}/function/{name}/x", data=b"body", timeout=15)
-                if got.status_code != 200 or got.json()["body"] != "body":
-                    failures.append(f"{got.status_code} {got.text[:80]}")
-                served += 1
-            except requests.RequestException as exc:
-                failures.append(repr(exc))
-
-    clients = [threading.Thread(target=load) for _ in range(3)]
-    for t in clients:
-        t.start()
-    try:
+    with Load(stack, name, clients=3) as load:
         for version in range(3):
             got = stack.deploy(name, env={"ECHO_V": str(version)})
             assert got.status_code == 200, got.text
             assert stack.invoke(name).json()["env"]["ECHO_V"] == str(version)
-    finally:
-        stop.set()
-        for t in clients:
-            t.join()
-    assert failures == []
-    assert served > 0
+    assert load.failures == []
+    assert load.served > 0
     assert stack.api("DELETE", f"/functions/{name}").status_code == 204

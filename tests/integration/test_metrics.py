@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from faas.cli import app
 
-from .conftest import Stack, fn_name, free_port, wait_for
+from .conftest import Stack, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,11 +34,8 @@ def value(text: str, name: str, **labels: str) -> float:
 
 @pytest.fixture
 def function(stack: Stack) -> Iterator[str]:
-    name = fn_name("m")
-    got = stack.deploy(name)
-    assert got.status_code == 200, got.text
-    yield name
-    stack.api("DELETE", f"/functions/{name}")
+    with stack.deployed("m") as name:
+        yield name
 
 
 def test_gateway_metrics_open_locally_and_guarded_through_traefik(

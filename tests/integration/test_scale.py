@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +12,7 @@ from typer.testing import CliRunner
 
 from faas.cli import app
 
-from .conftest import Stack, fn_name, wait_for
+from .conftest import Load, Stack, fn_name, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -158,34 +157,13 @@ def test_failed_wake_answers_503_quickly_and_retries(
 def test_no_request_fails_across_scale_cycles(stack: Stack, engine: docker.DockerClient) -> None:
     name = fn_name("cycle")
     assert stack.deploy(name).status_code == 200
-    failures: list[str] = []
-    served = 0
-    stop = threading.Event()
-
-    def steady_load() -> None:
-        nonlocal served
-        session = requests.Session()
-        while not stop.is_set():
-            try:
-                got = session.post(f"{stack.url}/function/{name}/tick", data=b"payload", timeout=15)
-                if got.status_code != 200 or got.json()["body"] != "payload":
-                    failures.append(f"{got.status_code} {got.text[:100]}")
-                served += 1
-            except requests.RequestException as exc:
-                failures.append(repr(exc))
-            time.sleep(0.05)  # ~20 requests/s: the load's pace
-
-    load = threading.Thread(target=steady_load)
-    load.start()
-    try:
+    # ~20 requests/s: the load's pace
+    with Load(stack, name, pace=0.05) as load:
         for cycle in range(1, 4):
             assert scale(stack, name, 0).status_code == 200
             wait_for(lambda: state(stack, name) == "running", 10, "the load to wake it")
-            wait_for(lambda: served >= 10 * cycle, 10, "some warm traffic")  # noqa: B023
-    finally:
-        stop.set()
-        load.join()
-    assert failures == []
+            wait_for(lambda: load.served >= 10 * cycle, 10, "some warm traffic")  # noqa: B023
+    assert load.failures == []
     stack.api("DELETE", f"/functions/{name}")
 
 

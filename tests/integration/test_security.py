@@ -4,7 +4,6 @@ with a clear 4xx, and nothing created or woken."""
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import secrets
 import threading
@@ -18,7 +17,15 @@ import requests
 
 from tests.probe import PROBE
 
-from .conftest import ECHO_IMAGE, Stack, assert_refused, fn_name, running_stack, wait_for
+from .conftest import (
+    ECHO_IMAGE,
+    Stack,
+    assert_refused,
+    fn_name,
+    image_from,
+    running_stack,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -152,15 +159,9 @@ def test_env_values_never_become_labels_or_routes(
 @pytest.fixture
 def labelled_image(engine: docker.DockerClient) -> Iterator[str]:
     """A tiny image FROM the echo image that carries a Traefik route of its own."""
-    tag = f"faas-test/evil:{secrets.token_hex(3)}"
     dockerfile = f"FROM {ECHO_IMAGE}\nLABEL traefik.http.routers.evil.rule=PathPrefix(`/`)\n"
-    engine.images.build(
-        fileobj=io.BytesIO(dockerfile.encode()), tag=tag, labels={"faas.test": "1"}, rm=True
-    )
-    try:
+    with image_from(engine, "evil", dockerfile) as tag:
         yield tag
-    finally:
-        engine.images.remove(tag, force=True)
 
 
 def test_image_labels_cannot_inject_routes(
@@ -534,15 +535,9 @@ SLOW_SERVER = (
 @pytest.fixture
 def slow_image(engine: docker.DockerClient) -> Iterator[str]:
     """An image whose server never answers anything but `/`."""
-    tag = f"faas-test/slow:{secrets.token_hex(3)}"
     dockerfile = f"FROM {ECHO_IMAGE}\nCMD {json.dumps(['python3', '-c', SLOW_SERVER])}\n"
-    engine.images.build(
-        fileobj=io.BytesIO(dockerfile.encode()), tag=tag, labels={"faas.test": "1"}, rm=True
-    )
-    try:
+    with image_from(engine, "slow", dockerfile) as tag:
         yield tag
-    finally:
-        engine.images.remove(tag, force=True)
 
 
 def test_a_function_that_never_answers_gets_504_warm_and_cold(
