@@ -34,6 +34,7 @@ alive_dockerd() {
 }
 
 pidfile=/var/run/docker.pid
+old=""
 if [ -f "$pidfile" ]; then
   old="$(cat "$pidfile" 2>/dev/null || true)"
   if [ -n "$old" ] && alive_dockerd "$old"; then
@@ -44,10 +45,14 @@ if [ -f "$pidfile" ]; then
   fi
 fi
 
-if ! pgrep -x dockerd >/dev/null 2>&1; then
-  log "starting dockerd"
+# Only the pid file of the daemon behind the default socket counts: another
+# dockerd (a test's, on a socket of its own) says nothing about this one.
+if [ -z "${old:-}" ] || ! alive_dockerd "$old"; then
+  log "starting dockerd (log: /var/log/dockerd.log)"
   mkdir -p /var/log
-  nohup dockerd >/var/log/dockerd.log 2>&1 &
+  # Its own session: a Ctrl-C in the terminal that ran `make dev` must not
+  # reach the engine (and with it every function).
+  setsid dockerd </dev/null >>/var/log/dockerd.log 2>&1 &
   started=$!
 fi
 
