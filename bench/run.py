@@ -27,6 +27,7 @@ import requests
 from faas import labels, traefik
 from faas.config import Settings
 from faas.docker_provider import DockerProvider
+from faas.lifecycle import Lifecycle
 
 IMAGE = os.environ.get("FAAS_ECHO_IMAGE", "faas/echo:latest")
 WARM_CALLS = int(os.environ.get("BENCH_WARM_CALLS", "200"))
@@ -273,20 +274,21 @@ class Bench:
         Deploying hundreds of functions through the API starts each container
         and waits for it (~0.3 s each, then a scale-down). Instead one function
         is deployed through the API and the others are created by the provider's
-        own `_create` from the same spec with another name: the same image,
+        own `create` from the same spec with another name: the same image,
         config and labels a deploy writes, never started. The gateway lists
         them as `starting` (created, not exited), which costs it the same as a
         stopped function: one row of the engine's container list, no inspect.
         """
         self.call("PUT", "/functions/pop0", json={"image": IMAGE})
         self.call("POST", "/functions/pop0/scale", json={"replicas": 0})
-        provider = DockerProvider(Settings(namespace=self.namespace, traefik_api_url=""))
-        spec = provider.get("pop0").spec
+        settings = Settings(namespace=self.namespace, traefik_api_url="")
+        provider = DockerProvider(settings)
+        spec = Lifecycle(provider, None, settings).get("pop0").spec
         have = 1
         for target in POPULATIONS:
 
             def create(i: int) -> None:
-                provider._create(spec.model_copy(update={"name": f"pop{i}"}))
+                provider.create(spec.model_copy(update={"name": f"pop{i}"}))
 
             with ThreadPoolExecutor(8) as pool:
                 list(pool.map(create, range(have, max(target, 1))))

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from faas.config import Settings
 from faas.docker_provider import DockerProvider
+from faas.lifecycle import Lifecycle
 from faas.metrics import Metrics
 from faas.sampler import Sampler
 from faas.spec import parse_spec
@@ -50,7 +51,7 @@ def dockerd_cpu_seconds() -> float | None:
     return total if found else None
 
 
-def deploy_all(provider: DockerProvider, n: int) -> None:
+def deploy_all(provider: Lifecycle, n: int) -> None:
     def one(i: int) -> None:
         provider.deploy(parse_spec({"name": f"s{i}", "image": IMAGE, "min_scale": 1}))
 
@@ -81,7 +82,7 @@ def engine_cpu_rate(seconds: float) -> float | None:
 
 
 def measure(
-    provider: DockerProvider, concurrency: int, baseline: float | None
+    provider: Lifecycle, concurrency: int, baseline: float | None
 ) -> tuple[float, float | None, int]:
     """Median seconds per round, engine CPU seconds per round above its baseline,
     containers sampled."""
@@ -104,7 +105,7 @@ def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100
     namespace = "bstats" + secrets.token_hex(3)
     settings = Settings(namespace=namespace, state_dir=Path(tempfile.mkdtemp()), traefik_api_url="")
-    provider = DockerProvider(settings)
+    provider = Lifecycle(DockerProvider(settings), None, settings)
     try:
         began = time.monotonic()
         deploy_all(provider, n)

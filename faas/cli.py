@@ -32,7 +32,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class State:
+class Connection:
+    """Where the CLI's commands go (the global --url and --token)."""
+
     url: str = "http://127.0.0.1:8080"
     token: str | None = None
 
@@ -81,8 +83,8 @@ def main(
         ),
     ] = None,
 ) -> None:
-    State.url = url
-    State.token = token or _default_token()
+    Connection.url = url
+    Connection.token = token or _default_token()
 
 
 @app.command()
@@ -203,7 +205,7 @@ def deploy(
     if "name" not in spec:
         raise typer.BadParameter("give a NAME or a manifest with a name")
     fn = str(spec["name"])
-    client = State.client()
+    client = Connection.client()
     if build is not None or image is not None:
         loaded.build, loaded.lang = build, None
         spec["image"] = image
@@ -216,7 +218,7 @@ def deploy(
     else:
         _pull(client, str(spec["image"]))
     function = client.deploy(spec)
-    typer.echo(f"deployed {fn}: {State.url}/function/{fn} ({function['state']})")
+    typer.echo(f"deployed {fn}: {Connection.url}/function/{fn} ({function['state']})")
 
 
 def _table(value: object) -> dict[str, object]:
@@ -226,9 +228,7 @@ def _table(value: object) -> dict[str, object]:
 def _dockerfile_context(directory: Path) -> IO[bytes]:
     if not (directory / "Dockerfile").is_file():
         raise typer.BadParameter(f"no Dockerfile in {directory}", param_hint="--build")
-    from .docker_provider import build_context  # the SDK's .dockerignore handling
-
-    return build_context(directory)
+    return template.dockerfile_context(directory)
 
 
 def _pull(client: Client, image: str) -> str:
@@ -289,7 +289,7 @@ def import_(
     """Load an image archive into the engine and print the references to deploy."""
     try:
         with archive.open("rb") as f:
-            images = State.client().load(f)
+            images = Connection.client().load(f)
     except OSError as exc:
         raise fail(f"cannot read {archive}: {exc.strerror}") from None
     for ref in images:
@@ -301,7 +301,7 @@ def import_(
 def list_() -> None:
     """List functions."""
     rows = [["NAME", "STATE", "IMAGE", "PORT", "CREATED"]]
-    for fn in State.client().list():
+    for fn in Connection.client().list():
         state = str(fn["state"]) + (f" ({fn['reason']})" if fn.get("reason") else "")
         rows.append([str(fn["name"]), state, str(fn["image"]), str(fn["port"]), str(fn["created"])])
     _echo_table(rows)
@@ -323,7 +323,7 @@ def stats(
     Invocations and latency are Traefik's (warm path) since Traefik started;
     cold starts are the gateway's since it started; memory is the last sample."""
     rows = [["NAME", "STATE", "INVOCATIONS", "ERRORS", "P50", "P99", "COLD", "MEMORY"]]
-    for fn in State.client().stats(name):
+    for fn in Connection.client().stats(name):
         rows.append(
             [
                 str(fn["name"]),
@@ -358,7 +358,7 @@ def _memory(used: object, limit: object) -> str:
 @reports_errors
 def describe(name: Annotated[str, typer.Argument(help="Function name.")]) -> None:
     """Show a function's spec and state as JSON."""
-    typer.echo(json.dumps(State.client().get(name), indent=2))
+    typer.echo(json.dumps(Connection.client().get(name), indent=2))
 
 
 def _parse_header(raw: str) -> tuple[str, str]:
@@ -413,7 +413,7 @@ def invoke(
     if key:
         headers["X-Faas-Key"] = key
     verb = (method or ("POST" if body is not None else "GET")).upper()
-    response = State.client().invoke(name, path, verb, body, headers)
+    response = Connection.client().invoke(name, path, verb, body, headers)
     if include:
         typer.echo(f"HTTP {response.status_code} {response.reason}")
         for key, value in response.headers.items():
@@ -437,24 +437,24 @@ def logs(
 ) -> None:
     """Print a function's logs, with timestamps."""
     # The engine counts whole seconds; rounding up never shows a line from before `since`.
-    start = None if since is None else math.ceil(time.time() - _duration(since))
+    start = None if since is None else math.ceil(time.time() - duration(since))
     try:
-        for chunk in State.client().logs(name, follow=follow, tail=tail, since=start):
+        for chunk in Connection.client().logs(name, follow=follow, tail=tail, since=start):
             sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
     except KeyboardInterrupt:
         pass
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def _duration(raw: str) -> int:
+def duration(raw: str) -> int:
     """Seconds in `30s`, `10m`, `2h`, `1d` (or a bare number of seconds)."""
-    number, unit = (raw[:-1], raw[-1]) if raw[-1:] in _UNITS else (raw, "s")
+    number, unit = (raw[:-1], raw[-1]) if raw[-1:] in UNITS else (raw, "s")
     if not number.isdigit():
-        raise typer.BadParameter(f"{raw!r} is not a duration like 30s, 10m, 2h or 1d")
-    return int(number) * _UNITS[unit]
+        raise typer.BadParameter(f"{raw!r} is not a duration like 30s, 10m, 2h, 1d or 3600")
+    return int(number) * UNITS[unit]
 
 
 @app.command()
@@ -464,24 +464,22 @@ def scale(
     replicas: Annotated[int, typer.Argument(min=0, max=1, help="0 stops it, 1 starts it.")],
 ) -> None:
     """Scale a function to zero or one; a stopped function also wakes on its next request."""
-    function = State.client().scale(name, replicas)
+    function = Connection.client().scale(name, replicas)
     typer.echo(f"{name}: {function['state']}")
 
 
 keys_app = typer.Typer(help="Invoke keys of `--auth key` functions.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
-TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
 
 def parse_ttl(raw: str | None) -> int | None:
     """'30d', '12h', '90m', '45s' or plain seconds; None: the key never expires."""
     if raw is None or raw == "never":
         return None
-    number, unit = (raw[:-1], raw[-1]) if raw[-1:] in TTL_UNITS else (raw, "s")
-    if not number.isdigit() or int(number) == 0:
-        raise typer.BadParameter(f"{raw!r} is not a duration like 30d, 12h or 3600")
-    return int(number) * TTL_UNITS[unit]
+    seconds = duration(raw)
+    if seconds == 0:
+        raise typer.BadParameter("a key's lifetime must be longer than 0 seconds")
+    return seconds
 
 
 @keys_app.command("create")
@@ -493,7 +491,7 @@ def keys_create(
     ] = None,
 ) -> None:
     """Create an invoke key; it is printed once and cannot be shown again."""
-    issued = State.client().create_key(name, parse_ttl(ttl))
+    issued = Connection.client().create_key(name, parse_ttl(ttl))
     typer.echo(f"kid:     {issued['kid']}")
     typer.echo(f"expires: {issued['expires'] or 'never'}")
     typer.echo(f"key:     {issued['key']}")
@@ -505,7 +503,7 @@ def keys_revoke(
     kid: Annotated[str, typer.Argument(help="Key id, as `keys create` printed.")],
 ) -> None:
     """Revoke a key at once, for good."""
-    State.client().revoke_key(kid)
+    Connection.client().revoke_key(kid)
     typer.echo(f"revoked {kid}")
 
 
@@ -513,7 +511,7 @@ def keys_revoke(
 @reports_errors
 def remove(name: Annotated[str, typer.Argument(help="Function name.")]) -> None:
     """Remove a function and its container."""
-    State.client().remove(name)
+    Connection.client().remove(name)
     typer.echo(f"removed {name}")
 
 

@@ -2,32 +2,26 @@
 
 The only module that imports `docker`: SDK exceptions become `faas.errors`
 here (see `_engine_errors`), and nothing above this layer knows about
-containers. All state is in container labels (`faas.labels`); this class keeps
-nothing but locks.
+containers. Engine calls only: the sequences (wake, drain, rollout) are in
+`faas.lifecycle`, the policy in `faas.policy`. All state is in container
+labels (`faas.labels`).
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
-import http.client
 import secrets
-import socket
 import tarfile
 import threading
-import time
-from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import IO, Any, cast
 
 import docker
 import docker.errors
-import docker.utils.build
 import requests.exceptions
-from docker.models.containers import Container
 from docker.models.images import Image
 from docker.types import DeviceRequest, LogConfig, Ulimit
 from loguru import logger
@@ -36,15 +30,14 @@ from . import labels, oci
 from .config import Settings
 from .errors import (
     BuildFailed,
-    DeployFailed,
     FaasError,
     FunctionNotFound,
     ImageNotFound,
     InvalidSpec,
     ProviderError,
 )
-from .provider import Function, LogStream, Resources, Router, StartTimes, State
-from .spec import FunctionSpec, Limits
+from .provider import EngineInfo, Instance, LogStream, State, Usage
+from .spec import FunctionSpec
 
 # A container as the engine's list endpoint describes it.
 Summary = dict[str, Any]
@@ -70,20 +63,12 @@ def _engine_errors() -> Iterator[None]:
 
 
 class DockerProvider:
-    """Functions as containers on one Docker engine."""
+    """Function instances as containers on one Docker engine: engine calls only."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        client: docker.DockerClient | None = None,
-        router: Router | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, *, client: docker.DockerClient | None = None) -> None:
         self.settings = settings
         self._client = client
-        self._router = router
-        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
-        self._locks_guard = threading.Lock()
+        self._network_lock = threading.Lock()
         self._warned: set[str] = set()
 
     @property
@@ -95,68 +80,92 @@ class DockerProvider:
                 self._client = docker.DockerClient.from_env()
         return self._client
 
-    def _lock(self, name: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks[name]
-
     # -- reading -----------------------------------------------------------
 
-    def _containers(self, name: str | None = None) -> list[dict[str, Any]]:
+    def instances(self, name: str | None = None) -> builtins.list[Instance]:
         wanted = [f"{labels.NAMESPACE}={self.settings.namespace}"]
         if name is not None:
             wanted.append(f"{labels.FUNCTION}={name}")
         with _engine_errors():
             found = self.client.api.containers(all=True, filters={"label": wanted})
-        return cast(list[dict[str, Any]], found)
+        return [self._instance(summary) for summary in cast(Summaries, found)]
 
-    def _function(self, summary: dict[str, Any]) -> Function:
-        spec = labels.spec_from_labels(summary["Labels"])
+    def _instance(self, summary: Summary) -> Instance:
+        spec, invalid = labels.read_spec(summary["Labels"])
         state, reason = _state(summary)
+        oom = False
         if summary["State"] == "exited" and _exit_code(summary.get("Status", "")) not in (0, 143):
             # Only an inspect tells an OOM kill (137) from a stop that timed out.
             with _engine_errors():
                 detail = self.client.api.inspect_container(summary["Id"])["State"]
             if detail.get("OOMKilled"):
-                state, reason = State.FAILED, "out of memory"
+                state, reason, oom = State.FAILED, "out of memory", True
+        if invalid:
+            state, reason = State.INVALID, invalid
         address = None
         if state is State.RUNNING:
             nets = summary.get("NetworkSettings", {}).get("Networks", {})
             ip = nets.get(self.settings.function_network, {}).get("IPAddress")
             address = f"{ip}:{spec.port}" if ip else None
-        return Function(
+        return Instance(
+            id=summary["Id"],
             spec=spec,
             state=state,
-            container_id=summary["Id"],
             created=datetime.fromtimestamp(summary["Created"], UTC),
             address=address,
             reason=reason,
+            oom_killed=oom,
         )
 
-    def list(self) -> list[Function]:
-        newest: dict[str, dict[str, Any]] = {}
-        for summary in self._containers():
-            name = summary["Labels"].get(labels.FUNCTION, "")
-            if name not in newest or _newer(summary, newest[name]):
-                newest[name] = summary
-        return [self._function(s) for _, s in sorted(newest.items())]
+    def inspect(self, instance_id: str) -> Instance:
+        with _engine_errors():
+            try:
+                attrs = self.client.api.inspect_container(instance_id)
+            except docker.errors.NotFound as exc:
+                raise FunctionNotFound(instance_id[:12]) from exc
+        spec, invalid = labels.read_spec(attrs["Config"]["Labels"] or {})
+        st = attrs["State"]
+        if invalid:
+            state, reason = State.INVALID, invalid
+        elif st.get("Restarting") or st["Status"] in ("exited", "dead"):
+            failed = st.get("OOMKilled") or st.get("ExitCode") not in _STOP_EXIT_CODES
+            state = State.FAILED if failed or st.get("Restarting") else State.STOPPED
+            reason = _exit_reason(st)
+        elif st["Status"] == "running":
+            state, reason = State.RUNNING, ""
+        else:
+            state, reason = State.STARTING, ""
+        ip = attrs["NetworkSettings"]["Networks"].get(self.settings.function_network, {})
+        ip = ip.get("IPAddress")
+        return Instance(
+            id=attrs["Id"],
+            spec=spec,
+            state=state,
+            created=_parse_time(attrs["Created"]),
+            address=f"{ip}:{spec.port}" if ip and state is State.RUNNING else None,
+            reason=reason,
+            oom_killed=bool(st.get("OOMKilled")),
+        )
 
-    def get(self, name: str) -> Function:
-        found = self._containers(name)
-        if not found:
-            raise FunctionNotFound(name)
-        best = found[0]
-        for summary in found[1:]:
-            if _newer(summary, best):
-                best = summary
-        return self._function(best)
+    def engine_info(self) -> EngineInfo:
+        with _engine_errors():
+            info = self.client.info()
+        return EngineInfo(
+            runtimes=frozenset(info.get("Runtimes") or {}),
+            default_runtime=info.get("DefaultRuntime"),
+        )
 
     def logs(
-        self, name: str, *, follow: bool = False, tail: int | None = None, since: int | None = None
+        self,
+        instance_id: str,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: int | None = None,
     ) -> LogStream:
-        fn = self.get(name)
         with _engine_errors():
             stream = self.client.api.logs(
-                fn.container_id,
+                instance_id,
                 stream=True,
                 follow=follow,
                 timestamps=True,
@@ -165,89 +174,113 @@ class DockerProvider:
             )
         return cast(LogStream, stream)
 
+    def tail(self, instance_id: str, lines: int = 20) -> str:
+        try:
+            return bytes(self.client.api.logs(instance_id, tail=lines)).decode("utf-8", "replace")
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return ""
+
+    def sent_bytes(self, instance_id: str) -> int | None:
+        """Bytes the container has sent so far (None if not running)."""
+        with _engine_errors():
+            try:
+                stats = self.client.api.stats(instance_id, stream=False, one_shot=True)
+            except docker.errors.NotFound:
+                return None
+        if not stats.get("networks"):
+            return None  # not running: the engine answers with an empty sample
+        nets = cast(dict[str, dict[str, int]], stats.get("networks") or {})
+        return sum(n.get("tx_bytes", 0) for n in nets.values())
+
+    def usage(self, instance_id: str) -> Usage:
+        """One stats sample (one_shot: no 1 s wait for a CPU delta) plus an inspect."""
+        with _engine_errors():
+            stats = self.client.api.stats(instance_id, stream=False, one_shot=True)
+            state = self.client.api.inspect_container(instance_id)
+        memory = cast(dict[str, Any], stats.get("memory_stats") or {})
+        cpu = cast(dict[str, Any], stats.get("cpu_stats") or {}).get("cpu_usage") or {}
+        return Usage(
+            memory_bytes=int(memory.get("usage", 0)),
+            memory_limit_bytes=int(memory.get("limit", 0)),
+            cpu_seconds=int(cpu.get("total_usage", 0)) / 1e9,
+            restarts=int(state.get("RestartCount", 0)),
+            oom_killed=bool(state.get("State", {}).get("OOMKilled")),
+        )
+
     # -- changing ----------------------------------------------------------
 
-    def deploy(self, spec: FunctionSpec) -> Function:
-        spec = self._effective(spec)
-        with self._lock(spec.name):
-            self._ensure_image(spec.image)
-            self._ensure_network()
-            current = self._containers(spec.name)
-            old = [c["Id"] for c in current]
-            container = self._create(spec)
-            try:
-                address = self._start_and_wait(spec, container)
-                if self._router is not None:
-                    self._router.routed(spec, address)
-            except BaseException:
-                self._discard(container)
-                self._restore_route(current)
-                raise
-            if old:
-                self._replace(spec, address, old)
-            logger.info("deployed {} ({}) at {}", spec.name, spec.image, address)
-            return self.get(spec.name)
-
-    def _replace(self, spec: FunctionSpec, address: str, old: Sequence[str]) -> None:
-        """Retire the old containers once `address` serves, losing no request."""
-        if self._router is None:
-            for container_id in old:
-                self._retire(container_id)
-            return
-        # While the old ones stop, the gateway takes the traffic and forwards
-        # it to the newest running container; Traefik returns to the warm
-        # path once it balances over the new container alone.
-        self._router.drain(spec.name)
-        try:
-            for container_id in old:
-                self._retire(container_id)
-            self._router.routed(spec, address, only=True)
-        finally:
-            self._router.undrain(spec.name)
-
-    def remove(self, name: str) -> None:
-        with self._lock(name):
-            found = self._containers(name)
-            if not found:
-                raise FunctionNotFound(name)
-            for summary in found:
-                self._retire(summary["Id"])
-            if self._router is not None:
-                self._router.unrouted(name)
-            logger.info("removed {}", name)
-
-    def start(self, name: str, times: StartTimes | None = None) -> Function:
-        """Start a stopped function; returns once it answers (Traefik may lag)."""
-        with self._lock(name):
-            fn = self.get(name)
-            with _engine_errors():
-                container = self.client.containers.get(fn.container_id)
-            # Traefik routes a container as soon as it runs, before it listens:
-            # keep its traffic on the gateway (which waits for readiness) until
-            # it answers. No need to wait for the drain: the container's own
-            # route comes after its start, later than this file change.
-            if self._router is not None:
-                self._router.drain(name, wait=False)
-            try:
-                self._start_and_wait(fn.spec, container, times)
-            except DeployFailed:
-                self._stop_failed(fn)
-                raise
-            finally:
-                if self._router is not None:
-                    self._router.undrain(name)
-            return self.get(name)
-
-    def _stop_failed(self, fn: Function) -> None:
-        """Leave a function that failed to start stopped, not crash-looping, and
-        unrouted, so the next request goes to the gateway and tries again."""
+    def create(self, spec: FunctionSpec) -> Instance:
+        s = self.settings
+        self._ensure_network()
+        name = f"faas-{s.namespace}-{spec.name}-{secrets.token_hex(3)}"
+        r = spec.resources
+        memory = r.memory or s.default_memory
         with _engine_errors():
-            self.client.api.stop(fn.container_id, timeout=0)
-        if self._router is not None:
             try:
-                self._router.unrouted(fn.spec.name)
-            except FaasError as exc:
-                logger.warning("{} still routed after a failed start: {}", fn.spec.name, exc)
+                container = self.client.containers.create(
+                    spec.image,
+                    name=name,
+                    hostname=spec.name,
+                    labels=labels.container_labels(
+                        spec, s.namespace, s.function_network, s.forward_auth_url
+                    ),
+                    environment={**spec.env, "FAAS_FUNCTION_NAME": spec.name},
+                    command=spec.command,
+                    # The platform probes readiness itself; an image's own
+                    # HEALTHCHECK would keep Traefik from routing it until the
+                    # first check, up to its interval after every start.
+                    healthcheck={"test": ["NONE"]},
+                    network=s.function_network,
+                    init=True,
+                    security_opt=["no-new-privileges:true"],
+                    cap_drop=["ALL"],
+                    cap_add=spec.cap_add or None,
+                    read_only=spec.read_only,
+                    tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"} if spec.read_only else None,  # noqa: S108
+                    pids_limit=r.pids or s.default_pids,
+                    mem_limit=memory,
+                    memswap_limit=memory,  # the same figure: no swap
+                    nano_cpus=int((r.cpus or s.default_cpus) * 1e9),
+                    runtime=spec.runtime,
+                    device_requests=_gpu_requests(spec.gpus),
+                    ulimits=[Ulimit(name=k, soft=v, hard=v) for k, v in r.ulimits.items()],
+                    # A scale-to-zero function is woken by its next request
+                    # instead; restarting it would only make it crash-loop.
+                    # ("unless-stopped" is valid, missing from the stubs.)
+                    restart_policy={"Name": _restart_policy(spec)},  # type: ignore[arg-type]
+                    log_config=LogConfig(
+                        type="json-file", config={"max-size": "10m", "max-file": "3"}
+                    ),
+                )
+            except docker.errors.APIError as exc:
+                if exc.status_code == 400:
+                    raise InvalidSpec("", str(exc.explanation or exc)) from exc
+                raise
+        return self.inspect(str(container.id))
+
+    def start(self, instance_id: str) -> None:
+        with _engine_errors():
+            try:
+                self.client.api.start(instance_id)
+            except docker.errors.APIError as exc:
+                if "network" not in str(exc) or "not found" not in str(exc):
+                    raise
+                # Someone deleted the function network while it was stopped
+                # (a prune, a compose down): recreate it and reattach.
+                self._reattach(instance_id)
+                self.client.api.start(instance_id)
+
+    def stop(self, instance_id: str, timeout: float) -> None:
+        with _engine_errors(), contextlib.suppress(docker.errors.NotFound):
+            self.client.api.stop(instance_id, timeout=int(timeout))
+
+    def remove(self, instance_id: str) -> None:
+        with _engine_errors(), contextlib.suppress(docker.errors.NotFound):
+            self.client.api.remove_container(instance_id, force=True)
+
+    def image_labels(self, image: str) -> dict[str, str] | None:
+        found = self._local_image(image)
+        return None if found is None else dict(found.labels or {})
 
     def pull(self, image: str, auth: dict[str, str] | None = None) -> Iterator[dict[str, object]]:
         if self._local_image(image) is None:
@@ -312,7 +345,7 @@ class DockerProvider:
                 forcerm=True,
                 decode=True,
                 buildargs=args,
-                labels={"faas.image": "build"},
+                labels={labels.IMAGE: "build"},
             )
             for event in events:
                 if "error" in event:
@@ -326,108 +359,12 @@ class DockerProvider:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise ProviderError(f"Docker engine unreachable: {exc}") from exc
 
-    def sent_bytes(self, name: str) -> int | None:
-        """Bytes the function's container has sent so far (None if not running)."""
-        fn = self.get(name)
-        if fn.state is not State.RUNNING:
-            return None
-        with _engine_errors():
-            stats = self.client.api.stats(fn.container_id, stream=False, one_shot=True)
-        nets = cast(dict[str, dict[str, int]], stats.get("networks") or {})
-        return sum(n.get("tx_bytes", 0) for n in nets.values())
-
-    def resources(self, fn: Function) -> Resources:
-        """One stats sample (one_shot: no 1 s wait for a CPU delta) plus an inspect."""
-        with _engine_errors():
-            stats = self.client.api.stats(fn.container_id, stream=False, one_shot=True)
-            state = self.client.api.inspect_container(fn.container_id)
-        memory = cast(dict[str, Any], stats.get("memory_stats") or {})
-        cpu = cast(dict[str, Any], stats.get("cpu_stats") or {}).get("cpu_usage") or {}
-        return Resources(
-            memory_bytes=int(memory.get("usage", 0)),
-            memory_limit_bytes=int(memory.get("limit", 0)),
-            cpu_seconds=int(cpu.get("total_usage", 0)) / 1e9,
-            restarts=int(state.get("RestartCount", 0)),
-            oom_killed=bool(state.get("State", {}).get("OOMKilled")),
-        )
-
-    def stop(self, name: str) -> None:
-        with self._lock(name):
-            fn = self.get(name)
-            with _engine_errors():
-                self.client.api.stop(fn.container_id, timeout=self.settings.stop_timeout)
-
-    # -- helpers -----------------------------------------------------------
-
-    def _effective(self, spec: FunctionSpec) -> FunctionSpec:
-        """The spec with the platform's defaults filled in and checked against the engine.
-
-        Recorded in the labels as is, so `describe` shows the limits in force.
-        """
-        s = self.settings
-        runtime = spec.runtime or s.default_runtime
-        with _engine_errors():
-            info = self.client.info()
-        available = sorted(info.get("Runtimes") or {})
-        if runtime is not None and runtime not in available:
-            raise InvalidSpec(
-                "runtime", f"{runtime!r} is not a runtime of this engine; available: "
-                + ", ".join(available),
-            )  # fmt: skip
-        allowed = s.runtime_allowlist
-        if allowed is not None and (runtime or info.get("DefaultRuntime")) not in allowed:
-            raise InvalidSpec(
-                "runtime", f"{runtime!r} is not allowed here; allowed: {', '.join(sorted(allowed))}"
-            )
-        if spec.gpus is not None and "nvidia" not in available:
-            raise InvalidSpec(
-                "gpus", "this Docker engine has no GPU support (install the NVIDIA container "
-                "toolkit and register its runtime); see docs/runtimes.md",
-            )  # fmt: skip
-        refused = sorted(set(spec.cap_add) - s.cap_add_allowlist)
-        if refused:
-            caps = ", ".join(sorted(s.cap_add_allowlist)) or "none"
-            raise InvalidSpec(
-                "cap_add",
-                f"{', '.join(refused)} not allowed here (FAAS_ALLOWED_CAP_ADD: {caps})",
-            )
-        r = spec.resources
-        resources = r.model_copy(
-            update={
-                "memory": r.memory or s.default_memory,
-                "cpus": r.cpus or s.default_cpus,
-                "pids": r.pids or s.default_pids,
-            }
-        )
-        return spec.model_copy(
-            update={"runtime": runtime, "resources": resources, "limits": self._limits(spec)}
-        )
-
-    def _limits(self, spec: FunctionSpec) -> Limits:
-        s, lim = self.settings, spec.limits
-        return Limits(
-            rate_average=s.rate_average if lim.rate_average is None else lim.rate_average,
-            rate_burst=lim.rate_burst or s.rate_burst,
-            max_in_flight=s.max_in_flight if lim.max_in_flight is None else lim.max_in_flight,
-            max_body_bytes=s.max_body_bytes if lim.max_body_bytes is None else lim.max_body_bytes,
-        )
-
-    def _ensure_image(self, image: str) -> None:
-        found = self._local_image(image)
-        if found is None:
-            for _ in self._pull(image, None):
-                pass
-            found = self._local_image(image)
-        if found is None:
-            raise ImageNotFound(image, "not on the engine after the pull")
-        _check_image_labels(image, found.labels or {})
-
     def prepare(self) -> None:
         self._ensure_network()
 
     def _ensure_network(self) -> None:
         net = self.settings.function_network
-        with self._lock("\0network"), _engine_errors():
+        with self._network_lock, _engine_errors():
             # The names filter matches substrings; compare exactly.
             found = [n for n in self.client.api.networks(names=[net]) if n["Name"] == net]
             if found:
@@ -454,146 +391,15 @@ class DockerProvider:
                 options={ICC: "false"},
             )
 
-    def _create(self, spec: FunctionSpec) -> Container:
-        s = self.settings
-        name = f"faas-{s.namespace}-{spec.name}-{secrets.token_hex(3)}"
-        r = spec.resources
-        memory, cpus, pids = r.memory or s.default_memory, r.cpus or s.default_cpus, r.pids
-        with _engine_errors():
-            try:
-                return self.client.containers.create(
-                    spec.image,
-                    name=name,
-                    hostname=spec.name,
-                    labels=labels.container_labels(
-                        spec, s.namespace, s.function_network, s.forward_auth_url
-                    ),
-                    environment={**spec.env, "FAAS_FUNCTION_NAME": spec.name},
-                    command=spec.command,
-                    # The platform probes readiness itself; an image's own
-                    # HEALTHCHECK would keep Traefik from routing it until the
-                    # first check, up to its interval after every start.
-                    healthcheck={"test": ["NONE"]},
-                    network=s.function_network,
-                    init=True,
-                    security_opt=["no-new-privileges:true"],
-                    cap_drop=["ALL"],
-                    cap_add=spec.cap_add or None,
-                    read_only=spec.read_only,
-                    tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"} if spec.read_only else None,  # noqa: S108
-                    pids_limit=pids or s.default_pids,
-                    mem_limit=memory,
-                    memswap_limit=memory,  # the same figure: no swap
-                    nano_cpus=int(cpus * 1e9),
-                    runtime=spec.runtime,
-                    device_requests=_gpu_requests(spec.gpus),
-                    ulimits=[Ulimit(name=k, soft=v, hard=v) for k, v in r.ulimits.items()],
-                    # A scale-to-zero function is woken by its next request
-                    # instead; restarting it would only make it crash-loop.
-                    # ("unless-stopped" is valid, missing from the stubs.)
-                    restart_policy={"Name": _restart_policy(spec)},  # type: ignore[arg-type]
-                    log_config=LogConfig(
-                        type="json-file", config={"max-size": "10m", "max-file": "3"}
-                    ),
-                )
-            except docker.errors.APIError as exc:
-                if exc.status_code == 400:
-                    raise InvalidSpec("", str(exc.explanation or exc)) from exc
-                raise
-
-    def _start_and_wait(
-        self, spec: FunctionSpec, container: Container, times: StartTimes | None = None
-    ) -> str:
-        """Start the container and return its address once it answers HTTP."""
-        times = times or StartTimes()
-        began = time.monotonic()
-        with _engine_errors():
-            try:
-                container.start()
-            except docker.errors.APIError as exc:
-                if "network" not in str(exc) or "not found" not in str(exc):
-                    raise
-                # Someone deleted the function network while it was stopped
-                # (a prune, a compose down): recreate it and reattach.
-                self._reattach(container)
-                container.start()
-        started = time.monotonic()
-        times.started = started - began
-        deadline = started + self.settings.ready_timeout
-        ip: str | None = None
-        probes = 0
-        while True:
-            # Inspecting costs more than probing: ask the engine first and then
-            # every tenth probe, to notice a crash or learn the address.
-            if probes % 10 == 0 or ip is None:
-                ip = self._running_ip(spec, container)
-            probes += 1
-            if ip and _answers(ip, spec.port, spec.health_path):
-                times.ready = time.monotonic() - started
-                return f"{ip}:{spec.port}"
-            if time.monotonic() > deadline:
-                raise DeployFailed(
-                    spec.name,
-                    f"no HTTP answer on port {spec.port} within {self.settings.ready_timeout:g}s",
-                    self._tail(container),
-                )
-            time.sleep(0.01)
-
-    def _reattach(self, container: Container) -> None:
-        logger.warning("{}: its network is gone; recreating and reattaching", container.name)
+    def _reattach(self, instance_id: str) -> None:
+        logger.warning("{}: its network is gone; recreating and reattaching", instance_id[:12])
         self._ensure_network()
-        for net_name in container.attrs["NetworkSettings"]["Networks"]:
+        attrs = self.client.api.inspect_container(instance_id)
+        for net_name in attrs["NetworkSettings"]["Networks"]:
             # The network is gone; Docker still drops the stale endpoint.
             with contextlib.suppress(docker.errors.APIError):
-                self.client.api.disconnect_container_from_network(
-                    str(container.id), net_name, force=True
-                )
-        self.client.api.connect_container_to_network(
-            str(container.id), self.settings.function_network
-        )
-
-    def _running_ip(self, spec: FunctionSpec, container: Container) -> str | None:
-        with _engine_errors():
-            container.reload()
-        state = container.attrs["State"]
-        if state["Status"] in ("exited", "dead") or state.get("Restarting"):
-            raise DeployFailed(spec.name, _exit_reason(state), self._tail(container))
-        networks = container.attrs["NetworkSettings"]["Networks"]
-        ip = networks.get(self.settings.function_network, {}).get("IPAddress")
-        return str(ip) if ip else None
-
-    def _tail(self, container: Container, lines: int = 20) -> str:
-        try:
-            return container.logs(tail=lines).decode("utf-8", "replace")
-        except docker.errors.DockerException:
-            return ""
-
-    def _retire(self, container_id: str) -> None:
-        """Stop gracefully (in-flight requests finish), then delete."""
-        with _engine_errors():
-            try:
-                self.client.api.stop(container_id, timeout=self.settings.stop_timeout)
-                self.client.api.remove_container(container_id, force=True)
-            except docker.errors.NotFound:
-                pass
-
-    def _restore_route(self, current: Summaries) -> None:
-        """After a failed update, wait until Traefik forgets the discarded container."""
-        if self._router is None or not current:
-            return
-        fn = self._function(current[0])
-        if fn.address is None:
-            return
-        try:
-            self._router.routed(fn.spec, fn.address, only=True)
-        except FaasError as exc:
-            logger.warning("route of {} not restored: {}", fn.spec.name, exc)
-
-    def _discard(self, container: Container) -> None:
-        try:
-            container.remove(force=True)
-        except docker.errors.DockerException as exc:
-            logger.warning("could not remove failed container {}: {}", container.name, exc)
+                self.client.api.disconnect_container_from_network(instance_id, net_name, force=True)
+        self.client.api.connect_container_to_network(instance_id, self.settings.function_network)
 
 
 def _split_reference(image: str) -> tuple[str, str | None]:
@@ -608,37 +414,6 @@ def _split_reference(image: str) -> tuple[str, str | None]:
     return image, "latest"
 
 
-def build_context(directory: Path) -> IO[bytes]:
-    """The directory as a tar build context, minus what its .dockerignore excludes."""
-    ignore = directory / ".dockerignore"
-    patterns = []
-    if ignore.exists():
-        patterns = [
-            line.strip()
-            for line in ignore.read_text().splitlines()
-            if line.strip() and not line.startswith("#")
-        ]
-    return cast(IO[bytes], docker.utils.build.tar(directory, exclude=patterns))
-
-
-# Build metadata our own images carry; inert, so allowed on function images.
-IMAGE_LABELS_ALLOWED = frozenset({"faas.image", "faas.source", "faas.test"})
-
-
-def _check_image_labels(image: str, image_labels: dict[str, str]) -> None:
-    """Docker copies an image's labels onto its containers: an image must not
-    bring routes (traefik.*) or platform state (faas.*) of its own."""
-    for key in sorted(image_labels):
-        low = key.lower()
-        if low.startswith("traefik.") or (
-            low.startswith("faas.") and low not in IMAGE_LABELS_ALLOWED
-        ):
-            raise InvalidSpec(
-                "image", f"{image!r} carries the label {key!r}; images may not set "
-                "traefik.* or faas.* labels (Docker would copy them onto the container)",
-            )  # fmt: skip
-
-
 def _gpu_requests(gpus: str | int | list[str] | None) -> list[DeviceRequest] | None:
     if gpus is None:
         return None
@@ -650,29 +425,6 @@ def _gpu_requests(gpus: str | int | list[str] | None) -> list[DeviceRequest] | N
 
 def _restart_policy(spec: FunctionSpec) -> str:
     return "unless-stopped" if spec.min_scale else "no"
-
-
-def _answers(ip: str, port: int, path: str) -> bool:
-    """True once something answers HTTP below 500 on ip:port."""
-    conn = http.client.HTTPConnection(ip, port, timeout=2)
-    try:
-        # On a local bridge a live address connects in well under a millisecond;
-        # a dead one (the container just exited) would hang in ARP for seconds.
-        conn.sock = socket.create_connection((ip, port), timeout=0.2)
-        conn.sock.settimeout(2)
-        conn.request("GET", path, headers={"User-Agent": "faas-readiness"})
-        return conn.getresponse().status < 500
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        conn.close()
-
-
-def _newer(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Prefer a running container, then the most recently created."""
-    rank_a = (a["State"] == "running", a["Created"])
-    rank_b = (b["State"] == "running", b["Created"])
-    return rank_a > rank_b
 
 
 def _state(summary: dict[str, Any]) -> tuple[State, str]:
@@ -695,6 +447,12 @@ def _exit_code(status_text: str) -> int | None:
         return int(status_text.split("(", 1)[1].split(")", 1)[0])
     except (IndexError, ValueError):
         return None
+
+
+def _parse_time(text: str) -> datetime:
+    """The engine's RFC 3339 time with nanoseconds, to what Python parses."""
+    head, _, frac = text.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
 
 
 def _exit_reason(state: dict[str, Any]) -> str:

@@ -5,20 +5,34 @@
     ├── FunctionNotFound(name)
     ├── FunctionExists(name)
     ├── ImageNotFound(image, reason)
-    ├── DeployFailed(name, reason, logs)  the new version never became ready
+    ├── DeployFailed(name, reason, cause, logs)  the new version never became ready
     ├── BuildFailed(reason, log)          an image build failed; nothing deployed
     ├── Unauthorized(reason)              no credentials (401)
     ├── Forbidden(reason)                 credentials that do not allow this (403)
     ├── PayloadTooLarge(reason)           a request body over the function's limit (413)
     ├── GatewayTimeout(reason)            a function did not start answering in time (504)
-    ├── WakeFailed(name, reason)          a stopped function did not start for a request
+    ├── WakeFailed(name, reason, cause)   a stopped function did not start for a request
     ├── ProviderError(reason)             the engine failed or is unreachable
     └── ApiError(status, message)         the management API refused (client side)
 
 Foreign exceptions (Docker SDK, HTTP clients) are translated into these at the
 one module that talks to each foreign library; the HTTP layer maps them to
-status codes in one table (`faas.api.STATUS`).
+status codes in one table (`faas.gateway.STATUS`). A failed start carries its
+`Cause` as a field, set where it is raised, so nothing parses messages.
 """
+
+import enum
+
+
+class Cause(enum.StrEnum):
+    """Why a container did not become ready (a small, fixed set: metric labels)."""
+
+    TIMEOUT = "timeout"  # no HTTP answer within the ready timeout
+    EXITED = "exited"  # the process exited (crashed, bad command)
+    OOM = "oom"  # killed for exceeding its memory limit
+    ROUTE = "route"  # running and answering, but the proxy did not route it in time
+    ENGINE = "engine"  # the engine refused or failed
+    INVALID = "invalid"  # its labels do not describe a valid function
 
 
 class FaasError(Exception):
@@ -66,14 +80,20 @@ class ImageNotFound(FaasError):
 
 
 class DeployFailed(FaasError):
-    def __init__(self, name: str, reason: str, logs: str = "") -> None:
+    def __init__(self, name: str, reason: str, cause: Cause, logs: str = "") -> None:
         super().__init__(f"function {name!r} did not start: {reason}")
         self.name = name
         self.reason = reason
+        self.cause = cause
         self.logs = logs
 
     def detail(self) -> object:
-        return {"function": self.name, "reason": self.reason, "logs": self.logs}
+        return {
+            "function": self.name,
+            "reason": self.reason,
+            "cause": self.cause,
+            "logs": self.logs,
+        }
 
 
 class Unauthorized(FaasError):
@@ -107,13 +127,14 @@ class ApiError(FaasError):
 class WakeFailed(FaasError):
     """A stopped function could not be started for a request."""
 
-    def __init__(self, name: str, reason: str) -> None:
+    def __init__(self, name: str, reason: str, cause: Cause) -> None:
         super().__init__(f"function {name!r} could not be woken: {reason}")
         self.name = name
         self.reason = reason
+        self.cause = cause
 
     def detail(self) -> object:
-        return {"function": self.name, "reason": self.reason}
+        return {"function": self.name, "reason": self.reason, "cause": self.cause}
 
 
 class BuildFailed(FaasError):

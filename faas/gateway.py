@@ -1,32 +1,30 @@
-"""The gateway: the management REST API under /api/v1, guarded by the admin token.
+"""The gateway app: wiring, the admin token, and errors as HTTP answers.
 
 Run with `uvicorn faas.gateway:create_app --factory`; `faas up` does that.
-It keeps no state: every answer is read from the provider (Docker labels), so
-a restart loses nothing.
+
+    faas.api        management API (/api/v1, admin token)
+    faas.invoke     cold path (/function/<name>) and Traefik's key check
+    faas.lifecycle  deploy, wake, drain, rollout, remove  ->  Provider / Router
+    faas.scaler     idle detection;  faas.sampler  resource samples
+
+Endpoints raise `faas.errors`; `STATUS` below is the one table from error
+class to HTTP status, applied by Starlette's exception handlers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
-import re
-import tempfile
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from typing import IO, TypeVar, cast
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 from loguru import logger
-from prometheus_client import Counter
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import __version__, auth, labels, openapi
+from . import auth
+from .api import ManagementApi
 from .config import Settings
 from .docker_provider import DockerProvider
 from .errors import (
@@ -44,15 +42,14 @@ from .errors import (
     Unauthorized,
     WakeFailed,
 )
-from .keys import Keys, check_kid, presented_key
+from .invoke import CALL_ID, Invoker
+from .keys import Keys
+from .lifecycle import Lifecycle
 from .logging import configure_logging
-from .metrics import CONTENT_TYPE
-from .provider import Function, LogStream, Provider, State
+from .provider import Provider, Router
 from .proxy import Proxy
 from .sampler import Sampler
 from .scaler import Scaler
-from .spec import FunctionSpec, check_name, parse_spec, valid_image
-from .stats import function_rows, parse_traefik
 from .traefik import Drains, TraefikRouter
 
 # One table from error type to HTTP status.
@@ -71,448 +68,73 @@ STATUS: dict[type[FaasError], int] = {
     GatewayTimeout: 504,
 }
 
-# Longest lifetime of an invoke key, in seconds (ten years).
-MAX_KEY_TTL = 10 * 365 * 24 * 3600
-# The request id header, lower case as ASGI gives header names.
-CALL_ID = "x-call-id"
-# A caller's request id is kept only when it matches, as in Traefik's callid
-# middleware (traefik/plugins-local/src/faas/callid), which sets it first on
-# every request through Traefik.
-SANE_CALL_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
 # How long a caller should wait before retrying after a failed wake.
 RETRY_AFTER = "1"
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-T = TypeVar("T")
-_END = object()
 
 
-def call_id(given: str | None) -> str:
-    """The caller's request id when sane, else a new one (32 hex digits)."""
-    if given is not None and SANE_CALL_ID.fullmatch(given):
-        return given
-    return uuid.uuid4().hex
+def status_of(exc: FaasError) -> int:
+    return next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
 
 
-def error_response(exc: FaasError) -> JSONResponse:
-    status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+async def error_response(request: Request, exc: Exception) -> Response:
+    """A FaasError as its JSON answer (the exception handler of every FaasError)."""
+    assert isinstance(exc, FaasError)
+    status = status_of(exc)
+    headers = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, WakeFailed):
-        headers = {"Retry-After": RETRY_AFTER}
+        headers["Retry-After"] = RETRY_AFTER
+    rid = getattr(request.state, "call_id", None)
+    if rid is not None:  # a cold-path request: the caller gets the id the log lines carry
+        headers[CALL_ID] = rid
     return JSONResponse(
         {"error": exc.message, "detail": exc.detail()}, status_code=status, headers=headers
     )
 
 
-class Api:
-    """The endpoints, bound to one provider and one admin token."""
+def admin(token: str, endpoint: Endpoint) -> Endpoint:
+    """`endpoint`, for callers with the admin token only."""
 
-    def __init__(
-        self,
-        provider: Provider,
-        token: str,
-        scaler: Scaler,
-        keys: Keys,
-        settings: Settings,
-        router: TraefikRouter | None = None,
-    ) -> None:
-        self.provider = provider
-        self.token = token
-        self.base_image = settings.base_image
-        self.scaler = scaler
-        self.keys = keys
-        self.max_body = settings.max_body_bytes  # the platform default; a spec may set its own
-        self.proxy = Proxy(settings.request_timeout)
-        self.counters = scaler.metrics
-        self.router = router
+    async def guarded(request: Request) -> Response:
+        if not auth.bearer_matches(request.headers.get("authorization"), token):
+            raise Unauthorized("missing or wrong admin token (Authorization: Bearer ...)")
+        return await endpoint(request)
 
-    def admin(self, endpoint: Endpoint) -> Endpoint:
-        """Wrap an endpoint: require the admin token, turn FaasError into JSON."""
-
-        async def guarded(request: Request) -> Response:
-            try:
-                if not auth.bearer_matches(request.headers.get("authorization"), self.token):
-                    raise Unauthorized("missing or wrong admin token (Authorization: Bearer ...)")
-                return await endpoint(request)
-            except FaasError as exc:
-                return error_response(exc)
-
-        return guarded
-
-    async def healthz(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "version": __version__})
-
-    async def openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi.document())
-
-    async def metrics(self, request: Request) -> Response:
-        """The gateway's Prometheus exposition (Traefik serves its own)."""
-        return Response(self.counters.exposition(), media_type=CONTENT_TYPE)
-
-    async def stats(self, request: Request) -> Response:
-        """Per function: Traefik's request metrics joined with the gateway's numbers."""
-        name = request.query_params.get("name")
-        if name is not None:
-            functions = [await run_in_threadpool(self.provider.get, check_name(name))]
-        else:
-            functions = await run_in_threadpool(self.provider.list)
-        text = await run_in_threadpool(self.router.metrics_text) if self.router else ""
-        rows = function_rows(
-            functions, parse_traefik(text), self.scaler.starts, self.counters.snapshot.resources
-        )
-        return JSONResponse(rows)
-
-    def _view(self, function: Function) -> dict[str, object]:
-        view = function.to_json()
-        if self.scaler.waking(function.spec.name):
-            view["state"] = State.STARTING.value  # the engine says running; not ready yet
-        return view
-
-    async def list_functions(self, request: Request) -> Response:
-        functions = await run_in_threadpool(self.provider.list)
-        return JSONResponse([self._view(f) for f in functions])
-
-    async def create_function(self, request: Request) -> Response:
-        spec = parse_spec(await _json_body(request))
-        try:
-            await run_in_threadpool(self.provider.get, spec.name)
-        except FunctionNotFound:
-            pass
-        else:
-            raise FunctionExists(spec.name)
-        return await self._deploy(spec, status=201)
-
-    async def get_function(self, request: Request) -> Response:
-        name = check_name(request.path_params["name"])
-        function = await run_in_threadpool(self.provider.get, name)
-        return JSONResponse(self._view(function))
-
-    async def put_function(self, request: Request) -> Response:
-        name = check_name(request.path_params["name"])
-        body = await _json_body(request)
-        if isinstance(body, dict) and body.setdefault("name", name) != name:
-            raise InvalidSpec("name", f"does not match the URL ({name!r})")
-        return await self._deploy(parse_spec(body), status=200)
-
-    async def delete_function(self, request: Request) -> Response:
-        name = check_name(request.path_params["name"])
-        with counted(self.counters.removes):
-            await run_in_threadpool(self.provider.remove, name)
-        return Response(status_code=204)
-
-    async def logs(self, request: Request) -> Response:
-        name = check_name(request.path_params["name"])
-        follow = request.query_params.get("follow", "false").lower() in ("1", "true", "yes")
-        tail = _int_param(request, "tail")
-        since = _int_param(request, "since")
-        stream = await run_in_threadpool(
-            lambda: self.provider.logs(name, follow=follow, tail=tail, since=since)
-        )
-        return StreamingResponse(_drain(stream), media_type="text/plain; charset=utf-8")
-
-    async def scale(self, request: Request) -> Response:
-        name = check_name(request.path_params["name"])
-        body = await _json_body(request)
-        replicas = body.get("replicas") if isinstance(body, dict) and len(body) == 1 else None
-        if type(replicas) is not int or replicas not in (0, 1):
-            raise InvalidSpec("replicas", 'send {"replicas": 0} or {"replicas": 1}')
-        function = await run_in_threadpool(self.provider.get, name)
-        if replicas == 0 and function.state is not State.STOPPED:
-            await self.scaler.scale_down(name)
-        elif replicas == 1 and function.state is not State.RUNNING:
-            await self.scaler.wake(name)
-        function = await run_in_threadpool(self.provider.get, name)
-        return JSONResponse(function.to_json())
-
-    def authorize(self, request: Request, name: str) -> None:
-        """Let the admin token or a key for `name` through; raise Unauthorized/Forbidden."""
-        authorization = request.headers.get("authorization")
-        faas_key = request.headers.get("x-faas-key")
-        if auth.bearer_matches(authorization, self.token) or auth.bearer_matches(
-            f"Bearer {faas_key}", self.token
-        ):
-            return
-        self.keys.check(name, presented_key(authorization, faas_key))
-
-    async def check_key(self, request: Request) -> Response:
-        """Traefik's forwardAuth for `key` functions: 200 lets the request through."""
-        try:
-            self.authorize(request, check_name(request.path_params["name"]))
-        except FaasError as exc:
-            return error_response(exc)
-        return Response(status_code=200)
-
-    async def create_key(self, request: Request) -> Response:
-        name = check_name(request.path_params["name"])
-        raw = await request.body()
-        body = _json_body_of(raw) if raw.strip() else {}
-        ttl = body.get("ttl") if isinstance(body, dict) and set(body) <= {"ttl"} else "bad"
-        if ttl is not None and (type(ttl) is not int or not 1 <= ttl <= MAX_KEY_TTL):
-            raise InvalidSpec(
-                "ttl", f'send {{"ttl": seconds (1-{MAX_KEY_TTL})}} or {{"ttl": null}}'
-            )
-        await run_in_threadpool(self.provider.get, name)
-        issued = self.keys.create(name, ttl)
-        logger.info("created key {} for {}", issued.kid, name)  # the id only, never the key
-        return JSONResponse(issued.to_json(), status_code=201)
-
-    async def revoke_key(self, request: Request) -> Response:
-        kid = check_kid(request.path_params["kid"])
-        await run_in_threadpool(self.keys.revoke, kid)
-        logger.info("revoked key {}", kid)
-        return Response(status_code=204)
-
-    def _guard_invoke(self, request: Request, spec: FunctionSpec) -> tuple[str, ...]:
-        """Check a cold-path request as the function's own router would; returns
-        the headers to strip before forwarding."""
-        limit = self.max_body if spec.limits.max_body_bytes is None else spec.limits.max_body_bytes
-        length = request.headers.get("content-length", "")
-        if limit and length.isdigit() and int(length) > limit:
-            raise PayloadTooLarge(f"request body larger than {limit} bytes")
-        if spec.auth != "key":
-            return ()
-        self.authorize(request, spec.name)
-        return labels.KEY_HEADERS
-
-    async def invoke(self, request: Request) -> Response:
-        """A request for a function Traefik has no live route for: wake it, forward.
-
-        The request id (`X-Call-Id`: the caller's, or Traefik's, when sane, else a
-        new one) goes to the function, back to the caller in place of any the
-        function sent, and into every log line of this request."""
-        rid = call_id(request.headers.get(CALL_ID))
-        with logger.contextualize(call_id=rid):
-            response = await self._invoke(request, rid)
-        response.raw_headers = [
-            *((k, v) for k, v in response.raw_headers if k.lower() != CALL_ID.encode()),
-            (CALL_ID.encode(), rid.encode()),
-        ]
-        return response
-
-    async def _invoke(self, request: Request, rid: str) -> Response:
-        name = request.path_params["name"]
-        try:
-            check_name(name)
-            function = await run_in_threadpool(self.provider.get, name)
-            strip = self._guard_invoke(request, function.spec)
-            prefix = labels.function_path(name)
-            raw = request.scope.get("raw_path") or request.url.path.encode()
-            path = raw[len(prefix) :].decode("latin-1") or "/"
-            arrived = time.monotonic()
-            address, waited = await self.scaler.address(function)
-            self.scaler.begin(name)
-            response = await self.proxy.forward(
-                request,
-                address,
-                path,
-                prefix,
-                done=lambda: self.scaler.end(name),
-                strip=strip,
-                headers=[(CALL_ID.encode(), rid.encode())],
-            )
-            if waited is not None:
-                headers_at = time.monotonic()
-                self.counters.cold_first_byte.observe(headers_at - arrived)
-                self.counters.wake_phase.labels("first_byte").observe(headers_at - arrived - waited)
-                # Standard timing header: lets callers (and make bench) see the cold start.
-                response.raw_headers.append(
-                    (b"server-timing", f"wake;dur={waited * 1000:.1f}".encode())
-                )
-            return response
-        except InvalidSpec:
-            return error_response(FunctionNotFound(name))
-        except FaasError as exc:
-            return error_response(exc)
-
-    async def pull(self, request: Request) -> Response:
-        """Pull an image unless present, streaming the engine's progress as JSON lines."""
-        body = await _json_body(request)
-        if not isinstance(body, dict) or not set(body) <= {"image", "auth"}:
-            raise InvalidSpec("", 'send {"image": "repo[:tag]", "auth"?: {"username", "password"}}')
-        image, credentials = body.get("image"), body.get("auth")
-        if not isinstance(image, str) or not valid_image(image):
-            raise InvalidSpec("image", "not a valid image reference")
-        if credentials is not None and not (
-            isinstance(credentials, dict)
-            and set(credentials) == {"username", "password"}
-            and all(isinstance(v, str) for v in credentials.values())
-        ):
-            raise InvalidSpec("auth", 'must be {"username": "...", "password": "..."}')
-        events = iter(self.provider.pull(image, credentials))
-        first = await run_in_threadpool(next, events, None)  # fail as a plain 4xx
-        return _ndjson(_prepend(first, events))
-
-    async def load(self, request: Request) -> Response:
-        """Load a docker-save or OCI archive sent as the body."""
-        archive = await _spool(request, MAX_UPLOAD)
-        with archive:
-            images = await run_in_threadpool(self.provider.load, archive)
-        return JSONResponse({"images": images})
-
-    async def build(self, request: Request) -> Response:
-        """Build the tar context in the body as faas/<name>:<content hash>, streaming output.
-
-        The last JSON line is {"image": ...} or {"error": ..., "log": ...}; nothing is
-        deployed here, so a failed build leaves the running version untouched.
-        """
-        name = check_name(request.path_params["name"])
-        context = await _spool(request, MAX_UPLOAD)
-        digest = hashlib.sha256()
-        for block in iter(lambda: context.read(1 << 20), b""):
-            digest.update(block)
-        context.seek(0)
-        tag = f"faas/{name}:{digest.hexdigest()[:12]}"
-        # A handler template's Dockerfile starts FROM the platform's base image.
-        args = {"BASE_IMAGE": self.base_image} if "template" in request.query_params else None
-
-        async def lines() -> AsyncIterator[dict[str, object]]:
-            try:
-                async for line in _iterate(self.provider.build(context, tag, args)):
-                    yield {"stream": line}
-                yield {"image": tag}
-            except FaasError as exc:
-                yield {"error": exc.message, "detail": exc.detail()}
-            finally:
-                context.close()
-
-        return _ndjson(lines())
-
-    async def _deploy(self, spec: FunctionSpec, status: int) -> Response:
-        logger.info("deploying {} from {}", spec.name, spec.image)
-        with counted(self.counters.deploys):
-            function = await run_in_threadpool(self.provider.deploy, spec)
-        return JSONResponse(function.to_json(), status_code=status)
-
-
-@contextmanager
-def counted(counter: Counter) -> Iterator[None]:
-    """Count one operation by outcome: `ok`, or `error` if it raised."""
-    try:
-        yield
-    except BaseException:
-        counter.labels("error").inc()
-        raise
-    counter.labels("ok").inc()
-
-
-async def _json_body(request: Request) -> object:
-    return _json_body_of(await request.body())
-
-
-def _json_body_of(raw: bytes) -> object:
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidSpec("", f"request body is not valid JSON: {exc}") from exc
-
-
-def _int_param(request: Request, key: str) -> int | None:
-    raw = request.query_params.get(key)
-    if raw is None:
-        return None
-    if not raw.isdigit():
-        raise InvalidSpec(key, "must be a non-negative integer")
-    return int(raw)
-
-
-# Largest build context or image archive the API accepts.
-MAX_UPLOAD = 2 << 30
-
-
-async def _spool(request: Request, limit: int) -> IO[bytes]:
-    """The request body in a temporary file (memory first, disk when large)."""
-    spool = tempfile.SpooledTemporaryFile(max_size=32 << 20)  # noqa: SIM115 - returned
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            spool.close()
-            raise InvalidSpec("body", f"larger than {limit} bytes")
-        spool.write(chunk)
-    spool.seek(0)
-    return cast(IO[bytes], spool)
-
-
-async def _iterate(blocking: Iterable[T]) -> AsyncIterator[T]:
-    """Walk a blocking iterator from async code, one step per worker thread."""
-    items = iter(blocking)
-    while True:
-        item = await run_in_threadpool(next, items, _END)
-        if item is _END:
-            return
-        yield cast(T, item)
-
-
-async def _prepend(
-    first: dict[str, object] | None, rest: Iterator[dict[str, object]]
-) -> AsyncIterator[dict[str, object]]:
-    try:
-        if first is not None:
-            yield first
-            async for event in _iterate(rest):
-                yield event
-        yield {"status": "ready"}
-    except FaasError as exc:
-        yield {"error": exc.message, "detail": exc.detail()}
-
-
-def _ndjson(events: AsyncIterator[dict[str, object]]) -> StreamingResponse:
-    async def encode() -> AsyncIterator[bytes]:
-        async for event in events:
-            yield json.dumps(event).encode() + b"\n"
-
-    return StreamingResponse(encode(), media_type="application/x-ndjson")
-
-
-async def _drain(stream: LogStream) -> AsyncIterator[bytes]:
-    """Relay a blocking log stream; closing it on disconnect frees its thread."""
-    try:
-        async for chunk in _iterate(stream):
-            yield chunk
-    finally:
-        stream.close()
+    return guarded
 
 
 def build_app(
-    provider: Provider,
+    lifecycle: Lifecycle,
     token: str,
-    scaler: Scaler,
     keys: Keys,
     settings: Settings | None = None,
-    router: TraefikRouter | None = None,
+    *,
+    scaler: Scaler | None = None,
     sampler: Sampler | None = None,
+    proxy: Proxy | None = None,
 ) -> Starlette:
-    api = Api(provider, token, scaler, keys, settings or Settings(), router)
-    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    settings = settings or Settings()
+    scaler = scaler or Scaler(lifecycle, settings.scale_interval)
+    api = ManagementApi(lifecycle, scaler, keys, settings)
+    invoker = Invoker(lifecycle, scaler, keys, token, settings, proxy)
     routes = [
-        Route("/api/v1/healthz", api.healthz),
-        Route("/api/v1/openapi.json", api.admin(api.openapi)),
+        Route("/api/v1/healthz", api.healthz, methods=["GET"]),
         # Unguarded on the gateway's own (loopback) port; through Traefik only with the token.
-        Route("/metrics", api.metrics, methods=["GET"]),
-        Route("/api/v1/metrics", api.admin(api.metrics), methods=["GET"]),
-        Route("/api/v1/stats", api.admin(api.stats), methods=["GET"]),
-        Route("/api/v1/functions", api.admin(api.list_functions), methods=["GET"]),
-        Route("/api/v1/functions", api.admin(api.create_function), methods=["POST"]),
-        Route("/api/v1/functions/{name}", api.admin(api.get_function), methods=["GET"]),
-        Route("/api/v1/functions/{name}", api.admin(api.put_function), methods=["PUT"]),
-        Route("/api/v1/functions/{name}", api.admin(api.delete_function), methods=["DELETE"]),
-        Route("/api/v1/functions/{name}/logs", api.admin(api.logs), methods=["GET"]),
-        Route("/api/v1/functions/{name}/scale", api.admin(api.scale), methods=["POST"]),
-        Route("/api/v1/functions/{name}/build", api.admin(api.build), methods=["POST"]),
-        Route("/api/v1/images/pull", api.admin(api.pull), methods=["POST"]),
-        Route("/api/v1/images/load", api.admin(api.load), methods=["POST"]),
-        Route("/api/v1/functions/{name}/keys", api.admin(api.create_key), methods=["POST"]),
-        Route("/api/v1/keys/{kid}", api.admin(api.revoke_key), methods=["DELETE"]),
-        Route("/api/v1/auth/{name}", api.check_key, methods=methods),
-        Route("/function/{name}", api.invoke, methods=methods),
-        Route("/function/{name}/{path:path}", api.invoke, methods=methods),
+        Route("/metrics", api.prometheus, methods=["GET"]),
+        *(
+            Route(r.path, admin(token, r.endpoint), methods=sorted(r.methods or ()))
+            for r in api.routes()
+        ),
+        *invoker.routes(),
     ]
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
-            await asyncio.to_thread(provider.prepare)
+            await asyncio.to_thread(lifecycle.provider.prepare)
         except FaasError as exc:
             # Not fatal: the engine may come later; every call says so meanwhile.
             logger.warning("could not prepare the engine: {}", exc)
@@ -524,13 +146,12 @@ def build_app(
         finally:
             for task in tasks:
                 task.cancel()
-            await api.proxy.close()
+            await invoker.close()
 
-    return Starlette(
-        routes=routes,
-        exception_handlers={404: _not_found, 405: _not_allowed},
-        lifespan=lifespan,
-    )
+    handlers: dict[int | type[Exception], Callable[[Request, Exception], Awaitable[Response]]]
+    handlers = {404: _not_found, 405: _not_allowed, FaasError: error_response}
+    handlers.update(dict.fromkeys(STATUS, error_response))
+    return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
@@ -545,15 +166,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """The app uvicorn serves: settings from FAAS_*, the Docker provider."""
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_format)
-    api_url = settings.traefik_api
-    router = None
-    if api_url:
+    router: Router | None = None
+    if settings.traefik_api:
         drains = Drains(settings.dynamic_dir)
         drains.clear()  # a drain left by a crash would keep traffic on the gateway
-        router = TraefikRouter(api_url, settings.ready_timeout, drains)
-    provider = DockerProvider(settings, router=router)
-    scaler = Scaler(provider, router, settings.scale_interval)
-    keys = Keys.from_settings(settings)
+        router = TraefikRouter(settings.traefik_api, settings.ready_timeout, drains)
+    provider: Provider = DockerProvider(settings)
+    lifecycle = Lifecycle(provider, router, settings)
+    sampler = Sampler(
+        lifecycle, lifecycle.metrics, settings.stats_interval, settings.stats_concurrency
+    )
     token = auth.admin_token(settings)
-    sampler = Sampler(provider, scaler.metrics, settings.stats_interval, settings.stats_concurrency)
-    return build_app(provider, token, scaler, keys, settings, router, sampler)
+    return build_app(lifecycle, token, Keys.from_settings(settings), settings, sampler=sampler)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 
+from pydantic import ValidationError
+
 from .spec import FunctionSpec
 
 SCHEMA_VERSION = "1"
@@ -23,6 +25,10 @@ SCHEMA = "faas.schema"
 SPEC_PREFIX = "faas.spec."
 ENTRYPOINT = "web"
 RESERVED_PREFIXES = ("faas.", "traefik.", "com.docker.")
+# On images: what built one (`build`); inert, so allowed on function images with
+# the other build metadata below.
+IMAGE = "faas.image"
+IMAGE_LABELS_ALLOWED = frozenset({IMAGE, "faas.source", "faas.test"})
 
 
 def function_path(name: str) -> str:
@@ -68,6 +74,25 @@ def spec_from_labels(labels: dict[str, str]) -> FunctionSpec:
             continue  # written by a newer version; ignore rather than fail
         data[field] = raw if _is_str_field(field) else json.loads(raw)
     return FunctionSpec.model_validate(data)
+
+
+def read_spec(labels: dict[str, str]) -> tuple[FunctionSpec, str]:
+    """The spec in a container's labels, and "" ; or, when they do not validate
+    (hand-made, or left by another version), a stand-in naming the function and
+    why. One such container must not break listings or the loops that read them."""
+    try:
+        return spec_from_labels(labels), ""
+    except (ValidationError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        problem = str(exc).splitlines()
+        reason = f"labels do not validate: {problem[-1].strip() if problem else exc}"
+        if isinstance(exc, ValidationError):
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            reason = f"labels do not validate: {where}: {first['msg']}"
+        stand_in = FunctionSpec.model_construct(
+            name=labels.get(FUNCTION, ""), image=labels.get(SPEC_PREFIX + "image", "")
+        )
+        return stand_in, reason
 
 
 # Headers that carry an invoke key; removed before a request reaches a function.

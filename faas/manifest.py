@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InvalidSpec
+from .spec import FunctionSpec
 
-SPEC_KEYS = frozenset({"name", "image", "port", "command", "env", "health_path", "runtime",
-                       "gpus", "resources", "auth", "read_only", "cap_add", "labels",
-                       "limits"})  # fmt: skip
-SOURCE_KEYS = frozenset({"build", "lang"})
+# The scaling fields sit in their own [scaling] table; every other spec field
+# is a top-level key (derived from the model, so a new field needs no edit here).
 SCALING_KEYS = frozenset({"min_scale", "idle_timeout"})
+SPEC_KEYS = frozenset(FunctionSpec.model_fields) - SCALING_KEYS
+SOURCE_KEYS = frozenset({"build", "lang"})
 
 
 @dataclass

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .provider import Function, Resources, State
+from .provider import Function, State, Usage
 
 # Wakes take from ~30 ms (a tiny server) to the ready timeout (30 s by default).
 WAKE_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -27,7 +27,7 @@ class Snapshot(Collector):
 
     def __init__(self) -> None:
         self.states: Tally[str] = Tally()
-        self.resources: dict[str, Resources] = {}
+        self.resources: dict[str, Usage] = {}
 
     def collect(self) -> Iterator[Metric]:
         states = GaugeMetricFamily(
@@ -92,27 +92,20 @@ class Metrics:
         self.scale_downs = Counter(
             "faas_scale_downs", "Scale-downs to zero by reason.", ["reason"], registry=r
         )
+        self.loop_errors = Counter(
+            "faas_loop_errors",
+            "Failed rounds of a background loop (scaler, sampler); the loop goes on.",
+            ["loop"],
+            registry=r,
+        )
         self.snapshot = Snapshot()
         r.register(self.snapshot)
 
     def saw_functions(self, functions: Iterable[Function]) -> None:
         self.snapshot.states = Tally(f.state.value for f in functions)
 
-    def sampled(self, resources: dict[str, Resources]) -> None:
+    def sampled(self, resources: dict[str, Usage]) -> None:
         self.snapshot.resources = resources
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def wake_failure_cause(reason: str) -> str:
-    """A small, fixed set of label values from a failed start's reason."""
-    if "out of memory" in reason:
-        return "oom"
-    if "no HTTP answer" in reason:
-        return "timeout"
-    if "exited" in reason:
-        return "exited"
-    if "Traefik" in reason:
-        return "route"
-    return "other"

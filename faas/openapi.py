@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from functools import cache
 
 from . import __version__
+from .provider import State
 from .spec import FunctionSpec
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -34,6 +35,15 @@ def _responses(ok: str, schema: Mapping[str, object] | None, *errors: int) -> di
     return out
 
 
+_TAR = {
+    "required": True,
+    # A tar archive; any type is taken (octet-stream is what clients send).
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+}
+# forwardAuth asks with the method of the request it checks.
+AUTH_METHODS = ("get", "post", "put", "patch", "delete", "options")
+
+
 @cache
 def document() -> dict[str, object]:
     spec_ref = {"$ref": "#/components/schemas/FunctionSpec"}
@@ -47,7 +57,7 @@ def document() -> dict[str, object]:
             {
                 "type": "object",
                 "properties": {
-                    "state": {"enum": ["running", "stopped", "starting", "failed"]},
+                    "state": {"enum": [s.value for s in State]},
                     "reason": {"type": "string"},
                     "container": {"type": "string"},
                     "created": {"type": "string", "format": "date-time"},
@@ -75,6 +85,9 @@ def document() -> dict[str, object]:
         "paths": {
             "/api/v1/healthz": {
                 "get": {"security": [], "responses": {"200": {"description": "OK"}}}
+            },
+            "/api/v1/openapi.json": {
+                "get": {"summary": "This document", "responses": _responses("200", {})}
             },
             "/api/v1/functions": {
                 "get": {"responses": _responses("200", {"type": "array", "items": fn_ref})},
@@ -124,6 +137,85 @@ def document() -> dict[str, object]:
                 ],
                 "get": {
                     "responses": _responses("200", None, 404),
+                },
+            },
+            "/api/v1/functions/{name}/scale": {
+                "parameters": [name],
+                "post": {
+                    "summary": "Stop (0) or start (1) the function",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["replicas"],
+                                    "additionalProperties": False,
+                                    "properties": {"replicas": {"type": "integer", "enum": [0, 1]}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": _responses("200", fn_ref, 404, 422, 503),
+                },
+            },
+            "/api/v1/functions/{name}/build": {
+                "parameters": [
+                    name,
+                    {"name": "template", "in": "query", "schema": {"type": "string"}},
+                ],
+                "post": {
+                    "summary": "Build a tar build context as faas/<name>:<hash> (NDJSON output; "
+                    "the last line holds the image or the error)",
+                    "requestBody": _TAR,
+                    "responses": _responses("200", None, 422),
+                },
+            },
+            "/api/v1/images/pull": {
+                "post": {
+                    "summary": "Pull an image unless present (NDJSON progress)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["image"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "image": {"type": "string"},
+                                        "auth": {
+                                            "type": "object",
+                                            "required": ["username", "password"],
+                                            "properties": {
+                                                "username": {"type": "string"},
+                                                "password": {"type": "string"},
+                                            },
+                                        },
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": _responses("200", None, 422),
+                }
+            },
+            "/api/v1/images/load": {
+                "post": {
+                    "summary": "Load a docker-save or OCI image-layout archive",
+                    "requestBody": _TAR,
+                    "responses": _responses("200", {"type": "object"}, 422),
+                }
+            },
+            "/api/v1/auth/{name}": {
+                "parameters": [name],
+                **{
+                    method: {
+                        "summary": "Traefik's forwardAuth: may this request invoke the "
+                        "function? (an invoke key or the admin token)",
+                        "responses": _responses("200", None, 403, 404),
+                    }
+                    for method in AUTH_METHODS
                 },
             },
             "/api/v1/metrics": {

@@ -1,4 +1,14 @@
-"""The contract between the platform and whatever runs containers."""
+"""The contracts between the platform's core and what it drives.
+
+    faas.lifecycle (wake, drain, rollout, remove)
+        ├── Provider   engine calls on instances (containers): faas.docker_provider
+        └── Router     the proxy in front of them: faas.traefik.TraefikRouter
+
+A provider does engine calls only and keeps no state of its own: every fact
+is read back from the engine (labels, `faas.labels`). The sequences that
+combine those calls, and the platform's policy (`faas.policy`), live above it,
+so a second engine gets them without copying code.
+"""
 
 from __future__ import annotations
 
@@ -17,18 +27,33 @@ class State(enum.StrEnum):
     STOPPED = "stopped"
     STARTING = "starting"
     FAILED = "failed"
+    INVALID = "invalid"  # its labels do not describe a valid function (hand-made, older version)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One container of a function, as the engine reports it now."""
+
+    id: str
+    spec: FunctionSpec  # for an INVALID instance, only name and image are meaningful
+    state: State
+    created: datetime
+    address: str | None = None  # "ip:port" on the function network, when running
+    reason: str = ""  # why it is failed, stopped or invalid, when known
+    oom_killed: bool = False  # the engine's flag: its last exit was an OOM kill
 
 
 @dataclass(frozen=True)
 class Function:
-    """A deployed function as the provider sees it right now."""
+    """A deployed function: the instance that serves it (the newest running one,
+    else the newest) and how many it has."""
 
     spec: FunctionSpec
     state: State
     container_id: str
     created: datetime
-    address: str | None = None  # "ip:port" on the function network, when running
-    reason: str = ""  # why it is failed or stopped, when known
+    address: str | None = None
+    reason: str = ""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -41,15 +66,39 @@ class Function:
         }
 
 
+def serving(instances: builtins.list[Instance]) -> Instance:
+    """The instance that stands for its function: running first, then the newest."""
+    return max(instances, key=lambda i: (i.state is State.RUNNING, i.created))
+
+
+def function_of(instance: Instance) -> Function:
+    return Function(
+        spec=instance.spec,
+        state=instance.state,
+        container_id=instance.id,
+        created=instance.created,
+        address=instance.address,
+        reason=instance.reason,
+    )
+
+
 @dataclass(frozen=True)
-class Resources:
-    """One sample of a running function container's resource use."""
+class Usage:
+    """One sample of a running instance's resource use."""
 
     memory_bytes: int
     memory_limit_bytes: int
     cpu_seconds: float
     restarts: int
     oom_killed: bool  # the engine's flag: the container's last exit was an OOM kill
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the engine itself must answer for the policy to decide."""
+
+    runtimes: frozenset[str]  # OCI runtimes registered with the engine
+    default_runtime: str | None  # the one a container gets when it names none
 
 
 @dataclass
@@ -70,10 +119,11 @@ class LogStream(Protocol):
 
 
 class Router(Protocol):
-    """The proxy in front of the functions, as far as a deploy must wait for it."""
+    """The proxy in front of the functions."""
 
     def routed(self, spec: FunctionSpec, address: str, *, only: bool = False) -> None:
-        """Return once the function's traffic goes to `address` (and nowhere else, if `only`)."""
+        """Return once the function's traffic goes to `address` (and nowhere else, if `only`);
+        raise DeployFailed (cause `route`) when it does not in time."""
         ...
 
     def unrouted(self, name: str) -> None:
@@ -88,35 +138,78 @@ class Router(Protocol):
 
     def undrain(self, name: str) -> None: ...
 
+    def request_counts(self) -> dict[str, float]:
+        """Requests served so far per proxy service (`faas.labels.service_name`)."""
+        ...
+
+    def metrics_text(self) -> str:
+        """The proxy's own Prometheus exposition."""
+        ...
+
 
 class Provider(Protocol):
-    """Runs function containers. Implementations translate their engine's errors
-    into `faas.errors` and keep all state on the engine's side."""
+    """Engine calls on the instances of the functions of one namespace.
+
+    Implementations translate their engine's errors into `faas.errors`
+    (ProviderError when the engine fails) and keep all state on the engine's side.
+    """
 
     def prepare(self) -> None:
         """Make what every function needs (their network), at the gateway's start;
         log what is wrong with what is already there."""
         ...
 
-    def deploy(self, spec: FunctionSpec) -> Function:
-        """Start `spec` as a new container, ready to serve, and retire older ones."""
+    def engine_info(self) -> EngineInfo: ...
+
+    def instances(self, name: str | None = None) -> builtins.list[Instance]:
+        """Every instance of the namespace, or of one function; in no particular order."""
         ...
 
-    def remove(self, name: str) -> None: ...
-
-    def get(self, name: str) -> Function: ...
-
-    def list(self) -> list[Function]: ...
-
-    def start(self, name: str, times: StartTimes | None = None) -> Function:
-        """Start a stopped function; return once it answers. Fills `times` if given."""
+    def inspect(self, instance_id: str) -> Instance:
+        """One instance's state now; raises FunctionNotFound when it is gone."""
         ...
 
-    def resources(self, fn: Function) -> Resources:
-        """One sample of the resource use of `fn`'s container (as listed, running)."""
+    def create(self, spec: FunctionSpec) -> Instance:
+        """A new instance of `spec`, created but not started (InvalidSpec if the engine refuses)."""
         ...
 
-    def stop(self, name: str) -> None: ...
+    def start(self, instance_id: str) -> None: ...
+
+    def stop(self, instance_id: str, timeout: float) -> None:
+        """SIGTERM, then SIGKILL after `timeout` seconds; a gone instance is no error."""
+        ...
+
+    def remove(self, instance_id: str) -> None:
+        """Delete the instance (killing it if it still runs); a gone instance is no error."""
+        ...
+
+    def tail(self, instance_id: str, lines: int = 20) -> str:
+        """The last lines of its output, for an error message ("" if unavailable)."""
+        ...
+
+    def logs(
+        self,
+        instance_id: str,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: int | None = None,
+    ) -> LogStream: ...
+
+    def usage(self, instance_id: str) -> Usage:
+        """One sample of a running instance's resource use."""
+        ...
+
+    def sent_bytes(self, instance_id: str) -> int | None:
+        """Bytes the running instance has sent so far; None when not running.
+
+        Only what the container sends: received bytes include every broadcast
+        on the network, which would keep all functions looking busy."""
+        ...
+
+    def image_labels(self, image: str) -> dict[str, str] | None:
+        """The labels of a local image, None when the engine does not have it."""
+        ...
 
     def pull(self, image: str, auth: dict[str, str] | None = None) -> Iterator[dict[str, object]]:
         """Pull `image` unless present, yielding the engine's progress events.
@@ -134,14 +227,3 @@ class Provider(Protocol):
     ) -> Iterator[str]:
         """Build the tar build context as `tag`, yielding output lines; raises BuildFailed."""
         ...
-
-    def sent_bytes(self, name: str) -> int | None:
-        """Bytes the running function has sent so far; None when not running.
-
-        Only what the container sends: received bytes include every broadcast
-        on the network, which would keep all functions looking busy."""
-        ...
-
-    def logs(
-        self, name: str, *, follow: bool = False, tail: int | None = None, since: int | None = None
-    ) -> LogStream: ...

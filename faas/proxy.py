@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
+import anyio
 import httpx
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from .errors import GatewayTimeout, ProviderError
 
@@ -32,12 +33,15 @@ HOP_BY_HOP = frozenset(
 
 
 class Proxy:
-    def __init__(self, header_timeout: float = 0) -> None:
+    def __init__(
+        self, header_timeout: float = 0, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self.header_timeout = header_timeout or None  # 0: wait as long as the caller
         # No read timeout: a long request or a stream must not be cut here.
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=5.0, read=None, write=None, pool=None),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+            transport=transport,
         )
 
     async def forward(
@@ -54,7 +58,7 @@ class Proxy:
         the headers named in `strip`.
 
         `headers` replace the request's headers of the same names. `done` runs
-        once the response body has been sent (or the send failed).
+        exactly once, when the relay ends or when forwarding fails.
         """
         try:
             return await self._forward(request, address, path, prefix, done, strip, headers)
@@ -96,11 +100,7 @@ class Proxy:
             ) from exc
         except httpx.HTTPError as exc:
             raise ProviderError(f"function at {address} did not answer: {exc}") from exc
-        out = StreamingResponse(
-            response.aiter_raw(),
-            status_code=response.status_code,
-            background=BackgroundTask(_close, response, done),
-        )
+        out = Relayed(response, done)
         # Raw pairs, not a dict: repeated headers (Set-Cookie) must all pass.
         out.raw_headers = [
             (k, v) for k, v in response.headers.raw if k.decode("latin-1").lower() not in HOP_BY_HOP
@@ -111,11 +111,28 @@ class Proxy:
         await self.client.aclose()
 
 
-async def _close(response: httpx.Response, done: Callable[[], None]) -> None:
-    try:
-        await response.aclose()
-    finally:
-        done()
+class Relayed(StreamingResponse):
+    """The function's answer, streamed; `done` runs however the relay ends.
+
+    However: the body sent whole, the function dying mid-body, the client going
+    away, a cancellation. (A background task would be skipped when the body
+    stream raises, and the scaler would count the request as in flight forever.)
+    """
+
+    def __init__(self, upstream: httpx.Response, done: Callable[[], None]) -> None:
+        super().__init__(upstream.aiter_raw(), status_code=upstream.status_code)
+        self.upstream = upstream
+        self.done = done
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self.upstream.aclose()
+            finally:
+                self.done()
 
 
 def _has_body(request: Request) -> bool:

@@ -19,28 +19,31 @@ from loguru import logger
 from starlette.concurrency import run_in_threadpool
 
 from .errors import FaasError
+from .lifecycle import Lifecycle
 from .metrics import Metrics
-from .provider import Function, Provider, Resources, State
+from .provider import Function, State, Usage
 
 
 @dataclass
 class Sampler:
-    provider: Provider
+    lifecycle: Lifecycle
     metrics: Metrics
     interval: float
     concurrency: int = 8
     last_duration: float = 0.0  # seconds the last round took, for the logs and the bench
 
-    async def sample(self) -> dict[str, Resources]:
+    async def sample(self) -> dict[str, Usage]:
         began = time.monotonic()
-        functions = await run_in_threadpool(self.provider.list)
+        functions = await run_in_threadpool(self.lifecycle.list)
         running = [f for f in functions if f.state is State.RUNNING]
         gate = asyncio.Semaphore(self.concurrency)
 
-        async def one(fn: Function) -> tuple[str, Resources | None]:
+        provider = self.lifecycle.provider
+
+        async def one(fn: Function) -> tuple[str, Usage | None]:
             async with gate:
                 try:
-                    return fn.spec.name, await run_in_threadpool(self.provider.resources, fn)
+                    return fn.spec.name, await run_in_threadpool(provider.usage, fn.container_id)
                 except FaasError as exc:  # stopped meanwhile: skip it this round
                     logger.debug("no stats for {}: {}", fn.spec.name, exc)
                     return fn.spec.name, None
@@ -57,6 +60,7 @@ class Sampler:
             try:
                 sampled = await self.sample()
                 logger.debug("sampled {} containers in {:.3f}s", len(sampled), self.last_duration)
-            except FaasError as exc:
-                logger.warning("resource sampling failed: {}", exc)
+            except Exception as exc:
+                self.metrics.loop_errors.labels("sampler").inc()
+                logger.opt(exception=exc).warning("resource sampling failed: {}", exc)
             await asyncio.sleep(self.interval)

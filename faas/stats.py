@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from prometheus_client.parser import text_string_to_metric_families
 
 from . import labels
-from .provider import Function, Resources
+from .provider import Function, Usage
 
 REQUESTS = "traefik_service_requests_total"
 BUCKETS = "traefik_service_request_duration_seconds_bucket"
@@ -73,7 +73,7 @@ def function_rows(
     functions: list[Function],
     traefik: Mapping[str, ServiceStats],
     cold_starts: Mapping[str, int],
-    resources: Mapping[str, Resources],
+    resources: Mapping[str, Usage],
 ) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for fn in functions:

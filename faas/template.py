@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import io
+import posixpath
+import re
 import string
 import tarfile
+import tempfile
 from pathlib import Path
+from typing import IO, cast
 
 from .errors import InvalidSpec
 
@@ -61,3 +65,64 @@ def _add_tree(tar: tarfile.TarFile, folder: Path, prefix: str) -> None:
         if SKIP & set(relative.parts) or path.is_dir():
             continue
         tar.add(path, arcname=f"{prefix}/{relative.as_posix()}")
+
+
+def dockerfile_context(directory: Path) -> IO[bytes]:
+    """`directory` as a tar build context, minus what its .dockerignore excludes.
+
+    The rules are Docker's: one pattern a line (`#` comments), `*` and `?` within
+    a path element, `**` across elements, `!` re-includes; the last matching
+    pattern decides, and excluding a directory excludes what is under it. The
+    Dockerfile and .dockerignore are always sent, as the docker CLI does.
+    """
+    rules = _ignore_rules(directory / ".dockerignore")
+    buffer = tempfile.TemporaryFile()  # noqa: SIM115 - returned
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path in sorted(directory.rglob("*")):
+            relative = path.relative_to(directory).as_posix()
+            if relative in ("Dockerfile", ".dockerignore") or not ignored(relative, rules):
+                tar.add(path, arcname=relative, recursive=False)
+    buffer.seek(0)
+    return cast(IO[bytes], buffer)
+
+
+def _ignore_rules(path: Path) -> list[tuple[re.Pattern[str], bool]]:
+    if not path.exists():
+        return []
+    rules = []
+    for line in path.read_text().splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        keep = pattern.startswith("!")
+        pattern = posixpath.normpath(pattern.removeprefix("!").strip()).lstrip("/")
+        rules.append((_pattern(pattern), keep))
+    return rules
+
+
+def _pattern(pattern: str) -> re.Pattern[str]:
+    """A .dockerignore pattern as a regex over a relative path (or one of its parents)."""
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        elif pattern[i] == "\\" and i + 1 < len(pattern):
+            out, i = out + re.escape(pattern[i + 1]), i + 2
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(f"{out}(?:/.*)?")
+
+
+def ignored(relative: str, rules: list[tuple[re.Pattern[str], bool]]) -> bool:
+    """Whether the last rule matching `relative` excludes it."""
+    excluded = False
+    for regex, keep in rules:
+        if regex.fullmatch(relative):
+            excluded = not keep
+    return excluded

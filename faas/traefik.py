@@ -18,7 +18,7 @@ import requests
 
 from . import labels
 from .config import Settings, host_port, local_host
-from .errors import DeployFailed, ProviderError
+from .errors import Cause, DeployFailed, ProviderError
 from .spec import FunctionSpec
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "traefik"
@@ -241,7 +241,7 @@ class TraefikRouter:
         try:
             self._wait(spec.name, done, f"route to {address}")
         except ProviderError as exc:
-            raise DeployFailed(spec.name, exc.message) from exc
+            raise DeployFailed(spec.name, exc.message, Cause.ROUTE) from exc
 
     def router_live(self, router: str) -> bool:
         """True once Traefik serves the router (`name@provider`)."""

@@ -13,6 +13,7 @@ from docker.models.containers import Container
 from faas.config import Settings
 from faas.docker_provider import DockerProvider
 from faas.errors import InvalidSpec
+from faas.lifecycle import Lifecycle
 from faas.spec import FunctionSpec
 
 from .conftest import ECHO_IMAGE, Stack, fn_name
@@ -140,27 +141,27 @@ def test_gpus_without_gpu_support_is_a_clear_error(
 
 def test_allowed_runtimes_are_enforced(stack: Stack, engine: docker.DockerClient) -> None:
     settings = Settings(namespace=stack.namespace, allowed_runtimes="runsc", traefik_api_url="")
-    provider = DockerProvider(settings, client=engine)
+    life = Lifecycle(DockerProvider(settings, client=engine), None, settings)
     with pytest.raises(InvalidSpec) as info:
-        provider.deploy(FunctionSpec(name=fn_name("deny"), image=ECHO_IMAGE, runtime="runc"))
+        life.deploy(FunctionSpec(name=fn_name("deny"), image=ECHO_IMAGE, runtime="runc"))
     assert info.value.field == "runtime"
     assert "allowed here; allowed: runsc" in info.value.reason
     with pytest.raises(InvalidSpec):  # nor the engine's default, when none is named
-        provider.deploy(FunctionSpec(name=fn_name("deny"), image=ECHO_IMAGE))
+        life.deploy(FunctionSpec(name=fn_name("deny"), image=ECHO_IMAGE))
 
 
 def test_default_runtime_setting(stack: Stack, engine: docker.DockerClient) -> None:
     require(engine, "crun")
     settings = Settings(namespace=stack.namespace, default_runtime="crun", traefik_api_url="")
-    provider = DockerProvider(settings, client=engine)
+    life = Lifecycle(DockerProvider(settings, client=engine), None, settings)
     name = fn_name("default-rt")
-    function = provider.deploy(FunctionSpec(name=name, image=ECHO_IMAGE))
+    function = life.deploy(FunctionSpec(name=name, image=ECHO_IMAGE))
     try:
         assert function.spec.runtime == "crun"
         (container,) = stack.containers(engine, name)
         assert container.attrs["HostConfig"]["Runtime"] == "crun"
     finally:
-        provider.remove(name)
+        life.remove(name)
 
 
 def test_defaults_are_recorded_and_shown(stack: Stack) -> None:

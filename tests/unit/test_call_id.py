@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from faas.gateway import call_id
+from faas.invoke import call_id
 
 
 @pytest.mark.parametrize("given", ["abc-123", "A.b_C-9", "0", "a" * 128])

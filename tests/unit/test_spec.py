@@ -1,5 +1,8 @@
+from pathlib import Path
+
 import pytest
 
+from faas import manifest
 from faas.errors import InvalidSpec
 from faas.spec import FunctionSpec, check_name, parse_spec
 
@@ -145,3 +148,13 @@ def test_security_fields_default_and_validate() -> None:
     for bad in ({"auth": "open"}, {"cap_add": ["ALL; rm"]}, {"labels": {"bad key": "x"}}):
         with pytest.raises(InvalidSpec):
             parse_spec({"name": "a", "image": "i", **bad})
+
+
+def test_every_spec_field_has_a_manifest_key(tmp_path: Path) -> None:
+    assert set(FunctionSpec.model_fields) == manifest.SPEC_KEYS | manifest.SCALING_KEYS
+    path = tmp_path / "faas.toml"
+    path.write_text(
+        'name = "a"\nimage = "x"\n[scaling]\nmin_scale = 1\n[limits]\nmax_in_flight = 3\n'
+    )
+    spec = parse_spec(manifest.load(path).spec)
+    assert (spec.min_scale, spec.limits.max_in_flight) == (1, 3)

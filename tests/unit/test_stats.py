@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from faas.provider import Function, Resources, State
+from faas.provider import Function, State, Usage
 from faas.spec import parse_spec
 from faas.stats import function_rows, parse_traefik, quantile
 
@@ -53,7 +53,7 @@ def function(name: str, state: State) -> Function:
 
 
 def test_rows_join_traefik_service_to_function() -> None:
-    sample = Resources(100, 1000, 1.5, 0, False)
+    sample = Usage(100, 1000, 1.5, 0, False)
     rows = function_rows(
         [function("a", State.RUNNING), function("b", State.STOPPED)],
         parse_traefik(TRAEFIK),

@@ -1,0 +1,267 @@
+"""The management API under /api/v1: functions, logs, scaling, images, keys, stats.
+
+Endpoints only raise `faas.errors`; `faas.gateway` turns them into answers.
+Every answer is read from the engine (Docker labels): a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+
+from loguru import logger
+from prometheus_client import Counter
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from . import __version__, openapi
+from .config import Settings
+from .errors import FaasError, FunctionExists, FunctionNotFound, InvalidSpec
+from .keys import Keys, check_kid
+from .lifecycle import Lifecycle
+from .metrics import CONTENT_TYPE
+from .provider import Function, State
+from .scaler import Scaler
+from .spec import FunctionSpec, check_name, parse_spec, valid_image
+from .stats import function_rows, parse_traefik
+from .streams import iterate, ndjson, prepend, relay, spool
+
+# Longest lifetime of an invoke key, in seconds (ten years).
+MAX_KEY_TTL = 10 * 365 * 24 * 3600
+# Largest build context or image archive the API accepts.
+MAX_UPLOAD = 2 << 30
+
+
+class ManagementApi:
+    """The /api/v1 endpoints (all but healthz need the admin token: `faas.gateway`)."""
+
+    def __init__(
+        self, lifecycle: Lifecycle, scaler: Scaler, keys: Keys, settings: Settings
+    ) -> None:
+        self.lifecycle = lifecycle
+        self.provider = lifecycle.provider
+        self.scaler = scaler
+        self.keys = keys
+        self.base_image = settings.base_image
+        self.metrics = lifecycle.metrics
+
+    def routes(self) -> list[Route]:
+        """(path, endpoint, methods); `faas.gateway` adds the token check."""
+        return [
+            Route("/api/v1/openapi.json", self.openapi, methods=["GET"]),
+            Route("/api/v1/metrics", self.prometheus, methods=["GET"]),
+            Route("/api/v1/stats", self.stats, methods=["GET"]),
+            Route("/api/v1/functions", self.list_functions, methods=["GET"]),
+            Route("/api/v1/functions", self.create_function, methods=["POST"]),
+            Route("/api/v1/functions/{name}", self.get_function, methods=["GET"]),
+            Route("/api/v1/functions/{name}", self.put_function, methods=["PUT"]),
+            Route("/api/v1/functions/{name}", self.delete_function, methods=["DELETE"]),
+            Route("/api/v1/functions/{name}/logs", self.logs, methods=["GET"]),
+            Route("/api/v1/functions/{name}/scale", self.scale, methods=["POST"]),
+            Route("/api/v1/functions/{name}/build", self.build, methods=["POST"]),
+            Route("/api/v1/functions/{name}/keys", self.create_key, methods=["POST"]),
+            Route("/api/v1/keys/{kid}", self.revoke_key, methods=["DELETE"]),
+            Route("/api/v1/images/pull", self.pull, methods=["POST"]),
+            Route("/api/v1/images/load", self.load, methods=["POST"]),
+        ]
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi.document())
+
+    async def prometheus(self, request: Request) -> Response:
+        """The gateway's Prometheus exposition (the proxy serves its own)."""
+        return Response(self.metrics.exposition(), media_type=CONTENT_TYPE)
+
+    async def stats(self, request: Request) -> Response:
+        """Per function: the proxy's request metrics joined with the gateway's numbers."""
+        name = request.query_params.get("name")
+        if name is not None:
+            functions = [await run_in_threadpool(self.lifecycle.get, check_name(name))]
+        else:
+            functions = await run_in_threadpool(self.lifecycle.list)
+        router = self.lifecycle.router
+        text = await run_in_threadpool(router.metrics_text) if router else ""
+        rows = function_rows(
+            functions, parse_traefik(text), self.lifecycle.starts, self.metrics.snapshot.resources
+        )
+        return JSONResponse(rows)
+
+    def _view(self, function: Function) -> dict[str, object]:
+        view = function.to_json()
+        if self.lifecycle.waking(function.spec.name):
+            view["state"] = State.STARTING.value  # the engine says running; not ready yet
+        return view
+
+    async def list_functions(self, request: Request) -> Response:
+        functions = await run_in_threadpool(self.lifecycle.list)
+        return JSONResponse([self._view(f) for f in functions])
+
+    async def create_function(self, request: Request) -> Response:
+        spec = parse_spec(await json_body(request))
+        try:
+            await run_in_threadpool(self.lifecycle.get, spec.name)
+        except FunctionNotFound:
+            pass
+        else:
+            raise FunctionExists(spec.name)
+        return await self._deploy(spec, status=201)
+
+    async def get_function(self, request: Request) -> Response:
+        name = check_name(request.path_params["name"])
+        function = await run_in_threadpool(self.lifecycle.get, name)
+        return JSONResponse(self._view(function))
+
+    async def put_function(self, request: Request) -> Response:
+        name = check_name(request.path_params["name"])
+        body = await json_body(request)
+        if isinstance(body, dict) and body.setdefault("name", name) != name:
+            raise InvalidSpec("name", f"does not match the URL ({name!r})")
+        return await self._deploy(parse_spec(body), status=200)
+
+    async def _deploy(self, spec: FunctionSpec, status: int) -> Response:
+        logger.info("deploying {} from {}", spec.name, spec.image)
+        with counted(self.metrics.deploys):
+            function = await run_in_threadpool(self.lifecycle.deploy, spec)
+        return JSONResponse(function.to_json(), status_code=status)
+
+    async def delete_function(self, request: Request) -> Response:
+        name = check_name(request.path_params["name"])
+        with counted(self.metrics.removes):
+            await run_in_threadpool(self.lifecycle.remove, name)
+        return Response(status_code=204)
+
+    async def logs(self, request: Request) -> Response:
+        name = check_name(request.path_params["name"])
+        follow = request.query_params.get("follow", "false").lower() in ("1", "true", "yes")
+        tail = _int_param(request, "tail")
+        since = _int_param(request, "since")
+        function = await run_in_threadpool(self.lifecycle.get, name)
+        stream = await run_in_threadpool(
+            lambda: self.provider.logs(function.container_id, follow=follow, tail=tail, since=since)
+        )
+        return StreamingResponse(relay(stream), media_type="text/plain; charset=utf-8")
+
+    async def scale(self, request: Request) -> Response:
+        name = check_name(request.path_params["name"])
+        body = await json_body(request)
+        replicas = body.get("replicas") if isinstance(body, dict) and len(body) == 1 else None
+        if type(replicas) is not int or replicas not in (0, 1):
+            raise InvalidSpec("replicas", 'send {"replicas": 0} or {"replicas": 1}')
+        function = await run_in_threadpool(self.lifecycle.get, name)
+        if replicas == 0 and function.state is not State.STOPPED:
+            await self.lifecycle.scale_down(name)
+        elif replicas == 1 and function.state is not State.RUNNING:
+            await self.lifecycle.wake(name)
+        function = await run_in_threadpool(self.lifecycle.get, name)
+        return JSONResponse(function.to_json())
+
+    async def create_key(self, request: Request) -> Response:
+        name = check_name(request.path_params["name"])
+        raw = await request.body()
+        body = json_of(raw) if raw.strip() else {}
+        ttl = body.get("ttl") if isinstance(body, dict) and set(body) <= {"ttl"} else "bad"
+        if ttl is not None and (type(ttl) is not int or not 1 <= ttl <= MAX_KEY_TTL):
+            raise InvalidSpec(
+                "ttl", f'send {{"ttl": seconds (1-{MAX_KEY_TTL})}} or {{"ttl": null}}'
+            )
+        await run_in_threadpool(self.lifecycle.get, name)
+        issued = self.keys.create(name, ttl)
+        logger.info("created key {} for {}", issued.kid, name)  # the id only, never the key
+        return JSONResponse(issued.to_json(), status_code=201)
+
+    async def revoke_key(self, request: Request) -> Response:
+        kid = check_kid(request.path_params["kid"])
+        await run_in_threadpool(self.keys.revoke, kid)
+        logger.info("revoked key {}", kid)
+        return Response(status_code=204)
+
+    async def pull(self, request: Request) -> Response:
+        """Pull an image unless present, streaming the engine's progress as JSON lines."""
+        body = await json_body(request)
+        if not isinstance(body, dict) or not set(body) <= {"image", "auth"}:
+            raise InvalidSpec("", 'send {"image": "repo[:tag]", "auth"?: {"username", "password"}}')
+        image, credentials = body.get("image"), body.get("auth")
+        if not isinstance(image, str) or not valid_image(image):
+            raise InvalidSpec("image", "not a valid image reference")
+        if credentials is not None and not (
+            isinstance(credentials, dict)
+            and set(credentials) == {"username", "password"}
+            and all(isinstance(v, str) for v in credentials.values())
+        ):
+            raise InvalidSpec("auth", 'must be {"username": "...", "password": "..."}')
+        events = iter(self.provider.pull(image, credentials))
+        first = await run_in_threadpool(next, events, None)  # fail as a plain 4xx
+        return ndjson(prepend(first, events))
+
+    async def load(self, request: Request) -> Response:
+        """Load a docker-save or OCI archive sent as the body."""
+        archive = await spool(request, MAX_UPLOAD)
+        with archive:
+            images = await run_in_threadpool(self.provider.load, archive)
+        return JSONResponse({"images": images})
+
+    async def build(self, request: Request) -> Response:
+        """Build the tar context in the body as faas/<name>:<content hash>, streaming output.
+
+        The last JSON line is {"image": ...} or {"error": ..., "log": ...}; nothing is
+        deployed here, so a failed build leaves the running version untouched.
+        """
+        name = check_name(request.path_params["name"])
+        context = await spool(request, MAX_UPLOAD)
+        digest = hashlib.sha256()
+        for block in iter(lambda: context.read(1 << 20), b""):
+            digest.update(block)
+        context.seek(0)
+        tag = f"faas/{name}:{digest.hexdigest()[:12]}"
+        # A handler template's Dockerfile starts FROM the platform's base image.
+        args = {"BASE_IMAGE": self.base_image} if "template" in request.query_params else None
+
+        async def lines() -> AsyncIterator[dict[str, object]]:
+            try:
+                async for line in iterate(self.provider.build(context, tag, args)):
+                    yield {"stream": line}
+                yield {"image": tag}
+            except FaasError as exc:
+                yield {"error": exc.message, "detail": exc.detail()}
+            finally:
+                context.close()
+
+        return ndjson(lines())
+
+
+@contextmanager
+def counted(counter: Counter) -> Iterator[None]:
+    """Count one operation by outcome: `ok`, or `error` if it raised."""
+    try:
+        yield
+    except BaseException:
+        counter.labels("error").inc()
+        raise
+    counter.labels("ok").inc()
+
+
+async def json_body(request: Request) -> object:
+    return json_of(await request.body())
+
+
+def json_of(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidSpec("", f"request body is not valid JSON: {exc}") from exc
+
+
+def _int_param(request: Request, key: str) -> int | None:
+    raw = request.query_params.get(key)
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise InvalidSpec(key, "must be a non-negative integer")
+    return int(raw)

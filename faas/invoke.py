@@ -1,0 +1,154 @@
+"""The invoke side of the gateway: the cold path and Traefik's key check.
+
+Only requests for a function Traefik cannot route yet come to the cold path
+(`/function/<name>/...`, via the low-priority catch-all or a drain): wake the
+function, forward, stream the answer back. Warm requests never touch Python;
+for `key` functions Traefik asks `check_key` first (forwardAuth).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+from loguru import logger
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from . import auth, labels
+from .config import Settings
+from .errors import FunctionNotFound, PayloadTooLarge
+from .keys import Keys, presented_key
+from .lifecycle import Lifecycle
+from .proxy import Proxy
+from .scaler import Scaler
+from .spec import NAME_RE, FunctionSpec, check_name
+
+# The request id header, lower case as ASGI gives header names.
+CALL_ID = "x-call-id"
+# A caller's request id is kept only when it matches, as in Traefik's callid
+# middleware (traefik/plugins-local/src/faas/callid), which sets it first on
+# every request through Traefik.
+SANE_CALL_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def call_id(given: str | None) -> str:
+    """The caller's request id when sane, else a new one (32 hex digits)."""
+    if given is not None and SANE_CALL_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
+
+
+class Invoker:
+    """Wakes and forwards cold requests; checks invoke keys for Traefik."""
+
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        scaler: Scaler,
+        keys: Keys,
+        token: str,
+        settings: Settings,
+        proxy: Proxy | None = None,
+    ) -> None:
+        self.lifecycle = lifecycle
+        self.scaler = scaler
+        self.keys = keys
+        self.token = token
+        self.max_body = settings.max_body_bytes  # the platform default; a spec may set its own
+        self.proxy = proxy or Proxy(settings.request_timeout)
+        self.metrics = lifecycle.metrics
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/api/v1/auth/{name}", self.check_key, methods=METHODS),
+            Route("/function/{name}", self.invoke, methods=METHODS),
+            Route("/function/{name}/{path:path}", self.invoke, methods=METHODS),
+        ]
+
+    def authorize(self, request: Request, name: str) -> None:
+        """Let the admin token or a key for `name` through; raise Unauthorized/Forbidden."""
+        authorization = request.headers.get("authorization")
+        faas_key = request.headers.get("x-faas-key")
+        if auth.bearer_matches(authorization, self.token) or auth.bearer_matches(
+            f"Bearer {faas_key}", self.token
+        ):
+            return
+        self.keys.check(name, presented_key(authorization, faas_key))
+
+    async def check_key(self, request: Request) -> Response:
+        """Traefik's forwardAuth for `key` functions: 200 lets the request through.
+
+        Credentials first: without them a caller learns nothing, not even
+        whether the name is valid."""
+        name = request.path_params["name"]
+        self.authorize(request, name)
+        check_name(name)
+        return Response(status_code=200)
+
+    def _guard(self, request: Request, spec: FunctionSpec) -> tuple[str, ...]:
+        """Check a cold-path request as the function's own router would; returns
+        the headers to strip before forwarding."""
+        limit = self.max_body if spec.limits.max_body_bytes is None else spec.limits.max_body_bytes
+        length = request.headers.get("content-length", "")
+        if limit and length.isdigit() and int(length) > limit:
+            raise PayloadTooLarge(f"request body larger than {limit} bytes")
+        if spec.auth != "key":
+            return ()
+        self.authorize(request, spec.name)
+        return labels.KEY_HEADERS
+
+    async def invoke(self, request: Request) -> Response:
+        """Wake the function if need be, then forward the request to it.
+
+        The request id (`X-Call-Id`: the caller's, or Traefik's, when sane, else a
+        new one) goes to the function, back to the caller in place of any the
+        function sent (errors included: `faas.gateway` reads it from the
+        request's state), and into every log line of this request."""
+        rid = call_id(request.headers.get(CALL_ID))
+        request.state.call_id = rid
+        with logger.contextualize(call_id=rid):
+            response = await self._invoke(request, rid)
+        response.raw_headers = [
+            *((k, v) for k, v in response.raw_headers if k.lower() != CALL_ID.encode()),
+            (CALL_ID.encode(), rid.encode()),
+        ]
+        return response
+
+    async def _invoke(self, request: Request, rid: str) -> Response:
+        name = request.path_params["name"]
+        if not NAME_RE.match(name):
+            raise FunctionNotFound(name)
+        function = await run_in_threadpool(self.lifecycle.get, name)
+        strip = self._guard(request, function.spec)
+        prefix = labels.function_path(name)
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        path = raw[len(prefix) :].decode("latin-1") or "/"
+        arrived = time.monotonic()
+        address, waited = await self.lifecycle.address(function)
+        self.scaler.begin(name)
+        response = await self.proxy.forward(
+            request,
+            address,
+            path,
+            prefix,
+            done=lambda: self.scaler.end(name),
+            strip=strip,
+            headers=[(CALL_ID.encode(), rid.encode())],
+        )
+        if waited is not None:
+            headers_at = time.monotonic()
+            self.metrics.cold_first_byte.observe(headers_at - arrived)
+            self.metrics.wake_phase.labels("first_byte").observe(headers_at - arrived - waited)
+            # Standard timing header: lets callers (and make bench) see the cold start.
+            response.raw_headers.append(
+                (b"server-timing", f"wake;dur={waited * 1000:.1f}".encode())
+            )
+        return response
+
+    async def close(self) -> None:
+        await self.proxy.close()

@@ -1,0 +1,361 @@
+"""The platform's sequences, above the `Provider` and `Router` contracts.
+
+    deploy    policy -> image -> create -> start -> ready -> routed -> retire the old
+              ones behind a drain (rolling replacement: no request lost)
+    wake      single-flight: one start however many requests wait; drained
+              until the container answers
+    scale_down  drain -> stop -> unrouted -> undrain
+    remove    retire every instance, wait until unrouted
+
+Blocking sequences hold a per-function lock and run in worker threads; the
+async layer (`wake`, `scale_down`, `address`) coordinates the requests that
+wait for them. Providers only make engine calls, so a new engine gets all of
+this by implementing `faas.provider.Provider`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import http.client
+import socket
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+
+from loguru import logger
+from starlette.concurrency import run_in_threadpool
+
+from . import policy
+from .config import Settings
+from .errors import (
+    Cause,
+    DeployFailed,
+    FaasError,
+    FunctionNotFound,
+    ImageNotFound,
+    ProviderError,
+    WakeFailed,
+)
+from .metrics import Metrics
+from .provider import (
+    Function,
+    Instance,
+    Provider,
+    Router,
+    StartTimes,
+    State,
+    function_of,
+    serving,
+)
+from .spec import FunctionSpec
+
+# (address "ip:port", health path) -> True once it answers HTTP below 500.
+Probe = Callable[[str, str], bool]
+# Probing is cheap, asking the engine is not: ask it on the first probe and
+# then every this many, to notice a crash (or learn the address).
+INSPECT_EVERY = 10
+PROBE_PAUSE = 0.01
+
+
+def http_probe(address: str, path: str) -> bool:
+    """True once something answers HTTP below 500 at `address`."""
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=2)
+    try:
+        # On a local bridge a live address connects in well under a millisecond;
+        # a dead one (the container just exited) would hang in ARP for seconds.
+        conn.sock = socket.create_connection((host, int(port)), timeout=0.2)
+        conn.sock.settimeout(2)
+        conn.request("GET", path, headers={"User-Agent": "faas-readiness"})
+        return conn.getresponse().status < 500
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+class Lifecycle:
+    """Deploys, wakes, scales down and removes functions on one provider."""
+
+    def __init__(
+        self,
+        provider: Provider,
+        router: Router | None,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        probe: Probe = http_probe,
+    ) -> None:
+        self.provider = provider
+        self.router = router
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.probe = probe
+        self.starts: Counter[str] = Counter()  # wakes per function since the gateway started
+        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._locks_guard = threading.Lock()
+        self._waking: dict[str, asyncio.Future[Function]] = {}
+        self._draining: dict[str, asyncio.Event] = {}
+
+    def _lock(self, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks[name]
+
+    # -- reading (blocking) ----------------------------------------------------
+
+    def list(self) -> list[Function]:
+        by_name: defaultdict[str, list[Instance]] = defaultdict(list)
+        for instance in self.provider.instances():
+            by_name[instance.spec.name].append(instance)
+        return [function_of(serving(found)) for _, found in sorted(by_name.items())]
+
+    def get(self, name: str) -> Function:
+        return function_of(self._serving(name))
+
+    def _serving(self, name: str) -> Instance:
+        found = self.provider.instances(name)
+        if not found:
+            raise FunctionNotFound(name)
+        return serving(found)
+
+    # -- blocking sequences ------------------------------------------------------
+
+    def deploy(self, spec: FunctionSpec) -> Function:
+        """Start `spec` as a new instance, ready and routed, then retire older ones."""
+        spec = policy.effective(spec, self.settings, self.provider.engine_info())
+        with self._lock(spec.name):
+            self._ensure_image(spec.image)
+            current = self.provider.instances(spec.name)
+            new = self.provider.create(spec)
+            try:
+                address = self._start_and_wait(spec, new.id)
+                if self.router is not None:
+                    self.router.routed(spec, address)
+            except BaseException:
+                self._discard(new.id)
+                self._restore_route(current)
+                raise
+            if current:
+                self._replace(spec, address, [i.id for i in current])
+            logger.info("deployed {} ({}) at {}", spec.name, spec.image, address)
+            return self.get(spec.name)
+
+    def _ensure_image(self, image: str) -> None:
+        found = self.provider.image_labels(image)
+        if found is None:
+            for _ in self.provider.pull(image):
+                pass
+            found = self.provider.image_labels(image)
+        if found is None:
+            raise ImageNotFound(image, "not on the engine after the pull")
+        policy.check_image_labels(image, found)
+
+    def _replace(self, spec: FunctionSpec, address: str, old: Iterable[str]) -> None:
+        """Retire the old instances once `address` serves, losing no request."""
+        if self.router is None:
+            for instance_id in old:
+                self._retire(instance_id)
+            return
+        # While the old ones stop, the gateway takes the traffic and forwards
+        # it to the newest running instance; the proxy returns to the warm
+        # path once it balances over the new instance alone.
+        self.router.drain(spec.name)
+        try:
+            for instance_id in old:
+                self._retire(instance_id)
+            self.router.routed(spec, address, only=True)
+        finally:
+            self.router.undrain(spec.name)
+
+    def remove(self, name: str) -> None:
+        with self._lock(name):
+            found = self.provider.instances(name)
+            if not found:
+                raise FunctionNotFound(name)
+            for instance in found:
+                self._retire(instance.id)
+            if self.router is not None:
+                self.router.unrouted(name)
+            logger.info("removed {}", name)
+
+    def start(self, name: str, times: StartTimes | None = None) -> Function:
+        """Start a stopped function; return once it answers (the proxy may lag)."""
+        with self._lock(name):
+            instance = self._serving(name)
+            if instance.state is State.INVALID:
+                raise DeployFailed(name, instance.reason, Cause.INVALID)
+            # The proxy routes a container as soon as it runs, before it
+            # listens: keep its traffic on the gateway (which waits for
+            # readiness) until it answers. No need to wait for the drain: the
+            # container's own route comes after its start, later than this.
+            if self.router is not None:
+                self.router.drain(name, wait=False)
+            try:
+                self._start_and_wait(instance.spec, instance.id, times)
+            except DeployFailed:
+                self._stop_failed(name, instance.id)
+                raise
+            finally:
+                if self.router is not None:
+                    self.router.undrain(name)
+            return self.get(name)
+
+    def stop(self, name: str) -> None:
+        """Stop every running instance behind a drain: requests that arrive
+        meanwhile go to the gateway, which waits, then wakes the function."""
+        with self._lock(name):
+            if self.router is not None:
+                self.router.drain(name)
+            try:
+                for instance in self.provider.instances(name):
+                    if instance.state in (State.RUNNING, State.STARTING):
+                        self.provider.stop(instance.id, self.settings.stop_timeout)
+                if self.router is not None:
+                    self.router.unrouted(name)
+            finally:
+                if self.router is not None:
+                    self.router.undrain(name)
+
+    def _start_and_wait(
+        self, spec: FunctionSpec, instance_id: str, times: StartTimes | None = None
+    ) -> str:
+        """Start the instance and return its address once it answers HTTP."""
+        times = times or StartTimes()
+        began = time.monotonic()
+        self.provider.start(instance_id)
+        started = time.monotonic()
+        times.started = started - began
+        deadline = started + self.settings.ready_timeout
+        address: str | None = None
+        probes = 0
+        while True:
+            if probes % INSPECT_EVERY == 0 or address is None:
+                instance = self.provider.inspect(instance_id)
+                if instance.state in (State.FAILED, State.STOPPED):
+                    cause = Cause.OOM if instance.oom_killed else Cause.EXITED
+                    raise DeployFailed(
+                        spec.name, instance.reason, cause, self.provider.tail(instance_id)
+                    )
+                address = instance.address
+            probes += 1
+            if address and self.probe(address, spec.health_path):
+                times.ready = time.monotonic() - started
+                return address
+            if time.monotonic() > deadline:
+                raise DeployFailed(
+                    spec.name,
+                    f"no HTTP answer on port {spec.port} within {self.settings.ready_timeout:g}s",
+                    Cause.TIMEOUT,
+                    self.provider.tail(instance_id),
+                )
+            time.sleep(PROBE_PAUSE)
+
+    def _stop_failed(self, name: str, instance_id: str) -> None:
+        """Leave a function that failed to start stopped, not crash-looping, and
+        unrouted, so the next request goes to the gateway and tries again."""
+        self.provider.stop(instance_id, 0)
+        if self.router is not None:
+            try:
+                self.router.unrouted(name)
+            except FaasError as exc:
+                logger.warning("{} still routed after a failed start: {}", name, exc)
+
+    def _retire(self, instance_id: str) -> None:
+        """Stop gracefully (in-flight requests finish), then delete."""
+        self.provider.stop(instance_id, self.settings.stop_timeout)
+        self.provider.remove(instance_id)
+
+    def _discard(self, instance_id: str) -> None:
+        try:
+            self.provider.remove(instance_id)
+        except FaasError as exc:
+            logger.warning("could not remove failed instance {}: {}", instance_id[:12], exc)
+
+    def _restore_route(self, current: builtins.list[Instance]) -> None:
+        """After a failed update, wait until the proxy forgets the discarded instance."""
+        if self.router is None or not current:
+            return
+        instance = serving(current)
+        if instance.address is None:
+            return
+        try:
+            self.router.routed(instance.spec, instance.address, only=True)
+        except FaasError as exc:
+            logger.warning("route of {} not restored: {}", instance.spec.name, exc)
+
+    # -- waking and draining, for the requests that wait -------------------------
+
+    async def address(self, fn: Function) -> tuple[str, float | None]:
+        """Where to send a request for `fn` now, and the wake's duration if it had to wait.
+
+        `fn` is the caller's fresh view of the function; it is read again only when
+        a scale-down finished meanwhile."""
+        name = fn.spec.name
+        drained = False
+        while (draining := self._draining.get(name)) is not None:
+            await draining.wait()
+            drained = True
+        began = time.monotonic()
+        if name in self._waking:  # join the start in flight; no need to ask the engine
+            return await self.wake(name), time.monotonic() - began
+        if drained:
+            fn = await run_in_threadpool(self.get, name)
+        if fn.state is State.RUNNING and fn.address:
+            return fn.address, None
+        address = await self.wake(name)
+        return address, time.monotonic() - began
+
+    def waking(self, name: str) -> bool:
+        return name in self._waking
+
+    async def wake(self, name: str) -> str:
+        """Start `name` once for every caller waiting at the same time; its address."""
+        future = self._waking.get(name)
+        if future is None:
+            future = asyncio.ensure_future(self._wake(name))
+            self._waking[name] = future
+            future.add_done_callback(lambda _: self._waking.pop(name, None))
+        # shield: a caller that goes away must not cancel the others' start.
+        fn = await asyncio.shield(future)
+        assert fn.address is not None
+        return fn.address
+
+    async def _wake(self, name: str) -> Function:
+        began = time.monotonic()
+        times = StartTimes()
+        try:
+            fn = await run_in_threadpool(self.start, name, times)
+        except DeployFailed as exc:
+            logger.warning("wake of {} failed: {}", name, exc.reason)
+            self.metrics.wake_failures.labels(exc.cause).inc()
+            raise WakeFailed(name, exc.reason, exc.cause) from exc
+        except ProviderError:
+            self.metrics.wake_failures.labels(Cause.ENGINE).inc()
+            raise
+        self.starts[name] += 1
+        self.metrics.wakes.labels(name).inc()
+        self.metrics.wake_phase.labels("start").observe(times.started)
+        self.metrics.wake_phase.labels("ready").observe(times.ready)
+        logger.info("woke {} in {:.0f} ms", name, (time.monotonic() - began) * 1000)
+        return fn
+
+    async def scale_down(self, name: str, reason: str = "explicit") -> None:
+        """Stop `name` without failing a request that arrives meanwhile.
+
+        `reason` ("idle" or "explicit") labels the scale-down metric."""
+        if name in self._draining:
+            await self._draining[name].wait()
+            return
+        done = asyncio.Event()
+        self._draining[name] = done
+        try:
+            await run_in_threadpool(self.stop, name)
+            self.metrics.scale_downs.labels(reason).inc()
+            logger.info("scaled {} to zero ({})", name, reason)
+        finally:
+            del self._draining[name]
+            done.set()
+
+    def draining(self, name: str) -> bool:
+        return name in self._draining

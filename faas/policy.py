@@ -1,0 +1,81 @@
+"""The platform's policy, as pure functions: defaults and allow-lists.
+
+Applied once, above every provider: `effective` turns what a user asked for
+into the spec that runs (and is recorded in the labels as is, so `describe`
+shows the limits in force). The engine only answers what it alone knows
+(`EngineInfo`: which runtimes it has).
+"""
+
+from __future__ import annotations
+
+from . import labels
+from .config import Settings
+from .errors import InvalidSpec
+from .provider import EngineInfo
+from .spec import FunctionSpec, Limits
+
+
+def effective(spec: FunctionSpec, settings: Settings, engine: EngineInfo) -> FunctionSpec:
+    """`spec` with the platform's defaults filled in; InvalidSpec if it is not allowed."""
+    runtime = spec.runtime or settings.default_runtime
+    _check_runtime(runtime, settings, engine)
+    if spec.gpus is not None and "nvidia" not in engine.runtimes:
+        raise InvalidSpec(
+            "gpus", "this Docker engine has no GPU support (install the NVIDIA container "
+            "toolkit and register its runtime); see docs/runtimes.md",
+        )  # fmt: skip
+    refused = sorted(set(spec.cap_add) - settings.cap_add_allowlist)
+    if refused:
+        caps = ", ".join(sorted(settings.cap_add_allowlist)) or "none"
+        raise InvalidSpec(
+            "cap_add", f"{', '.join(refused)} not allowed here (FAAS_ALLOWED_CAP_ADD: {caps})"
+        )
+    r = spec.resources
+    resources = r.model_copy(
+        update={
+            "memory": r.memory or settings.default_memory,
+            "cpus": r.cpus or settings.default_cpus,
+            "pids": r.pids or settings.default_pids,
+        }
+    )
+    return spec.model_copy(
+        update={"runtime": runtime, "resources": resources, "limits": limits(spec, settings)}
+    )
+
+
+def _check_runtime(runtime: str | None, settings: Settings, engine: EngineInfo) -> None:
+    if runtime is not None and runtime not in engine.runtimes:
+        raise InvalidSpec(
+            "runtime", f"{runtime!r} is not a runtime of this engine; available: "
+            + ", ".join(sorted(engine.runtimes)),
+        )  # fmt: skip
+    allowed = settings.runtime_allowlist
+    if allowed is not None and (runtime or engine.default_runtime) not in allowed:
+        raise InvalidSpec(
+            "runtime", f"{runtime!r} is not allowed here; allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def limits(spec: FunctionSpec, settings: Settings) -> Limits:
+    """The function's abuse limits: its own, else the platform's (0 switches one off)."""
+    s, lim = settings, spec.limits
+    return Limits(
+        rate_average=s.rate_average if lim.rate_average is None else lim.rate_average,
+        rate_burst=lim.rate_burst or s.rate_burst,
+        max_in_flight=s.max_in_flight if lim.max_in_flight is None else lim.max_in_flight,
+        max_body_bytes=s.max_body_bytes if lim.max_body_bytes is None else lim.max_body_bytes,
+    )
+
+
+def check_image_labels(image: str, image_labels: dict[str, str]) -> None:
+    """Docker copies an image's labels onto its containers: an image must not
+    bring routes (traefik.*) or platform state (faas.*) of its own."""
+    for key in sorted(image_labels):
+        low = key.lower()
+        if low.startswith("traefik.") or (
+            low.startswith("faas.") and low not in labels.IMAGE_LABELS_ALLOWED
+        ):
+            raise InvalidSpec(
+                "image", f"{image!r} carries the label {key!r}; images may not set "
+                "traefik.* or faas.* labels (Docker would copy them onto the container)",
+            )  # fmt: skip
