@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -15,7 +16,7 @@ import requests
 from loguru import logger
 
 from . import auth, traefik
-from .config import Settings
+from .config import Settings, host_port, local_host
 from .errors import FaasError
 
 # Children get SIGTERM, then this long to exit before SIGKILL.
@@ -53,6 +54,27 @@ def _http_ok(url: str) -> Callable[[], bool]:
             return False
 
     return check
+
+
+@dataclass(frozen=True)
+class Urls:
+    """Where `faas up`'s parts answer, as a client on this host reaches them."""
+
+    web: str  # Traefik's web entrypoint
+    direct: str  # the gateway itself
+    traefik_ping: str
+
+    @property
+    def healthz(self) -> str:
+        return f"{self.web}/api/v1/healthz"
+
+
+def urls(settings: Settings) -> Urls:
+    return Urls(
+        web=f"http://{host_port(local_host(settings.http_host), settings.http_port)}",
+        direct=settings.gateway_url,
+        traefik_ping=f"http://127.0.0.1:{settings.traefik_api_port}/ping",
+    )
 
 
 class Child:
@@ -117,12 +139,11 @@ def run(settings: Settings, reload: bool = False) -> int:
         Child("traefik", [traefik.binary(settings), f"--configFile={config}"], env, config.parent),
         Child("gateway", gateway_argv, env),
     ]
-    web = f"http://{settings.http_host}:{settings.http_port}"
+    where = urls(settings)
+    web = where.web
     try:
-        _wait_until(
-            _http_ok(f"http://127.0.0.1:{settings.traefik_api_port}/ping"), "traefik", 30, children
-        )
-        _wait_until(_http_ok(f"{web}/api/v1/healthz"), "the gateway", 30, children)
+        _wait_until(_http_ok(where.traefik_ping), "traefik", 30, children)
+        _wait_until(_http_ok(where.healthz), "the gateway", 30, children)
     except FaasError as exc:
         logger.error("{}", exc)
         for child in children:
@@ -131,8 +152,7 @@ def run(settings: Settings, reload: bool = False) -> int:
 
     print(f"faas is up (namespace {settings.namespace})", flush=True)
     print(f"  invoke:  {web}/function/<name>", flush=True)
-    direct = f"http://{settings.gateway_host}:{settings.gateway_port}/api/v1"
-    print(f"  api:     {web}/api/v1  (direct: {direct})", flush=True)
+    print(f"  api:     {web}/api/v1  (direct: {where.direct}/api/v1)", flush=True)
     print(f"  token:   {token}", flush=True)
     print(f"  export FAAS_URL={web} FAAS_TOKEN={token}", flush=True)
 
