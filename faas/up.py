@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -77,6 +79,35 @@ def urls(settings: Settings) -> Urls:
     )
 
 
+LOCK_FILE = "up.lock"
+
+
+@contextmanager
+def holding_state_dir(settings: Settings) -> Iterator[None]:
+    """Hold the state dir for one `faas up`: a second one on it would rewrite the
+    first one's Traefik config (its route to the gateway) and share its token.
+
+    An flock on a file there, which the kernel drops when this process ends
+    however it ends: a crash leaves no stale lock. Children do not inherit it.
+    """
+    state = settings.state_dir
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(state / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "r+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = lock.read().strip() or "unknown"
+            raise FaasError(
+                f"another faas up ({holder}) is running on the state dir {state}: stop it, "
+                "or give this one its own FAAS_NAMESPACE (or FAAS_STATE_DIR)"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()}, namespace {settings.namespace}\n")
+        lock.flush()
+        yield
+
+
 class Child:
     def __init__(
         self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None
@@ -115,6 +146,11 @@ def gateway_command(settings: Settings, reload: bool = False) -> list[str]:
 
 def run(settings: Settings, reload: bool = False) -> int:
     """Start Traefik and the gateway, print where they are, supervise until signalled."""
+    with holding_state_dir(settings):
+        return _run(settings, reload)
+
+
+def _run(settings: Settings, reload: bool) -> int:
     if os.geteuid() == 0:
         logger.warning(
             "running as root: faas up needs only the Docker socket (e.g. the docker group); "
