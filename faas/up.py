@@ -1,17 +1,16 @@
-"""`faas up`: Traefik and the gateway as one supervised process tree on the host."""
+"""`faas up`: Traefik and the gateway as one supervised process tree on the host
+(faas/supervisor.py restarts a child that dies)."""
 
 from __future__ import annotations
 
 import fcntl
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 
 import requests
@@ -20,9 +19,7 @@ from loguru import logger
 from . import auth, traefik
 from .config import Settings, host_port, local_host
 from .errors import FaasError
-
-# Children get SIGTERM, then this long to exit before SIGKILL.
-GRACE = 10.0
+from .supervisor import GRACE, Child, describe_exit, supervise
 
 
 def _settings_env(settings: Settings) -> dict[str, str]:
@@ -41,8 +38,8 @@ def _wait_until(check: Callable[[], bool], what: str, timeout: float, procs: lis
     deadline = time.monotonic() + timeout
     while not check():
         for child in procs:
-            if child.process.poll() is not None:
-                raise FaasError(f"{child.name} exited with code {child.process.returncode}")
+            if (code := child.exit_code()) is not None:
+                raise FaasError(f"{child.name} {describe_exit(code)}")
         if time.monotonic() > deadline:
             raise FaasError(f"{what} did not come up within {timeout:g}s")
         time.sleep(0.05)
@@ -108,27 +105,6 @@ def holding_state_dir(settings: Settings) -> Iterator[None]:
         yield
 
 
-class Child:
-    def __init__(
-        self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None
-    ) -> None:
-        self.name = name
-        # Own session: a terminal's Ctrl-C reaches only us, and we stop the
-        # children in order.
-        self.process = subprocess.Popen(argv, env=env, cwd=cwd, start_new_session=True)
-
-    def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(GRACE)
-        except subprocess.TimeoutExpired:
-            logger.warning("{} did not stop in {}s; killing it", self.name, GRACE)
-            self.process.kill()
-            self.process.wait()
-
-
 def gateway_command(settings: Settings, reload: bool = False) -> list[str]:
     """uvicorn serving the gateway, as `faas up` and the manager image run it."""
     argv = [
@@ -170,39 +146,50 @@ def _run(settings: Settings, reload: bool) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    children = [
-        # In the config's directory: Traefik finds its plugins there.
-        Child("traefik", [traefik.binary(settings), f"--configFile={config}"], env, config.parent),
-        Child("gateway", gateway_argv, env),
-    ]
     where = urls(settings)
-    web = where.web
+    traefik_child = Child(
+        # In the config's directory: Traefik finds its plugins there.
+        "traefik",
+        [traefik.binary(settings), f"--configFile={config}"],
+        env,
+        config.parent,
+    )
+    gateway = Child("gateway", gateway_argv, env)
+    # Stopped in this order: Traefik first, so no request arrives at a gateway
+    # that is going away.
+    children = [traefik_child, gateway]
     try:
+        return _serve(settings, token, where, children, lambda: stopping)
+    finally:
+        for child in children:
+            child.stop()
+        logger.info("stopped")
+
+
+def _serve(
+    settings: Settings, token: str, where: Urls, children: list[Child], stopping: Callable[[], bool]
+) -> int:
+    """Start the children, report where they serve, keep them running until `stopping()`."""
+    traefik_child, gateway = children
+    try:
+        for child in children:
+            child.start()
         _wait_until(_http_ok(where.traefik_ping), "traefik", 30, children)
         _wait_until(_http_ok(where.healthz), "the gateway", 30, children)
     except FaasError as exc:
         logger.error("{}", exc)
-        for child in children:
-            child.stop()
         return 1
 
+    web = where.web
     print(f"faas is up (namespace {settings.namespace})", flush=True)
     print(f"  invoke:  {web}/function/<name>", flush=True)
     print(f"  api:     {web}/api/v1  (direct: {where.direct}/api/v1)", flush=True)
     print(f"  token:   {token}", flush=True)
     print(f"  export FAAS_URL={web} FAAS_TOKEN={token}", flush=True)
 
-    code = 0
-    while not stopping:
-        for child in children:
-            if child.process.poll() is not None:
-                logger.error(
-                    "{} exited with code {}; stopping", child.name, child.process.returncode
-                )
-                stopping, code = True, 1
-        time.sleep(0.2)
-    # Traefik first, so no request arrives at a gateway that is going away.
-    for child in children:
-        child.stop()
-    logger.info("stopped")
-    return code
+    # Each judged on its own: the gateway directly, not through Traefik.
+    watched = [
+        (traefik_child, _http_ok(where.traefik_ping)),
+        (gateway, _http_ok(f"{where.direct}/api/v1/healthz")),
+    ]
+    return supervise(watched, stopping)
