@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,9 +21,23 @@ def local_host(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
-def _default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "faas"
+def default_state_dir(namespace: str) -> Path:
+    """`$XDG_STATE_HOME/faas` for the namespace `default`, `.../faas/namespaces/<name>`
+    for any other: each `faas up` its own token, keys and Traefik config.
+
+    `default` keeps the directory every namespace shared before, so an upgraded
+    install keeps its admin token and signing key (issued keys stay valid) and
+    nothing is moved. Other namespaces sit one level down, under a name no file
+    of `default`'s ever takes (a namespace may well be called `traefik`).
+    """
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "faas"
+    return base if namespace == "default" else base / "namespaces" / namespace
+
+
+def _state_dir_of(data: dict[str, Any]) -> Path:
+    # `namespace` is declared first, so pydantic has validated it by now
+    # (absent only when it failed, and then the settings fail anyway).
+    return default_state_dir(str(data.get("namespace", "default")))
 
 
 class Settings(BaseSettings):
@@ -38,8 +52,11 @@ class Settings(BaseSettings):
         "so several stacks (or a test run) can share a Docker engine.",
     )
     state_dir: Path = Field(
-        default_factory=_default_state_dir,
-        description="Where the admin token and generated Traefik config live.",
+        default_factory=_state_dir_of,
+        description="Where the admin token, the invoke keys' signing key and Traefik's "
+        "generated config live; one `faas up` at a time per directory. Default: "
+        "`$XDG_STATE_HOME/faas` (`~/.local/state/faas`) for the namespace `default`, "
+        "`$XDG_STATE_HOME/faas/namespaces/<namespace>` for any other.",
     )
     admin_token: SecretStr | None = Field(
         None,

@@ -1,25 +1,25 @@
-"""`faas up`: Traefik and the gateway as one supervised process tree on the host."""
+"""`faas up`: Traefik and the gateway as one supervised process tree on the host
+(faas/supervisor.py restarts a child that dies)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from types import FrameType
 
 import requests
 from loguru import logger
 
 from . import auth, traefik
-from .config import Settings
+from .config import Settings, host_port, local_host
 from .errors import FaasError
-
-# Children get SIGTERM, then this long to exit before SIGKILL.
-GRACE = 10.0
+from .supervisor import GRACE, Child, describe_exit, supervise
 
 
 def _settings_env(settings: Settings) -> dict[str, str]:
@@ -38,8 +38,8 @@ def _wait_until(check: Callable[[], bool], what: str, timeout: float, procs: lis
     deadline = time.monotonic() + timeout
     while not check():
         for child in procs:
-            if child.process.poll() is not None:
-                raise FaasError(f"{child.name} exited with code {child.process.returncode}")
+            if (code := child.exit_code()) is not None:
+                raise FaasError(f"{child.name} {describe_exit(code)}")
         if time.monotonic() > deadline:
             raise FaasError(f"{what} did not come up within {timeout:g}s")
         time.sleep(0.05)
@@ -55,25 +55,54 @@ def _http_ok(url: str) -> Callable[[], bool]:
     return check
 
 
-class Child:
-    def __init__(
-        self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None
-    ) -> None:
-        self.name = name
-        # Own session: a terminal's Ctrl-C reaches only us, and we stop the
-        # children in order.
-        self.process = subprocess.Popen(argv, env=env, cwd=cwd, start_new_session=True)
+@dataclass(frozen=True)
+class Urls:
+    """Where `faas up`'s parts answer, as a client on this host reaches them."""
 
-    def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        self.process.terminate()
+    web: str  # Traefik's web entrypoint
+    direct: str  # the gateway itself
+    traefik_ping: str
+
+    @property
+    def healthz(self) -> str:
+        return f"{self.web}/api/v1/healthz"
+
+
+def urls(settings: Settings) -> Urls:
+    return Urls(
+        web=f"http://{host_port(local_host(settings.http_host), settings.http_port)}",
+        direct=settings.gateway_url,
+        traefik_ping=f"http://127.0.0.1:{settings.traefik_api_port}/ping",
+    )
+
+
+LOCK_FILE = "up.lock"
+
+
+@contextmanager
+def holding_state_dir(settings: Settings) -> Iterator[None]:
+    """Hold the state dir for one `faas up`: a second one on it would rewrite the
+    first one's Traefik config (its route to the gateway) and share its token.
+
+    An flock on a file there, which the kernel drops when this process ends
+    however it ends: a crash leaves no stale lock. Children do not inherit it.
+    """
+    state = settings.state_dir
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(state / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "r+") as lock:
         try:
-            self.process.wait(GRACE)
-        except subprocess.TimeoutExpired:
-            logger.warning("{} did not stop in {}s; killing it", self.name, GRACE)
-            self.process.kill()
-            self.process.wait()
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = lock.read().strip() or "unknown"
+            raise FaasError(
+                f"another faas up ({holder}) is running on the state dir {state}: stop it, "
+                "or give this one its own FAAS_NAMESPACE (or FAAS_STATE_DIR)"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()}, namespace {settings.namespace}\n")
+        lock.flush()
+        yield
 
 
 def gateway_command(settings: Settings, reload: bool = False) -> list[str]:
@@ -93,6 +122,11 @@ def gateway_command(settings: Settings, reload: bool = False) -> list[str]:
 
 def run(settings: Settings, reload: bool = False) -> int:
     """Start Traefik and the gateway, print where they are, supervise until signalled."""
+    with holding_state_dir(settings):
+        return _run(settings, reload)
+
+
+def _run(settings: Settings, reload: bool) -> int:
     if os.geteuid() == 0:
         logger.warning(
             "running as root: faas up needs only the Docker socket (e.g. the docker group); "
@@ -112,41 +146,50 @@ def run(settings: Settings, reload: bool = False) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    children = [
+    where = urls(settings)
+    traefik_child = Child(
         # In the config's directory: Traefik finds its plugins there.
-        Child("traefik", [traefik.binary(settings), f"--configFile={config}"], env, config.parent),
-        Child("gateway", gateway_argv, env),
-    ]
-    web = f"http://{settings.http_host}:{settings.http_port}"
+        "traefik",
+        [traefik.binary(settings), f"--configFile={config}"],
+        env,
+        config.parent,
+    )
+    gateway = Child("gateway", gateway_argv, env)
+    # Stopped in this order: Traefik first, so no request arrives at a gateway
+    # that is going away.
+    children = [traefik_child, gateway]
     try:
-        _wait_until(
-            _http_ok(f"http://127.0.0.1:{settings.traefik_api_port}/ping"), "traefik", 30, children
-        )
-        _wait_until(_http_ok(f"{web}/api/v1/healthz"), "the gateway", 30, children)
-    except FaasError as exc:
-        logger.error("{}", exc)
+        return _serve(settings, token, where, children, lambda: stopping)
+    finally:
         for child in children:
             child.stop()
+        logger.info("stopped")
+
+
+def _serve(
+    settings: Settings, token: str, where: Urls, children: list[Child], stopping: Callable[[], bool]
+) -> int:
+    """Start the children, report where they serve, keep them running until `stopping()`."""
+    traefik_child, gateway = children
+    try:
+        for child in children:
+            child.start()
+        _wait_until(_http_ok(where.traefik_ping), "traefik", 30, children)
+        _wait_until(_http_ok(where.healthz), "the gateway", 30, children)
+    except FaasError as exc:
+        logger.error("{}", exc)
         return 1
 
+    web = where.web
     print(f"faas is up (namespace {settings.namespace})", flush=True)
     print(f"  invoke:  {web}/function/<name>", flush=True)
-    direct = f"http://{settings.gateway_host}:{settings.gateway_port}/api/v1"
-    print(f"  api:     {web}/api/v1  (direct: {direct})", flush=True)
+    print(f"  api:     {web}/api/v1  (direct: {where.direct}/api/v1)", flush=True)
     print(f"  token:   {token}", flush=True)
     print(f"  export FAAS_URL={web} FAAS_TOKEN={token}", flush=True)
 
-    code = 0
-    while not stopping:
-        for child in children:
-            if child.process.poll() is not None:
-                logger.error(
-                    "{} exited with code {}; stopping", child.name, child.process.returncode
-                )
-                stopping, code = True, 1
-        time.sleep(0.2)
-    # Traefik first, so no request arrives at a gateway that is going away.
-    for child in children:
-        child.stop()
-    logger.info("stopped")
-    return code
+    # Each judged on its own: the gateway directly, not through Traefik.
+    watched = [
+        (traefik_child, _http_ok(where.traefik_ping)),
+        (gateway, _http_ok(f"{where.direct}/api/v1/healthz")),
+    ]
+    return supervise(watched, stopping)

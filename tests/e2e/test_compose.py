@@ -54,6 +54,14 @@ def proxy_status(stack: Stack, service: str, method: str, path: str) -> str:
     return stack.run("exec", "-T", service, "bash", "-c", script).strip()
 
 
+def crash(pid: str) -> None:
+    """SIGKILL a container's process from the host's PID namespace, through Docker."""
+    docker(
+        "run", "--rm", "--pid=host", "--user=0", "--network=none", "--label=faas.test=1",
+        ECHO_IMAGE, "python3", "-c", f"import os; os.kill({int(pid)}, 9)",
+    )  # fmt: skip
+
+
 def state(stack: Stack) -> str:
     return str(stack.api("GET", f"/functions/{NAME}").json()["state"])
 
@@ -187,6 +195,21 @@ def test_compose_stack(stack: Stack) -> None:
     assert "403" in proxy_status(stack, "docker-proxy-traefik", "POST", "/v1.41/containers/create")
     assert "403" in proxy_status(stack, "docker-proxy-manager", "GET", "/v1.41/images/json")
     assert "403" in proxy_status(stack, "docker-proxy-manager", "POST", "/v1.41/containers/x/exec")
+
+    # The manager crashes (its process killed, as the OOM killer would; `docker
+    # kill` would not do: Docker then suspends the restart policy). Warm calls
+    # go on through Traefik; the restart policy brings the manager back healthy.
+    manager = stack.run("ps", "-q", "manager").strip()
+    crash(docker("inspect", "-f", "{{.State.Pid}}", manager))
+    killed = time.monotonic()
+    got = requests.get(f"{stack.url}/function/{NAME}/meanwhile", timeout=30)
+    assert got.status_code == 200, got.text
+    restarted = "{{.RestartCount}} {{.State.Health.Status}}"
+    while (seen := docker("inspect", "-f", restarted, manager)) != "1 healthy":
+        assert time.monotonic() - killed < 60, seen
+        time.sleep(0.2)
+    print(f"manager killed: restarted and healthy after {time.monotonic() - killed:.1f}s")
+    assert stack.api("GET", f"/functions/{NAME}").status_code == 200
 
     # Scale to zero through the API: the container stops but stays.
     scaled = stack.api("POST", f"/functions/{NAME}/scale", {"replicas": 0})
