@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import __version__, auth, labels, openapi
+from . import __version__, auth, labels, openapi, template
 from .config import Settings
 from .docker_provider import DockerProvider
 from .errors import (
@@ -119,7 +119,7 @@ class Api:
     ) -> None:
         self.provider = provider
         self.token = token
-        self.base_image = settings.base_image
+        self.settings = settings
         self.scaler = scaler
         self.keys = keys
         self.max_body = settings.max_body_bytes  # the platform default; a spec may set its own
@@ -363,11 +363,19 @@ class Api:
             digest.update(block)
         context.seek(0)
         tag = f"faas/{name}:{digest.hexdigest()[:12]}"
-        # A handler template's Dockerfile starts FROM the platform's base image.
-        args = {"BASE_IMAGE": self.base_image} if "template" in request.query_params else None
+        is_template = "template" in request.query_params
 
         async def lines() -> AsyncIterator[dict[str, object]]:
             try:
+                args = None
+                if is_template:
+                    # A handler template's Dockerfile starts FROM the platform's base image.
+                    base = await run_in_threadpool(
+                        template.base_image, self.provider, self.settings
+                    )
+                    args = {"BASE_IMAGE": base.image}
+                    if base.note:
+                        yield {"stream": f"{base.note}\n"}
                 async for line in _iterate(self.provider.build(context, tag, args)):
                     yield {"stream": line}
                 yield {"image": tag}
