@@ -5,7 +5,10 @@ STAMP   := $(VENV)/.installed
 PYTHON  ?= python3
 
 .DEFAULT_GOAL := help
-.PHONY: help install engine runtimes images stack-images dev up down test unit lint docs bench clean
+.PHONY: help install engine runtimes test-deps images stack-images dev up down test unit lint docs bench clean
+# One recipe at a time: they share one engine and apt's lock, and stack-images
+# packs the prometheus that test-deps installs.
+.NOTPARALLEL:
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,6 +27,9 @@ engine: ## Start (and on Debian, install) the Docker engine if none answers
 runtimes: engine ## Install crun and gVisor (runsc) and register them with the engine (root)
 	scripts/runtimes.sh
 
+test-deps: ## Install the Debian packages the tests use (prometheus, skopeo, registry...; root)
+	scripts/test-deps.sh
+
 images: engine ## Build the base and example images (offline when no registry)
 	scripts/images.sh
 
@@ -39,7 +45,7 @@ up: stack-images ## Run the platform in containers (docker compose up -d); print
 down: ## Stop the containerised platform (functions, network and admin token stay)
 	scripts/compose.sh down
 
-test: install images stack-images ## Run the whole test suite against a real engine and Traefik
+test: install test-deps runtimes images stack-images ## Set up everything the suite needs, then run it all
 	$(BIN)/pytest
 
 unit: install ## Run only the tests that need no engine

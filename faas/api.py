@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import __version__, openapi
+from . import __version__, openapi, template
 from .config import Settings
 from .errors import FaasError, FunctionExists, FunctionNotFound, InvalidSpec
 from .keys import Keys, check_kid
@@ -46,7 +46,7 @@ class ManagementApi:
         self.provider = lifecycle.provider
         self.scaler = scaler
         self.keys = keys
-        self.base_image = settings.base_image
+        self.settings = settings
         self.metrics = lifecycle.metrics
 
     def routes(self) -> list[Route]:
@@ -220,11 +220,19 @@ class ManagementApi:
             digest.update(block)
         context.seek(0)
         tag = f"faas/{name}:{digest.hexdigest()[:12]}"
-        # A handler template's Dockerfile starts FROM the platform's base image.
-        args = {"BASE_IMAGE": self.base_image} if "template" in request.query_params else None
+        is_template = "template" in request.query_params
 
         async def lines() -> AsyncIterator[dict[str, object]]:
             try:
+                args = None
+                if is_template:
+                    # A handler template's Dockerfile starts FROM the platform's base image.
+                    base = await run_in_threadpool(
+                        template.base_image, self.provider, self.settings
+                    )
+                    args = {"BASE_IMAGE": base.image}
+                    if base.note:
+                        yield {"stream": f"{base.note}\n"}
                 async for line in iterate(self.provider.build(context, tag, args)):
                     yield {"stream": line}
                 yield {"image": tag}

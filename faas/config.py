@@ -94,7 +94,10 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Seconds between checks for idle functions to scale to zero."
     )
     base_image: str = Field(
-        "python:3.12-slim", description="Base image of functions built from a handler template."
+        "python:3.12-slim",
+        description="Base image of functions built from a handler template. Unset, and the "
+        "default neither on the engine nor pullable: the offline faas/python-base:bookworm "
+        "(`make images`) when the engine has it, said in the build output.",
     )
     default_runtime: str | None = Field(
         None, description="OCI runtime of functions that name none; the engine's default if unset."

@@ -7,10 +7,13 @@ docs/configuration.md from Settings, docs/cli.md from the Typer app.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
+import typer
+from typer.cli import get_docs_for_click
+
+from .cli import app
 from .config import Settings
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -47,13 +50,14 @@ def configuration() -> str:
 
 
 def cli() -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "typer", "faas.cli", "utils", "docs", "--name", "faas"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return out.rstrip() + "\n"
+    """The Typer app's reference, as `typer faas.cli utils docs` writes it, in plain Markdown.
+
+    That command renders help texts through rich's HTML export (the app's markup mode),
+    which escapes quotes and `<` into HTML entities; without a markup mode in the context,
+    the same generator keeps the help texts as written."""
+    command = typer.main.get_command(app)
+    docs = get_docs_for_click(obj=command, ctx=typer.Context(command), name="faas")
+    return docs.strip() + "\n"
 
 
 def main(argv: list[str]) -> int:

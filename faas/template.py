@@ -9,14 +9,60 @@ import string
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, TYPE_CHECKING, NamedTuple, cast
 
-from .errors import InvalidSpec
+from .errors import ImageNotFound, InvalidSpec
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .provider import Provider
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 RUNTIME = Path(__file__).resolve().parent / "runtime"
 LANGS = ("python",)
 SKIP = frozenset({"__pycache__", ".git", ".venv", "faas.toml", ".dockerignore"})
+# What `make images` (scripts/images.sh) builds where the public base cannot be pulled.
+OFFLINE_BASE = "faas/python-base:bookworm"
+
+
+class BaseImage(NamedTuple):
+    """The image a template build starts FROM; `note` says why, when it is not the setting."""
+
+    image: str
+    note: str | None = None
+
+
+def base_image(provider: Provider, settings: Settings) -> BaseImage:
+    """Choose the base of a template build, pulling it when the engine lacks it.
+
+    An explicit FAAS_BASE_IMAGE always wins: when it cannot be had, ImageNotFound names
+    it. When the default cannot be had but the engine has the offline base, that one is
+    used, so `faas new` + `faas deploy` work without a registry.
+    """
+    configured = settings.base_image
+    try:
+        _obtain(provider, configured)
+        return BaseImage(configured)
+    except ImageNotFound as exc:
+        if "base_image" in settings.model_fields_set:
+            raise
+        missing = exc
+    if provider.image_labels(OFFLINE_BASE) is None:  # only ever built here, never pulled
+        raise ImageNotFound(
+            configured, f"{missing.reason}; without a registry, `make images` builds "
+            f"{OFFLINE_BASE}, which is used when FAAS_BASE_IMAGE is not set"
+        ) from missing  # fmt: skip
+    return BaseImage(
+        OFFLINE_BASE,
+        f"note: {configured} cannot be pulled ({missing.reason}); building on the "
+        f"offline base {OFFLINE_BASE} instead (set FAAS_BASE_IMAGE to choose one)",
+    )
+
+
+def _obtain(provider: Provider, image: str) -> None:
+    """Have `image` on the engine: nothing to do when present, else pull it whole."""
+    for _ in provider.pull(image):
+        pass
 
 
 def _check(lang: str) -> Path:

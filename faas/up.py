@@ -25,7 +25,9 @@ from .supervisor import GRACE, Child, describe_exit, supervise
 def _settings_env(settings: Settings) -> dict[str, str]:
     """The settings as FAAS_* variables, so the gateway sees what `faas up` was given."""
     env = dict(os.environ)
-    for field, value in settings.model_dump(exclude_none=True).items():
+    # Only what was set: the gateway computes the same defaults, and can tell a
+    # setting from a default (an unset FAAS_BASE_IMAGE may fall back offline).
+    for field, value in settings.model_dump(exclude_none=True, exclude_unset=True).items():
         if field == "admin_token":
             continue  # the gateway reads the same token file; keep it out of /proc/*/environ
         env[f"FAAS_{field.upper()}"] = str(value)

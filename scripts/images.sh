@@ -14,13 +14,19 @@ ECHO_IMAGE="${FAAS_ECHO_IMAGE:-faas/echo:latest}"
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 
 log() { echo "images: $*" >&2; }
+die() {
+  log "$*"
+  exit 1
+}
+# shellcheck source=scripts/apt.sh
+. scripts/apt.sh
 have() { docker image inspect "$1" >/dev/null 2>&1; }
 
 offline_base() {
   if have "$OFFLINE_BASE"; then return; fi
   if ! command -v debootstrap >/dev/null 2>&1; then
-    if [ "$(id -u)" != 0 ]; then log "need debootstrap to build $OFFLINE_BASE"; exit 1; fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+    [ "$(id -u)" = 0 ] || die "need debootstrap to build $OFFLINE_BASE"
+    apt_install debootstrap
   fi
   root="$(mktemp -d)"
   trap 'rm -rf "$root"' RETURN

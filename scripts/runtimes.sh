@@ -66,30 +66,9 @@ trap cleanup EXIT
 
 # --- 1. packages -------------------------------------------------------------
 
-# apt_install PACKAGE...: install quietly; refresh the package lists first only
-# when apt has no candidate for one of them (fresh machine, empty lists), and
-# once more when the install fails (stale lists point at deleted .debs).
-apt_install() {
-  local p need_update=0
-  command -v apt-get >/dev/null 2>&1 || die "need $* but apt-get is not available; install them by hand"
-  for p in "$@"; do
-    case "$(apt-cache policy "$p" 2>/dev/null | awk '/Candidate:/ {print $2}')" in
-      "" | "(none)") need_update=1 ;;
-    esac
-  done
-  export DEBIAN_FRONTEND=noninteractive
-  if [ "$need_update" = 1 ]; then
-    log "apt-get update"
-    apt-get update -qq
-  fi
-  log "installing $*"
-  if ! apt-get install -y -qq --no-install-recommends "$@" >/dev/null; then
-    [ "$need_update" = 1 ] && die "apt-get install $* failed"
-    log "install failed; refreshing package lists and retrying"
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-  fi
-}
+# apt_install PACKAGE... (refreshes the package lists only when needed)
+# shellcheck source=scripts/apt.sh
+. "$(dirname "$0")/apt.sh"
 
 # A binary already on PATH (Debian's or an upstream build in /usr/local/bin)
 # is used as it is; we only install what is missing.

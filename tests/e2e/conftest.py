@@ -17,7 +17,6 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 import requests
@@ -58,17 +57,11 @@ def compose_command() -> list[str] | None:
     return ["docker-compose"]
 
 
-def unavailable(message: str) -> NoReturn:
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
 def images() -> dict[str, str]:
     """The stack's image names, built (or found) by scripts/compose-images.sh."""
     if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-        unavailable("no Docker engine; run `make engine`")
+        pytest.fail("no Docker engine; run `make engine`")
     if subprocess.run(["docker", "image", "inspect", ECHO_IMAGE], capture_output=True).returncode:
         pytest.fail(f"{ECHO_IMAGE} is missing; run `make images`")
     # Quick when nothing changed (Docker's layer cache, wheels kept); it
@@ -189,7 +182,7 @@ class Stack:
 def stack(images: dict[str, str]) -> Iterator[Stack]:
     compose = compose_command()
     if compose is None:
-        unavailable("no Docker Compose (docker compose / docker-compose); run `make images`")
+        pytest.fail("no Docker Compose (docker compose / docker-compose); run `make stack-images`")
     s = Stack(compose, images)
     try:
         yield s

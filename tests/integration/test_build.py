@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import shutil
 import socket
@@ -114,9 +113,7 @@ def test_import_an_oci_layout_archive(
     """skopeo writes the OCI image layout (index.json), which Docker 20.10 cannot load."""
     skopeo = shutil.which("skopeo")
     if skopeo is None:
-        if os.environ.get("CI"):
-            pytest.fail("skopeo is not installed (apt-get install skopeo)")
-        pytest.skip("skopeo is not installed")
+        pytest.fail("skopeo is not installed; run `make test-deps`")
     ref = f"faas-test/oci:{secrets.token_hex(4)}"
     archive = tmp_path / "oci.tar"
     subprocess.run(
@@ -140,10 +137,7 @@ def serve_registry(users: dict[str, str] | None = None) -> Iterator[str]:
     binary = shutil.which("docker-registry")
     htpasswd = shutil.which("htpasswd")
     if binary is None or (users and htpasswd is None):
-        message = "docker-registry (and apache2-utils for auth) are not installed"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.fail("docker-registry or htpasswd (apache2-utils) is missing; run `make test-deps`")
     root = Path(tempfile.mkdtemp(prefix="faas-registry-"))
     address = f"127.0.0.1:{free_port()}"
     config = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +10,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from .conftest import Stack, cli, fn_name
+from faas.template import OFFLINE_BASE
+
+from .conftest import Stack, cli, fn_name, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -30,18 +33,26 @@ def handle(request):
 """
 
 
-@pytest.fixture
-def function(stack: Stack, engine: docker.DockerClient, tmp_path: Path) -> Iterator[Path]:
-    """A scaffolded function folder; its function and images are removed after."""
+@contextlib.contextmanager
+def scaffolded(stack: Stack, engine: docker.DockerClient, tmp_path: Path) -> Iterator[Path]:
+    """A function folder from `faas new`; its function and images are removed after."""
     name = fn_name("tpl")
     folder = tmp_path / name
     code, _, err = cli(stack, "new", name, "--dir", str(folder))
     assert code == 0, err
     assert {p.name for p in folder.iterdir()} == {"handler.py", "requirements.txt", "faas.toml"}
-    yield folder
-    stack.api("DELETE", f"/functions/{name}")
-    for image in engine.images.list(name=f"faas/{name}"):
-        engine.images.remove(str(image.id), force=True)
+    try:
+        yield folder
+    finally:
+        stack.api("DELETE", f"/functions/{name}")
+        for image in engine.images.list(name=f"faas/{name}"):
+            engine.images.remove(str(image.id), force=True)
+
+
+@pytest.fixture
+def function(stack: Stack, engine: docker.DockerClient, tmp_path: Path) -> Iterator[Path]:
+    with scaffolded(stack, engine, tmp_path) as folder:
+        yield folder
 
 
 def test_template_starter_deploys_and_answers(stack: Stack, function: Path) -> None:
@@ -92,3 +103,51 @@ def test_manifest_errors_name_the_field(stack: Stack, tmp_path: Path) -> None:
     bad.write_text("name = \n")
     code, _, err = cli(stack, "deploy", "-f", str(bad))
     assert (code, "not valid TOML" in err) == (1, True)
+
+
+# -- the base image when FAAS_BASE_IMAGE is not set ---------------------------
+
+DEFAULT_BASE = "python:3.12-slim"
+
+
+def offline(engine: docker.DockerClient) -> None:
+    """Fail unless the engine is as on a machine without a registry: no default base
+    (it is not pulled in the test either: no registry answers), the offline one built."""
+    names = {tag for image in engine.images.list() for tag in image.tags}
+    if DEFAULT_BASE in names:
+        pytest.fail(f"{DEFAULT_BASE} is on this engine, so the offline fallback cannot be "
+                    f"shown; `docker rmi {DEFAULT_BASE}` to run this test")  # fmt: skip
+    if OFFLINE_BASE not in names:
+        pytest.fail(f"{OFFLINE_BASE} is missing; run `make images`")
+
+
+def test_unset_base_image_falls_back_to_the_offline_base(
+    engine: docker.DockerClient, tmp_path: Path
+) -> None:
+    offline(engine)
+    with (
+        running_stack(engine, tmp_path / "state", unset=("FAAS_BASE_IMAGE",)) as stack,
+        scaffolded(stack, engine, tmp_path) as function,
+    ):
+        code, _, err = cli(stack, "deploy", "-f", str(function / "faas.toml"))
+        assert code == 0, err
+        assert f"note: {DEFAULT_BASE} cannot be pulled" in err
+        assert f"building on the offline base {OFFLINE_BASE} instead" in err
+        got = stack.invoke(function.name, "/hi?name=offline")
+        assert got.json() == {"hello": "offline", "method": "GET", "path": "/hi"}
+
+
+def test_an_explicit_base_image_wins_and_fails_clearly(
+    engine: docker.DockerClient, tmp_path: Path
+) -> None:
+    offline(engine)
+    missing = "faas-test/missing:base"
+    with (
+        running_stack(engine, tmp_path / "state", FAAS_BASE_IMAGE=missing) as stack,
+        scaffolded(stack, engine, tmp_path) as function,
+    ):
+        code, _, err = cli(stack, "deploy", "-f", str(function / "faas.toml"))
+        assert code == 1
+        assert f"faas: error: image '{missing}' not found: " in err
+        assert "offline base" not in err
+        assert stack.api("GET", f"/functions/{function.name}").status_code == 404
