@@ -120,6 +120,12 @@ class Settings(BaseSettings):
         "Traefik's buffering middleware enforces it and buffers responses too, which "
         "breaks streamed responses: hence off unless set (or set per function).",
     )
+    api_max_body_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        description="Largest JSON body the management API reads (a spec, a scale or key "
+        "request), 413 above; uploads (image archives, build contexts) have their own limit.",
+    )
     request_timeout: float = Field(
         300.0,
         ge=0,

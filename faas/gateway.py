@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from . import __version__, auth, labels, openapi
+from .body import parse_json, read_body, read_json
 from .config import Settings
 from .docker_provider import DockerProvider
 from .errors import (
@@ -123,6 +124,7 @@ class Api:
         self.scaler = scaler
         self.keys = keys
         self.max_body = settings.max_body_bytes  # the platform default; a spec may set its own
+        self.api_max_body = settings.api_max_body_bytes
         self.proxy = Proxy(settings.request_timeout)
         self.counters = scaler.metrics
         self.router = router
@@ -174,7 +176,7 @@ class Api:
         return JSONResponse([self._view(f) for f in functions])
 
     async def create_function(self, request: Request) -> Response:
-        spec = parse_spec(await _json_body(request))
+        spec = parse_spec(await read_json(request, self.api_max_body))
         try:
             await run_in_threadpool(self.provider.get, spec.name)
         except FunctionNotFound:
@@ -190,7 +192,7 @@ class Api:
 
     async def put_function(self, request: Request) -> Response:
         name = check_name(request.path_params["name"])
-        body = await _json_body(request)
+        body = await read_json(request, self.api_max_body)
         if isinstance(body, dict) and body.setdefault("name", name) != name:
             raise InvalidSpec("name", f"does not match the URL ({name!r})")
         return await self._deploy(parse_spec(body), status=200)
@@ -213,7 +215,7 @@ class Api:
 
     async def scale(self, request: Request) -> Response:
         name = check_name(request.path_params["name"])
-        body = await _json_body(request)
+        body = await read_json(request, self.api_max_body)
         replicas = body.get("replicas") if isinstance(body, dict) and len(body) == 1 else None
         if type(replicas) is not int or replicas not in (0, 1):
             raise InvalidSpec("replicas", 'send {"replicas": 0} or {"replicas": 1}')
@@ -245,8 +247,8 @@ class Api:
 
     async def create_key(self, request: Request) -> Response:
         name = check_name(request.path_params["name"])
-        raw = await request.body()
-        body = _json_body_of(raw) if raw.strip() else {}
+        raw = await read_body(request, self.api_max_body)
+        body = parse_json(raw) if raw.strip() else {}
         ttl = body.get("ttl") if isinstance(body, dict) and set(body) <= {"ttl"} else "bad"
         if ttl is not None and (type(ttl) is not int or not 1 <= ttl <= MAX_KEY_TTL):
             raise InvalidSpec(
@@ -327,7 +329,7 @@ class Api:
 
     async def pull(self, request: Request) -> Response:
         """Pull an image unless present, streaming the engine's progress as JSON lines."""
-        body = await _json_body(request)
+        body = await read_json(request, self.api_max_body)
         if not isinstance(body, dict) or not set(body) <= {"image", "auth"}:
             raise InvalidSpec("", 'send {"image": "repo[:tag]", "auth"?: {"username", "password"}}')
         image, credentials = body.get("image"), body.get("auth")
@@ -394,17 +396,6 @@ def counted(counter: Counter) -> Iterator[None]:
         counter.labels("error").inc()
         raise
     counter.labels("ok").inc()
-
-
-async def _json_body(request: Request) -> object:
-    return _json_body_of(await request.body())
-
-
-def _json_body_of(raw: bytes) -> object:
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidSpec("", f"request body is not valid JSON: {exc}") from exc
 
 
 def _int_param(request: Request, key: str) -> int | None:
