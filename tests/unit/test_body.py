@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from faas import body as body_module
 from faas.body import MAX_DEPTH, parse_json, read_json
 from faas.config import Settings
 from faas.errors import FaasError, InvalidSpec
@@ -103,8 +106,43 @@ def test_a_chunked_body_is_cut_at_the_limit(tiny: Client) -> None:
     sent: list[int] = []
     got = tiny.request("POST", "/", content=chunks(1 << 20, sent))
     assert got.status_code == 413
-    assert sum(sent) <= 2 * LIMIT  # reading stopped there
     assert got.json()["error"] == f"request body is over the {LIMIT}-byte limit"
+    assert sum(sent) == (1 << 20) - 1024  # drained, so that the client hears the 413
+
+
+async def stalls(sent: list[int]) -> AsyncIterator[bytes]:
+    """Twice the limit, then nothing for a minute."""
+    for _ in range(8):
+        sent.append(1024)
+        yield b"x" * 1024
+    await asyncio.sleep(60)
+    yield b"never"
+
+
+def test_a_refused_body_is_drained_for_a_bounded_time(
+    tiny: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(body_module, "DRAIN_SECONDS", 0.3)
+    sent: list[int] = []
+    started = time.monotonic()
+    got = tiny.request("POST", "/", content=stalls(sent))
+    assert got.status_code == 413
+    assert 0.3 <= time.monotonic() - started < 5
+    assert sum(sent) == 8 * 1024
+
+
+def test_a_client_expecting_100_continue_is_answered_at_once(tiny: Client) -> None:
+    sent: list[int] = []
+    headers = {"Content-Length": str(1 << 20), "Expect": "100-continue"}
+    got = tiny.request("POST", "/", content=chunks(1 << 20, sent), headers=headers)
+    assert got.status_code == 413
+    assert sent == []
+    # Without the Expect header, the declared body is drained.
+    del headers["Expect"]
+    assert (
+        tiny.request("POST", "/", content=chunks(1 << 20, sent), headers=headers).status_code == 413
+    )
+    assert sum(sent) == (1 << 20) - 1024
 
 
 @pytest.fixture
