@@ -10,6 +10,7 @@
     ├── Unauthorized(reason)              no credentials (401)
     ├── Forbidden(reason)                 credentials that do not allow this (403)
     ├── PayloadTooLarge(reason)           a request body over the function's limit (413)
+    ├── TooManyRequests(reason, retry_after)  a client locked out after failed credentials (429)
     ├── GatewayTimeout(reason)            a function did not start answering in time (504)
     ├── WakeFailed(name, reason)          a stopped function did not start for a request
     ├── ProviderError(reason)             the engine failed or is unreachable
@@ -19,6 +20,8 @@ Foreign exceptions (Docker SDK, HTTP clients) are translated into these at the
 one module that talks to each foreign library; the HTTP layer maps them to
 status codes in one table (`faas.api.STATUS`).
 """
+
+import math
 
 
 class FaasError(Exception):
@@ -86,6 +89,17 @@ class Forbidden(FaasError):
 
 class PayloadTooLarge(FaasError):
     pass
+
+
+class TooManyRequests(FaasError):
+    """A client is locked out for `retry_after` seconds (faas/throttle.py)."""
+
+    def __init__(self, reason: str, retry_after: float) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+    def detail(self) -> object:
+        return {"retry_after": math.ceil(self.retry_after)}
 
 
 class ProviderError(FaasError):

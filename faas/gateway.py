@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import re
 import tempfile
 import time
@@ -42,6 +43,7 @@ from .errors import (
     InvalidSpec,
     PayloadTooLarge,
     ProviderError,
+    TooManyRequests,
     Unauthorized,
     WakeFailed,
 )
@@ -54,6 +56,7 @@ from .sampler import Sampler
 from .scaler import Scaler
 from .spec import FunctionSpec, check_name, parse_spec, valid_image
 from .stats import function_rows, parse_traefik
+from .throttle import Throttle
 from .traefik import Drains, TraefikRouter
 
 # One table from error type to HTTP status.
@@ -67,6 +70,7 @@ STATUS: dict[type[FaasError], int] = {
     Unauthorized: 401,
     Forbidden: 403,
     PayloadTooLarge: 413,
+    TooManyRequests: 429,
     ProviderError: 503,
     WakeFailed: 503,
     GatewayTimeout: 504,
@@ -101,6 +105,8 @@ def error_response(exc: FaasError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     if isinstance(exc, WakeFailed):
         headers = {"Retry-After": RETRY_AFTER}
+    if isinstance(exc, TooManyRequests):
+        headers = {"Retry-After": str(math.ceil(exc.retry_after))}
     return JSONResponse(
         {"error": exc.message, "detail": exc.detail()}, status_code=status, headers=headers
     )
@@ -128,14 +134,21 @@ class Api:
         self.proxy = Proxy(settings.request_timeout)
         self.counters = scaler.metrics
         self.router = router
+        self.throttle = Throttle.from_settings(settings)
 
     def admin(self, endpoint: Endpoint) -> Endpoint:
         """Wrap an endpoint: require the admin token, turn FaasError into JSON."""
 
         async def guarded(request: Request) -> Response:
             try:
-                if not auth.bearer_matches(request.headers.get("authorization"), self.token):
+                client = _client(request)
+                self.throttle.check(client)
+                authorization = request.headers.get("authorization")
+                if not auth.bearer_matches(authorization, self.token):
+                    if authorization:
+                        self.throttle.failed(client, "admin token")
                     raise Unauthorized("missing or wrong admin token (Authorization: Bearer ...)")
+                self.throttle.succeeded(client)
                 return await endpoint(request)
             except FaasError as exc:
                 return error_response(exc)
@@ -228,14 +241,23 @@ class Api:
         return JSONResponse(function.to_json())
 
     def authorize(self, request: Request, name: str) -> None:
-        """Let the admin token or a key for `name` through; raise Unauthorized/Forbidden."""
+        """Let the admin token or a key for `name` through; raise Unauthorized/Forbidden,
+        or TooManyRequests for a client locked out after failed keys."""
+        client = _client(request)
+        self.throttle.check(client)
         authorization = request.headers.get("authorization")
         faas_key = request.headers.get("x-faas-key")
         if auth.bearer_matches(authorization, self.token) or auth.bearer_matches(
             f"Bearer {faas_key}", self.token
         ):
             return
-        self.keys.check(name, presented_key(authorization, faas_key))
+        key = presented_key(authorization, faas_key)
+        try:
+            self.keys.check(name, key)
+        except (Unauthorized, Forbidden):
+            if key:
+                self.throttle.failed(client, f"invoke key for {name}")
+            raise
 
     async def check_key(self, request: Request) -> Response:
         """Traefik's forwardAuth for `key` functions: 200 lets the request through."""
@@ -396,6 +418,13 @@ def counted(counter: Counter) -> Iterator[None]:
         counter.labels("error").inc()
         raise
     counter.labels("ok").inc()
+
+
+def _client(request: Request) -> str | None:
+    """The caller's address: uvicorn takes it from X-Forwarded-For only when the peer
+    is loopback, where Traefik is (its default FORWARDED_ALLOW_IPS), and Traefik
+    replaces any X-Forwarded-For its own clients send."""
+    return request.client.host if request.client else None
 
 
 def _int_param(request: Request, key: str) -> int | None:

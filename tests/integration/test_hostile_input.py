@@ -1,16 +1,22 @@
 """Hostile input against a running stack of its own: JSON bombs and huge bodies on
-the admin API. Each gets a 4xx with {"error"}, the next request is served, and the
-gateway's memory stays bounded."""
+the admin API (each gets a 4xx with {"error"}, the next request is served, and the
+gateway's memory stays bounded), and token and key guessing (throttled per client
+address, never the right credential from another address)."""
 
 from __future__ import annotations
 
+import secrets
 import select
 import socket
+import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
+import requests
+from requests.adapters import HTTPAdapter
 
 from .conftest import Stack, running_stack
 
@@ -21,7 +27,10 @@ MIB = 1 << 20
 
 @pytest.fixture(scope="module")
 def stack(engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(engine, tmp_path_factory.mktemp("hostile")) as s:
+    # The throttle at its defaults (conftest switches it off for the other modules).
+    with running_stack(
+        engine, tmp_path_factory.mktemp("hostile"), FAAS_AUTH_MAX_FAILURES="10"
+    ) as s:
         yield s
 
 
@@ -119,13 +128,104 @@ def test_a_200_mb_body_is_refused_without_buffering_it(stack: Stack, chunked: bo
     assert stack.api("GET", "/functions").status_code == 200
     reset_peak(pid)
     before = memory_kib(pid, "VmRSS")
+    started = time.monotonic()
     status, body, sent = send_huge(stack, "/functions/huge", 200 * MIB, chunked=chunked)
+    took = time.monotonic() - started
     peak = memory_kib(pid, "VmHWM")
     print(
         f"\n200 MB {'chunked' if chunked else 'with Content-Length'}: {status} after "
-        f"{sent / MIB:.1f} MiB sent; gateway RSS {before // 1024} MiB, peak {peak // 1024} MiB"
+        f"{sent / MIB:.1f} MiB sent in {took:.2f}s; gateway RSS {before // 1024} MiB, "
+        f"peak {peak // 1024} MiB"
     )
     assert status == 413, body[:300]
     assert b"over the" in body
     assert peak - before < 32 * 1024, f"gateway grew from {before} to {peak} KiB"
     assert stack.api("GET", "/functions").status_code == 200
+
+
+# -- credential guessing -------------------------------------------------------
+# The body tests above use 127.0.0.1 with the right token; each test here sends
+# from addresses of its own (all of 127/8 reaches loopback listeners on Linux).
+
+
+class SourceAdapter(HTTPAdapter):
+    """Connections from a given local address."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        super().__init__()
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **kwargs: object
+    ) -> None:
+        kwargs["source_address"] = (self.source, 0)
+        super().init_poolmanager(connections, maxsize, block, **kwargs)
+
+
+def client_from(source: str) -> requests.Session:
+    session = requests.Session()
+    session.mount("http://", SourceAdapter(source))
+    return session
+
+
+def guess(
+    session: requests.Session, url: str, count: int, headers: dict[str, str] | None = None
+) -> tuple[Counter[int], float]:
+    """`count` wrong credentials: the statuses, and the seconds it took."""
+    statuses: Counter[int] = Counter()
+    start = time.monotonic()
+    for _ in range(count):
+        wrong = {"Authorization": f"Bearer {secrets.token_urlsafe(32)}", **(headers or {})}
+        got = session.get(url, headers=wrong, timeout=10)
+        assert "error" in got.json()
+        statuses[got.status_code] += 1
+    return statuses, time.monotonic() - start
+
+
+def test_admin_token_guessing_is_throttled_and_the_admin_still_gets_in(stack: Stack) -> None:
+    guesser, admin = client_from("127.0.0.2"), client_from("127.0.0.3")
+    right = {"Authorization": f"Bearer {stack.token}"}
+    statuses, took = guess(guesser, f"{stack.url}/api/v1/functions", 1000)
+    print(f"\n1000 wrong admin tokens through Traefik in {took:.2f}s: {dict(statuses)}")
+    assert set(statuses) == {401, 429}
+    assert statuses[401] <= 20  # 10, then one more after each lockout (1 s, 2 s, 4 s ...)
+    got = guesser.get(f"{stack.url}/api/v1/functions", headers=right, timeout=10)
+    assert got.status_code == 429  # the guesser's own right token waits its lockout out
+    assert int(got.headers["Retry-After"]) >= 1
+    # Another address, through Traefik and straight to the gateway: never refused.
+    assert admin.get(f"{stack.url}/api/v1/functions", headers=right, timeout=10).ok
+    assert admin.get(f"{stack.direct}/api/v1/functions", headers=right, timeout=10).ok
+
+
+def test_a_forged_x_forwarded_for_does_not_dodge_the_throttle(stack: Stack) -> None:
+    """Traefik replaces the X-Forwarded-For of its clients; the gateway trusts it
+    only from Traefik's (loopback) address."""
+    forged = {"X-Forwarded-For": "192.0.2.1, 127.0.0.1", "X-Real-Ip": "192.0.2.1"}
+    # What Traefik's web entrypoint passes on (the same for the gateway's router),
+    # seen by a function, from 127.0.0.1 itself, the address the gateway trusts.
+    with stack.deployed("xff") as name:
+        seen = stack.invoke(name, headers=forged).json()["headers"]
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert seen["x-real-ip"] == "127.0.0.1"
+    guesser = client_from("127.0.0.4")
+    statuses, _ = guess(guesser, f"{stack.url}/api/v1/functions", 100, forged)
+    assert statuses[401] == 10
+    assert statuses[429] == 90
+    # Straight to the gateway from a non-proxy address: the header is ignored too.
+    direct = client_from("127.0.0.5")
+    statuses, _ = guess(direct, f"{stack.direct}/api/v1/functions", 30, forged)
+    assert statuses == Counter({401: 10, 429: 20})
+
+
+def test_invoke_key_guessing_is_throttled_at_the_key_check(stack: Stack) -> None:
+    with stack.deployed("keyed", auth="key") as name:
+        got = stack.api("POST", f"/functions/{name}/keys", json={"ttl": None})
+        key = got.json()["key"]
+        guesser, caller = client_from("127.0.0.6"), client_from("127.0.0.7")
+        url = f"{stack.url}/function/{name}/"
+        statuses, took = guess(guesser, url, 200)
+        print(f"\n200 wrong keys through forwardAuth in {took:.2f}s: {dict(statuses)}")
+        assert statuses[403] <= 15
+        assert statuses[429] >= 180
+        assert caller.get(url, headers={"X-Faas-Key": key}, timeout=10).status_code == 200
+        assert guesser.get(url, headers={"X-Faas-Key": key}, timeout=10).status_code == 429
