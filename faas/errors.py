@@ -5,6 +5,7 @@
     ├── FunctionNotFound(name)
     ├── FunctionExists(name)
     ├── ImageNotFound(image, reason)
+    ├── RegistryUnreachable(image, registry, reason)  the pull could not reach the registry (502)
     ├── DeployFailed(name, reason, logs)  the new version never became ready
     ├── BuildFailed(reason, log)          an image build failed; nothing deployed
     ├── Unauthorized(reason)              no credentials (401)
@@ -66,6 +67,20 @@ class ImageNotFound(FaasError):
 
     def detail(self) -> object:
         return {"image": self.image, "reason": self.reason}
+
+
+class RegistryUnreachable(FaasError):
+    """The engine could not talk to the image's registry: nothing is known about
+    the image itself (compare ImageNotFound, which the registry said)."""
+
+    def __init__(self, image: str, registry: str, reason: str) -> None:
+        super().__init__(f"cannot reach the registry {registry} to pull {image!r}: {reason}")
+        self.image = image
+        self.registry = registry
+        self.reason = reason
+
+    def detail(self) -> object:
+        return {"image": self.image, "registry": self.registry, "reason": self.reason}
 
 
 class DeployFailed(FaasError):
