@@ -7,7 +7,6 @@ Every answer is read from the engine (Docker labels): a restart loses nothing.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
@@ -19,6 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from . import __version__, openapi, template
+from .body import parse_json, read_body, read_json
 from .config import Settings
 from .errors import FaasError, FunctionExists, FunctionNotFound, InvalidSpec
 from .keys import Keys, check_kid
@@ -47,6 +47,7 @@ class ManagementApi:
         self.scaler = scaler
         self.keys = keys
         self.settings = settings
+        self.api_max_body = settings.api_max_body_bytes
         self.metrics = lifecycle.metrics
 
     def routes(self) -> list[Route]:
@@ -104,7 +105,7 @@ class ManagementApi:
         return JSONResponse([self._view(f) for f in functions])
 
     async def create_function(self, request: Request) -> Response:
-        spec = parse_spec(await json_body(request))
+        spec = parse_spec(await read_json(request, self.api_max_body))
         try:
             await run_in_threadpool(self.lifecycle.get, spec.name)
         except FunctionNotFound:
@@ -120,7 +121,7 @@ class ManagementApi:
 
     async def put_function(self, request: Request) -> Response:
         name = check_name(request.path_params["name"])
-        body = await json_body(request)
+        body = await read_json(request, self.api_max_body)
         if isinstance(body, dict) and body.setdefault("name", name) != name:
             raise InvalidSpec("name", f"does not match the URL ({name!r})")
         return await self._deploy(parse_spec(body), status=200)
@@ -150,7 +151,7 @@ class ManagementApi:
 
     async def scale(self, request: Request) -> Response:
         name = check_name(request.path_params["name"])
-        body = await json_body(request)
+        body = await read_json(request, self.api_max_body)
         replicas = body.get("replicas") if isinstance(body, dict) and len(body) == 1 else None
         if type(replicas) is not int or replicas not in (0, 1):
             raise InvalidSpec("replicas", 'send {"replicas": 0} or {"replicas": 1}')
@@ -164,8 +165,8 @@ class ManagementApi:
 
     async def create_key(self, request: Request) -> Response:
         name = check_name(request.path_params["name"])
-        raw = await request.body()
-        body = json_of(raw) if raw.strip() else {}
+        raw = await read_body(request, self.api_max_body)
+        body = parse_json(raw) if raw.strip() else {}
         ttl = body.get("ttl") if isinstance(body, dict) and set(body) <= {"ttl"} else "bad"
         if ttl is not None and (type(ttl) is not int or not 1 <= ttl <= MAX_KEY_TTL):
             raise InvalidSpec(
@@ -184,7 +185,7 @@ class ManagementApi:
 
     async def pull(self, request: Request) -> Response:
         """Pull an image unless present, streaming the engine's progress as JSON lines."""
-        body = await json_body(request)
+        body = await read_json(request, self.api_max_body)
         if not isinstance(body, dict) or not set(body) <= {"image", "auth"}:
             raise InvalidSpec("", 'send {"image": "repo[:tag]", "auth"?: {"username", "password"}}')
         image, credentials = body.get("image"), body.get("auth")
@@ -253,17 +254,6 @@ def counted(counter: Counter) -> Iterator[None]:
         counter.labels("error").inc()
         raise
     counter.labels("ok").inc()
-
-
-async def json_body(request: Request) -> object:
-    return json_of(await request.body())
-
-
-def json_of(raw: bytes) -> object:
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidSpec("", f"request body is not valid JSON: {exc}") from exc
 
 
 def _int_param(request: Request, key: str) -> int | None:

@@ -19,7 +19,7 @@ from . import manifest, template
 from .client import Client
 from .config import Settings
 from .errors import FaasError
-from .spec import check_name
+from .spec import check_new_name
 
 app = typer.Typer(
     help="Functions as containers on Docker, routed by Traefik.",
@@ -274,7 +274,7 @@ def new(
     ] = None,
 ) -> None:
     """Create a function from a template: handler, requirements and faas.toml."""
-    check_name(name)
+    check_new_name(name)
     folder = directory or Path(name)
     for path in template.scaffold(name, lang, folder):
         typer.echo(f"created {path}")

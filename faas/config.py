@@ -140,6 +140,34 @@ class Settings(BaseSettings):
         "Traefik's buffering middleware enforces it and buffers responses too, which "
         "breaks streamed responses: hence off unless set (or set per function).",
     )
+    api_max_body_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        description="Largest JSON body the management API reads (a spec, a scale or key "
+        "request), 413 above; uploads (image archives, build contexts) have their own limit.",
+    )
+    auth_max_failures: int = Field(
+        10,
+        ge=0,
+        description="Wrong admin tokens or invoke keys one client address may send within "
+        "FAAS_AUTH_FAILURE_WINDOW before it is locked out (429 with Retry-After, even for "
+        "a right token, until the lockout ends); 0: no limit.",
+    )
+    auth_failure_window: float = Field(
+        60.0, gt=0, description="Seconds over which a client's failed credentials are counted."
+    )
+    auth_backoff: float = Field(
+        1.0, gt=0, description="Seconds of a client's first lockout; each further one doubles."
+    )
+    auth_max_backoff: float = Field(
+        900.0, gt=0, description="Longest lockout of a client, in seconds."
+    )
+    auth_max_clients: int = Field(
+        10_000,
+        ge=1,
+        description="Client addresses (IPv6: /64 blocks) whose failures are remembered; "
+        "past that the one idle longest is forgotten.",
+    )
     request_timeout: float = Field(
         300.0,
         ge=0,

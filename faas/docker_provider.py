@@ -37,6 +37,7 @@ from .errors import (
     ProviderError,
 )
 from .provider import EngineInfo, Instance, LogStream, State, Usage
+from .registry import pull_failure
 from .spec import FunctionSpec
 
 # A container as the engine's list endpoint describes it.
@@ -303,10 +304,10 @@ class DockerProvider:
             )
             for event in events:
                 if "error" in event:
-                    raise ImageNotFound(image, str(event["error"]))
+                    raise pull_failure(image, str(event["error"]))
                 yield cast(dict[str, object], event)
         except docker.errors.APIError as exc:
-            raise ImageNotFound(image, str(exc.explanation or exc)) from exc
+            raise pull_failure(image, str(exc.explanation or exc), exc.status_code) from exc
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise ProviderError(f"Docker engine unreachable: {exc}") from exc
 

@@ -5,11 +5,13 @@
     ├── FunctionNotFound(name)
     ├── FunctionExists(name)
     ├── ImageNotFound(image, reason)
+    ├── RegistryUnreachable(image, registry, reason)  the pull could not reach the registry (502)
     ├── DeployFailed(name, reason, cause, logs)  the new version never became ready
     ├── BuildFailed(reason, log)          an image build failed; nothing deployed
     ├── Unauthorized(reason)              no credentials (401)
     ├── Forbidden(reason)                 credentials that do not allow this (403)
     ├── PayloadTooLarge(reason)           a request body over the function's limit (413)
+    ├── TooManyRequests(reason, retry_after)  a client locked out after failed credentials (429)
     ├── GatewayTimeout(reason)            a function did not start answering in time (504)
     ├── WakeFailed(name, reason, cause)   a stopped function did not start for a request
     ├── ProviderError(reason)             the engine failed or is unreachable
@@ -22,6 +24,7 @@ status codes in one table (`faas.gateway.STATUS`). A failed start carries its
 """
 
 import enum
+import math
 
 
 class Cause(enum.StrEnum):
@@ -79,6 +82,20 @@ class ImageNotFound(FaasError):
         return {"image": self.image, "reason": self.reason}
 
 
+class RegistryUnreachable(FaasError):
+    """The engine could not talk to the image's registry: nothing is known about
+    the image itself (compare ImageNotFound, which the registry said)."""
+
+    def __init__(self, image: str, registry: str, reason: str) -> None:
+        super().__init__(f"cannot reach the registry {registry} to pull {image!r}: {reason}")
+        self.image = image
+        self.registry = registry
+        self.reason = reason
+
+    def detail(self) -> object:
+        return {"image": self.image, "registry": self.registry, "reason": self.reason}
+
+
 class DeployFailed(FaasError):
     def __init__(self, name: str, reason: str, cause: Cause, logs: str = "") -> None:
         super().__init__(f"function {name!r} did not start: {reason}")
@@ -106,6 +123,17 @@ class Forbidden(FaasError):
 
 class PayloadTooLarge(FaasError):
     pass
+
+
+class TooManyRequests(FaasError):
+    """A client is locked out for `retry_after` seconds (faas/throttle.py)."""
+
+    def __init__(self, reason: str, retry_after: float) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+    def detail(self) -> object:
+        return {"retry_after": math.ceil(self.retry_after)}
 
 
 class ProviderError(FaasError):

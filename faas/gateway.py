@@ -14,6 +14,7 @@ class to HTTP status, applied by Starlette's exception handlers.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -39,6 +40,8 @@ from .errors import (
     InvalidSpec,
     PayloadTooLarge,
     ProviderError,
+    RegistryUnreachable,
+    TooManyRequests,
     Unauthorized,
     WakeFailed,
 )
@@ -50,6 +53,7 @@ from .provider import Provider, Router
 from .proxy import Proxy
 from .sampler import Sampler
 from .scaler import Scaler
+from .throttle import Throttle, client_address
 from .traefik import Drains, TraefikRouter
 
 # One table from error type to HTTP status.
@@ -58,11 +62,13 @@ STATUS: dict[type[FaasError], int] = {
     FunctionNotFound: 404,
     FunctionExists: 409,
     ImageNotFound: 422,
+    RegistryUnreachable: 502,
     DeployFailed: 502,
     BuildFailed: 422,
     Unauthorized: 401,
     Forbidden: 403,
     PayloadTooLarge: 413,
+    TooManyRequests: 429,
     ProviderError: 503,
     WakeFailed: 503,
     GatewayTimeout: 504,
@@ -87,6 +93,8 @@ async def error_response(request: Request, exc: Exception) -> Response:
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, WakeFailed):
         headers["Retry-After"] = RETRY_AFTER
+    if isinstance(exc, TooManyRequests):
+        headers["Retry-After"] = str(math.ceil(exc.retry_after))
     rid = getattr(request.state, "call_id", None)
     if rid is not None:  # a cold-path request: the caller gets the id the log lines carry
         headers[CALL_ID] = rid
@@ -95,12 +103,18 @@ async def error_response(request: Request, exc: Exception) -> Response:
     )
 
 
-def admin(token: str, endpoint: Endpoint) -> Endpoint:
-    """`endpoint`, for callers with the admin token only."""
+def admin(token: str, throttle: Throttle, endpoint: Endpoint) -> Endpoint:
+    """`endpoint`, for callers with the admin token only (wrong ones are throttled)."""
 
     async def guarded(request: Request) -> Response:
-        if not auth.bearer_matches(request.headers.get("authorization"), token):
+        client = client_address(request)
+        throttle.check(client)
+        authorization = request.headers.get("authorization")
+        if not auth.bearer_matches(authorization, token):
+            if authorization:
+                throttle.failed(client, "admin token")
             raise Unauthorized("missing or wrong admin token (Authorization: Bearer ...)")
+        throttle.succeeded(client)
         return await endpoint(request)
 
     return guarded
@@ -118,14 +132,15 @@ def build_app(
 ) -> Starlette:
     settings = settings or Settings()
     scaler = scaler or Scaler(lifecycle, settings.scale_interval)
+    throttle = Throttle.from_settings(settings)
     api = ManagementApi(lifecycle, scaler, keys, settings)
-    invoker = Invoker(lifecycle, scaler, keys, token, settings, proxy)
+    invoker = Invoker(lifecycle, scaler, keys, token, settings, throttle, proxy)
     routes = [
         Route("/api/v1/healthz", api.healthz, methods=["GET"]),
         # Unguarded on the gateway's own (loopback) port; through Traefik only with the token.
         Route("/metrics", api.prometheus, methods=["GET"]),
         *(
-            Route(r.path, admin(token, r.endpoint), methods=sorted(r.methods or ()))
+            Route(r.path, admin(token, throttle, r.endpoint), methods=sorted(r.methods or ()))
             for r in api.routes()
         ),
         *invoker.routes(),

@@ -20,12 +20,13 @@ from starlette.routing import Route
 
 from . import auth, labels
 from .config import Settings
-from .errors import FunctionNotFound, PayloadTooLarge
+from .errors import Forbidden, FunctionNotFound, PayloadTooLarge, Unauthorized
 from .keys import Keys, presented_key
 from .lifecycle import Lifecycle
 from .proxy import Proxy
 from .scaler import Scaler
 from .spec import NAME_RE, FunctionSpec, check_name
+from .throttle import Throttle, client_address
 
 # The request id header, lower case as ASGI gives header names.
 CALL_ID = "x-call-id"
@@ -53,12 +54,14 @@ class Invoker:
         keys: Keys,
         token: str,
         settings: Settings,
+        throttle: Throttle,
         proxy: Proxy | None = None,
     ) -> None:
         self.lifecycle = lifecycle
         self.scaler = scaler
         self.keys = keys
         self.token = token
+        self.throttle = throttle
         self.max_body = settings.max_body_bytes  # the platform default; a spec may set its own
         self.proxy = proxy or Proxy(settings.request_timeout)
         self.metrics = lifecycle.metrics
@@ -71,14 +74,23 @@ class Invoker:
         ]
 
     def authorize(self, request: Request, name: str) -> None:
-        """Let the admin token or a key for `name` through; raise Unauthorized/Forbidden."""
+        """Let the admin token or a key for `name` through; raise Unauthorized/Forbidden,
+        or TooManyRequests for a client locked out after failed keys."""
+        client = client_address(request)
+        self.throttle.check(client)
         authorization = request.headers.get("authorization")
         faas_key = request.headers.get("x-faas-key")
         if auth.bearer_matches(authorization, self.token) or auth.bearer_matches(
             f"Bearer {faas_key}", self.token
         ):
             return
-        self.keys.check(name, presented_key(authorization, faas_key))
+        key = presented_key(authorization, faas_key)
+        try:
+            self.keys.check(name, key)
+        except (Unauthorized, Forbidden):
+            if key:
+                self.throttle.failed(client, f"invoke key for {name}")
+            raise
 
     async def check_key(self, request: Request) -> Response:
         """Traefik's forwardAuth for `key` functions: 200 lets the request through.

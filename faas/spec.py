@@ -34,12 +34,55 @@ def valid_image(image: str) -> bool:
     return len(image) <= 512 and bool(IMAGE_RE.match(image) or IMAGE_ID_RE.match(image))
 
 
+# Words the platform itself names things with: Traefik routers, services,
+# middlewares, transports, entrypoints, plugins and providers (traefik/*.yml,
+# the drains of faas/traefik.py, Traefik's own @internal ones), the path
+# segments of the gateway's routes, and the compose stack's services. A
+# function lives under /function/<name> and its Traefik names are fn-<name>
+# and fn-<name>-<suffix> (faas/labels.py), so none of these collides today;
+# they stay free so that nothing named after a function ever can. The
+# fn-<name>-<suffix> middlewares need no reservation: every one starts with
+# its own function's full name, and no suffix contains a '-'.
+# tests/unit/test_spec.py checks that this set covers every name in those
+# configs and routes.
+RESERVED_NAMES = frozenset(
+    {
+        # Traefik: the gateway's and the HTTPS relay's routers, services, transports
+        "faas", "faas-api", "faas-wake", "faas-gateway", "faas-https", "faas-web",
+        "gateway", "wake", "drain", "drains", "callid",
+        # Traefik: entrypoints, providers, and its @internal routers and services
+        "web", "websecure", "traefik", "docker", "file", "internal",
+        "api", "dashboard", "ping", "prometheus", "rest", "noop", "acme-http",
+        # The gateway's routes (/metrics, /function/..., /api/v1/...)
+        "metrics", "function", "healthz", "openapi", "stats", "functions", "images",
+        "keys", "auth", "logs", "scale", "build", "pull", "load",
+        # The compose stack's services (docker-compose.yml)
+        "manager", "docker-proxy-traefik", "docker-proxy-manager",
+    }
+)  # fmt: skip
+
+
 def check_name(name: str) -> str:
+    """A well-formed function name: how existing functions are addressed."""
     if not NAME_RE.match(name):
         raise InvalidSpec(
             "name",
             f"{name!r} is not a valid function name: use 1-63 lowercase letters, digits "
             "and '-', starting with a letter",
+        )
+    return name
+
+
+def check_new_name(name: str) -> str:
+    """A name a new function may take: well-formed and not reserved.
+
+    Only creation refuses reserved words; a function deployed under one by an
+    older version is still read, listed and removed through `check_name`."""
+    if check_name(name) in RESERVED_NAMES:
+        raise InvalidSpec(
+            "name",
+            f"{name!r} is reserved: the platform uses it for its own routes and "
+            "services; choose another name",
         )
     return name
 
@@ -252,7 +295,7 @@ class FunctionSpec(BaseModel):
 def parse_spec(data: object) -> FunctionSpec:
     """Validate untrusted input into a spec, or raise InvalidSpec naming the field."""
     try:
-        return FunctionSpec.model_validate(data)
+        spec = FunctionSpec.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
@@ -260,3 +303,5 @@ def parse_spec(data: object) -> FunctionSpec:
         if first["type"] == "extra_forbidden":
             reason = "unknown field"
         raise InvalidSpec(field, reason) from exc
+    check_new_name(spec.name)  # here, not in the model, which also reads labels back
+    return spec

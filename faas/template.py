@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, NamedTuple, cast
 
-from .errors import ImageNotFound, InvalidSpec
+from .errors import ImageNotFound, InvalidSpec, RegistryUnreachable
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -43,7 +43,7 @@ def base_image(provider: Provider, settings: Settings) -> BaseImage:
     try:
         _obtain(provider, configured)
         return BaseImage(configured)
-    except ImageNotFound as exc:
+    except (ImageNotFound, RegistryUnreachable) as exc:  # offline: no registry answers
         if "base_image" in settings.model_fields_set:
             raise
         missing = exc

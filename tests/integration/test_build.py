@@ -17,7 +17,7 @@ import docker
 import docker.errors
 import pytest
 
-from .conftest import ECHO_IMAGE, Stack, cli, fn_name, free_port
+from .conftest import ECHO_IMAGE, Stack, assert_refused, cli, fn_name, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -239,3 +239,30 @@ def test_deploy_by_reference_pulls_from_a_registry(
     code, _, err = cli(stack, "deploy", fn_name("missing"), "--image", missing)
     assert code == 1
     assert missing in err
+
+
+def test_an_unreachable_registry_is_not_a_missing_image(
+    stack: Stack, engine: docker.DockerClient, registry: str
+) -> None:
+    port = free_port()  # nothing listens there
+    closed = f"127.0.0.1:{port}/faas-test/echo:x"
+    got = stack.api("POST", "/images/pull", json={"image": closed})
+    assert got.status_code == 502, got.text
+    error = got.json()
+    assert error["error"].startswith(f"cannot reach the registry 127.0.0.1:{port} to pull")
+    assert "connection refused" in error["error"]
+    assert error["detail"]["registry"] == f"127.0.0.1:{port}"
+    name = fn_name("unreachable")
+    assert_refused(stack, engine, "PUT", f"/functions/{name}", {"image": closed}, 502,
+                   "cannot reach the registry")  # fmt: skip
+    code, _, err = cli(stack, "deploy", name, "--image", closed)
+    assert code == 1
+    assert "cannot reach the registry" in err
+    # The registry is there and says it has no such image.
+    missing = f"{registry}/faas-test/nothing:here"
+    got = stack.api("POST", "/images/pull", json={"image": missing})
+    assert got.status_code == 422, got.text
+    assert got.json()["error"].startswith(f"image {missing!r} not found: ")
+    assert "manifest unknown" in got.json()["error"]
+    assert_refused(stack, engine, "PUT", f"/functions/{name}", {"image": missing}, 422,
+                   "not found")  # fmt: skip

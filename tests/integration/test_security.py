@@ -74,6 +74,9 @@ ATTACKS = [
     ("POST", "/functions", {"name": "a" * 200, "image": E}, 422, "name"),
     ("POST", "/functions", {"name": "x`) || PathPrefix(`/", "image": E}, 422, "name"),
     ("POST", "/functions", {"name": "x\nrule", "image": E}, 422, "name"),
+    # Words the platform names its own routes and services with.
+    ("PUT", "/functions/healthz", {"image": E}, 422, "'healthz' is reserved"),
+    ("POST", "/functions", {"name": "faas-wake", "image": E}, 422, "'faas-wake' is reserved"),
     # Host access: privileged, mounts, devices, namespaces, capabilities.
     ("PUT", "/functions/ok", {"image": E, "privileged": True}, 422, "privileged"),
     ("PUT", "/functions/ok", {"image": E, "volumes": {"/": {"bind": "/host"}}}, 422, "volumes"),

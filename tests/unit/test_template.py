@@ -10,7 +10,7 @@ import pytest
 
 from faas import up
 from faas.config import Settings
-from faas.errors import ImageNotFound
+from faas.errors import ImageNotFound, RegistryUnreachable
 from faas.template import OFFLINE_BASE, BaseImage, base_image
 
 from .fakes import FakeProvider
@@ -29,7 +29,9 @@ class Engine(FakeProvider):
     def pull(self, image: str, auth: dict[str, str] | None = None) -> Iterator[dict[str, object]]:
         self.pulls.append(image)
         if image not in self.images:
-            raise ImageNotFound(image, "dial tcp: lookup registry-1.docker.io: no such host")
+            raise RegistryUnreachable(
+                image, "registry-1.docker.io", "dial tcp: lookup registry-1.docker.io: no such host"
+            )
         yield from ()
 
 
@@ -71,7 +73,7 @@ def test_an_explicit_setting_always_wins(monkeypatch: pytest.MonkeyPatch) -> Non
     # Missing, it fails naming it; no fallback, even when it names the default.
     for explicit in (Settings(base_image="some/missing:image"), Settings(base_image=DEFAULT)):
         engine = Engine(OFFLINE_BASE)
-        with pytest.raises(ImageNotFound) as caught:
+        with pytest.raises(RegistryUnreachable) as caught:
             base_image(engine, explicit)
         assert caught.value.image == explicit.base_image
         assert engine.pulls == [explicit.base_image]
