@@ -153,6 +153,10 @@ def build_app(
         except FaasError as exc:
             # Not fatal: the engine may come later; every call says so meanwhile.
             logger.warning("could not prepare the engine: {}", exc)
+        try:
+            await lifecycle.recover()
+        except FaasError as exc:
+            logger.warning("could not look for unfinished starts: {}", exc)
         tasks = [asyncio.create_task(scaler.run())]
         if sampler is not None:
             tasks.append(asyncio.create_task(sampler.run()))

@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 
 from loguru import logger
 from starlette.concurrency import run_in_threadpool
@@ -201,6 +201,25 @@ class Lifecycle:
                     self.router.undrain(name)
             return self.get(name)
 
+    def finish_start(self, name: str) -> Function:
+        """Wait, behind a drain, for a running instance that does not answer yet
+        (a start the gateway did not see through: it crashed mid-wake). The proxy
+        routes a container as soon as it runs, so without the drain its callers
+        would get errors until it listens."""
+        with self._lock(name):
+            instance = self._serving(name)
+            if self.router is not None:
+                self.router.drain(name)
+            try:
+                self._wait_ready(instance.spec, instance.id, StartTimes())
+            except DeployFailed:
+                self._stop_failed(name, instance.id)
+                raise
+            finally:
+                if self.router is not None:
+                    self.router.undrain(name)
+            return self.get(name)
+
     def stop(self, name: str) -> None:
         """Stop every running instance behind a drain: requests that arrive
         meanwhile go to the gateway, which waits, then wakes the function."""
@@ -224,8 +243,13 @@ class Lifecycle:
         times = times or StartTimes()
         began = time.monotonic()
         self.provider.start(instance_id)
+        times.started = time.monotonic() - began
+        return self._wait_ready(spec, instance_id, times)
+
+    def _wait_ready(self, spec: FunctionSpec, instance_id: str, times: StartTimes) -> str:
+        """The running instance's address once it answers HTTP (DeployFailed if it
+        exits first or does not answer within the ready timeout)."""
         started = time.monotonic()
-        times.started = started - began
         deadline = started + self.settings.ready_timeout
         address: str | None = None
         probes = 0
@@ -311,15 +335,43 @@ class Lifecycle:
 
     async def wake(self, name: str) -> str:
         """Start `name` once for every caller waiting at the same time; its address."""
-        future = self._waking.get(name)
-        if future is None:
-            future = asyncio.ensure_future(self._wake(name))
-            self._waking[name] = future
-            future.add_done_callback(lambda _: self._waking.pop(name, None))
+        future = self._waking.get(name) or self._single_flight(name, self._wake(name))
         # shield: a caller that goes away must not cancel the others' start.
         fn = await asyncio.shield(future)
         assert fn.address is not None
         return fn.address
+
+    def _single_flight(
+        self, name: str, start: Coroutine[object, object, Function]
+    ) -> asyncio.Future[Function]:
+        """Run `start` as the one start of `name` that requests join while it lasts."""
+        future = asyncio.ensure_future(start)
+        self._waking[name] = future
+        future.add_done_callback(lambda _: self._waking.pop(name, None))
+        return future
+
+    async def recover(self) -> builtins.list[str]:
+        """At the gateway's start: finish, behind a drain, the starts of running
+        functions that do not answer yet; returns their names."""
+        unfinished = []
+        for fn in await run_in_threadpool(self.list):
+            name = fn.spec.name
+            if fn.state is not State.RUNNING or not fn.address or name in self._waking:
+                continue
+            if await run_in_threadpool(self.probe, fn.address, fn.spec.health_path):
+                continue
+            logger.info("{} runs but does not answer yet: finishing its start", name)
+            self._single_flight(name, self._finish(name)).add_done_callback(_retrieved)
+            unfinished.append(name)
+        return unfinished
+
+    async def _finish(self, name: str) -> Function:
+        try:
+            return await run_in_threadpool(self.finish_start, name)
+        except DeployFailed as exc:
+            logger.warning("{} did not finish starting: {}", name, exc.reason)
+            self.metrics.wake_failures.labels(exc.cause).inc()
+            raise WakeFailed(name, exc.reason, exc.cause) from exc
 
     async def _wake(self, name: str) -> Function:
         began = time.monotonic()
@@ -359,3 +411,9 @@ class Lifecycle:
 
     def draining(self, name: str) -> bool:
         return name in self._draining
+
+
+def _retrieved(future: asyncio.Future[Function]) -> None:
+    """Mark a background start's failure as seen (it was logged and counted)."""
+    if not future.cancelled():
+        future.exception()

@@ -255,3 +255,56 @@ def test_serving_instance_prefers_running_then_newest(
     running = provider.add("a", State.RUNNING)
     provider.add("a")  # newer, stopped
     assert life.get("a").container_id == running.id
+
+
+def test_a_start_cut_by_a_gateway_crash_is_finished_behind_a_drain(
+    life: Lifecycle, provider: FakeProvider, router: FakeRouter
+) -> None:
+    """The gateway died mid-wake: the container runs but does not listen yet.
+    At the next start the gateway drains it until it answers; requests join."""
+    instance = provider.add("a", State.RUNNING)
+    listening = threading.Event()
+    provider.answers = lambda address, path: listening.is_set()  # type: ignore[method-assign]
+    life.probe = provider.answers
+
+    async def scenario() -> tuple[list[str], tuple[str, float | None]]:
+        unfinished = await life.recover()
+        assert life.waking("a")
+        request = asyncio.create_task(life.address(life.get("a")))
+        await asyncio.sleep(0.05)
+        assert not request.done(), "a request reached a container that does not listen"
+        listening.set()
+        return unfinished, await request
+
+    unfinished, (address, waited) = asyncio.run(scenario())
+    assert unfinished == ["a"]
+    assert address == instance.address
+    assert waited is not None
+    assert router.events == [("drain", "a"), ("undrain", "a")]
+    assert provider.count("start") == 1  # only `add`'s: nothing was started again
+
+
+def test_recover_leaves_answering_functions_alone(
+    life: Lifecycle, provider: FakeProvider, router: FakeRouter
+) -> None:
+    provider.add("a", State.RUNNING)
+    provider.add("b")
+    assert asyncio.run(life.recover()) == []
+    assert router.events == []
+
+
+def test_a_cut_start_that_never_answers_is_stopped(
+    life: Lifecycle, provider: FakeProvider, router: FakeRouter
+) -> None:
+    provider.add(parse_spec({"name": "a", "image": SILENT}), State.RUNNING)
+
+    async def scenario() -> None:
+        assert await life.recover() == ["a"]
+        with pytest.raises(WakeFailed):
+            await life.wake("a")  # joins the unfinished start, and its failure
+
+    asyncio.run(scenario())
+    (instance,) = provider.instances("a")
+    assert instance.state is State.STOPPED
+    assert ("unrouted", "a") in router.events
+    assert router.drains["a"] == 0
