@@ -23,16 +23,6 @@ from .fakes import MISSING, SILENT, FakeProvider, FakeRouter, lifecycle
 
 
 @pytest.fixture
-def provider() -> FakeProvider:
-    return FakeProvider()
-
-
-@pytest.fixture
-def router() -> FakeRouter:
-    return FakeRouter()
-
-
-@pytest.fixture
 def life(provider: FakeProvider, router: FakeRouter) -> Lifecycle:
     return lifecycle(provider, router)
 

@@ -32,11 +32,6 @@ def sample_value(text: str, name: str, labels: dict[str, str] | None = None) -> 
 
 
 @pytest.fixture
-def provider() -> FakeProvider:
-    return FakeProvider()
-
-
-@pytest.fixture
 def life(provider: FakeProvider) -> Lifecycle:
     return lifecycle(provider)
 

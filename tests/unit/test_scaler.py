@@ -3,39 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 
 import pytest
 
 from faas import labels
-from faas.provider import State
+from faas.provider import Instance, State
 from faas.sampler import Sampler
 from faas.scaler import QUIET_WINDOW, Scaler
 from faas.spec import FunctionSpec, parse_spec
 
+from .conftest import Clock
 from .fakes import FakeProvider, FakeRouter, lifecycle
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def provider() -> FakeProvider:
-    return FakeProvider()
-
-
-@pytest.fixture
-def router() -> FakeRouter:
-    return FakeRouter()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture
@@ -134,28 +113,32 @@ def test_a_wake_starts_a_fresh_record(scaler: Scaler, provider: FakeProvider, cl
     assert idle(scaler) == []
 
 
-def test_the_idle_loop_survives_a_bad_round(scaler: Scaler, provider: FakeProvider) -> None:
-    scaler.interval = 0.001
-    real = provider.instances
-    rounds = 0
+def fail_first_listing(provider: FakeProvider, error: BaseException) -> list[int]:
+    """Make the provider's first listing raise `error`; returns the listings count."""
+    real, rounds = provider.instances, [0]
 
-    def flaky(name: str | None = None) -> list:  # type: ignore[type-arg]
-        nonlocal rounds
-        rounds += 1
-        if rounds == 1:
-            raise ValueError("a surprise from the engine")
+    def flaky(name: str | None = None) -> list[Instance]:
+        rounds[0] += 1
+        if rounds[0] == 1:
+            raise error
         return real(name)
 
     provider.instances = flaky  # type: ignore[method-assign]
+    return rounds
 
-    async def scenario() -> None:
-        loop = asyncio.create_task(scaler.run())
-        while rounds < 3:
-            await asyncio.sleep(0.001)
-        assert not loop.done()
-        loop.cancel()
 
-    asyncio.run(scenario())
+async def runs_three_rounds(loop: Coroutine[object, object, None], rounds: list[int]) -> None:
+    task = asyncio.create_task(loop)
+    while rounds[0] < 3:
+        await asyncio.sleep(0.001)
+    assert not task.done(), "the loop ended"
+    task.cancel()
+
+
+def test_the_idle_loop_survives_a_bad_round(scaler: Scaler, provider: FakeProvider) -> None:
+    scaler.interval = 0.001
+    rounds = fail_first_listing(provider, ValueError("a surprise from the engine"))
+    asyncio.run(runs_three_rounds(scaler.run(), rounds))
     assert scaler.lifecycle.metrics.loop_errors.labels("scaler")._value.get() == 1
 
 
@@ -163,24 +146,7 @@ def test_the_sampler_survives_a_bad_round(provider: FakeProvider) -> None:
     life = lifecycle(provider)
     sampler = Sampler(life, life.metrics, interval=0.001)
     provider.add("a", State.RUNNING)
-    real = provider.instances
-    rounds = 0
-
-    def flaky(name: str | None = None) -> list:  # type: ignore[type-arg]
-        nonlocal rounds
-        rounds += 1
-        if rounds == 1:
-            raise RecursionError("deep")
-        return real(name)
-
-    provider.instances = flaky  # type: ignore[method-assign]
-
-    async def scenario() -> None:
-        loop = asyncio.create_task(sampler.run())
-        while rounds < 3:
-            await asyncio.sleep(0.001)
-        loop.cancel()
-
-    asyncio.run(scenario())
+    rounds = fail_first_listing(provider, RecursionError("deep"))
+    asyncio.run(runs_three_rounds(sampler.run(), rounds))
     assert life.metrics.loop_errors.labels("sampler")._value.get() == 1
     assert "a" in life.metrics.snapshot.resources

@@ -15,23 +15,11 @@ from faas.gateway import build_app
 from faas.keys import Keys
 from faas.spec import FunctionSpec
 from faas.throttle import Throttle, client_key
+from tests.unit.conftest import Clock
 from tests.unit.fakes import FakeProvider, lifecycle
 from tests.unit.test_metrics import TOKEN, Client
 
 A, B = "203.0.113.7", "198.51.100.9"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 def throttle(clock: Clock, **values: float) -> Throttle:
