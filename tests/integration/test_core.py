@@ -136,7 +136,14 @@ BAD = [
     ("PUT", "/functions/ok", {"image": ECHO_IMAGE, "env": {"A=B": "x"}}, 422, "env"),
     ("PUT", "/functions/ok", {"image": ECHO_IMAGE, "privileged": True}, 422, "privileged"),
     ("PUT", "/functions/ok", {"image": ECHO_IMAGE, "name": "other"}, 422, "name"),
-    ("PUT", "/functions/ok", {"image": "faas-test/missing:nope"}, 422, "faas-test/missing:nope"),
+    # A registry on a closed loopback port: unreachable, told apart from a missing image.
+    (
+        "PUT",
+        "/functions/ok",
+        {"image": "127.0.0.1:9/faas-test/x:1"},
+        502,
+        "cannot reach the registry",
+    ),
     ("POST", "/functions", {"name": "ok"}, 422, "image"),
     ("POST", "/functions", ["not", "an", "object"], 422, ""),
     ("PUT", "/functions/ok", "{broken", 422, "JSON"),
