@@ -88,3 +88,15 @@ def test_an_ipv6_gateway_is_bracketed(tmp_path: Path) -> None:
     s = settings(tmp_path, gateway_host="::", gateway_port=9001)
     assert s.gateway_url == "http://[::1]:9001"
     assert s.forward_auth_url == "http://[::1]:9001/api/v1/auth"
+
+
+def test_latency_buckets_fit_functions(tmp_path: Path) -> None:
+    """Sub-millisecond to a minute in both modes, not Traefik's 0.1 to 5 s."""
+    up = yaml.safe_load(traefik.render_config(settings(tmp_path / "up")).read_text())
+    values = traefik.compose_values(settings(tmp_path), 443)
+    compose = rendered(ROOT / "traefik" / "compose.yml", values, tmp_path)
+    for static in (up, compose):
+        buckets = static["metrics"]["prometheus"]["buckets"]
+        assert buckets == list(traefik.LATENCY_BUCKETS) == sorted(buckets)
+        assert buckets[0] <= 0.0005
+        assert buckets[-1] >= 60
