@@ -14,7 +14,7 @@ from types import FrameType
 import requests
 from loguru import logger
 
-from . import auth, traefik
+from . import auth, egress_guard, traefik
 from .config import Settings
 from .errors import FaasError
 
@@ -129,6 +129,7 @@ def run(settings: Settings, reload: bool = False) -> int:
             child.stop()
         return 1
 
+    egress_guard.guard(settings)  # the gateway has made the function network by now
     print(f"faas is up (namespace {settings.namespace})", flush=True)
     print(f"  invoke:  {web}/function/<name>", flush=True)
     direct = f"http://{settings.gateway_host}:{settings.gateway_port}/api/v1"
