@@ -321,7 +321,9 @@ def stats(
     """Per function: state, invocations, 5xx rate, p50/p99 latency, cold starts, memory.
 
     Invocations and latency are Traefik's (warm path) since Traefik started;
-    cold starts are the gateway's since it started; memory is the last sample."""
+    cold starts are the gateway's since it started; memory is the last sample.
+    A latency marked ≤ or > is all Traefik's histogram buckets tell: at most
+    their first bound, or more than their last."""
     rows = [["NAME", "STATE", "INVOCATIONS", "ERRORS", "P50", "P99", "COLD", "MEMORY"]]
     for fn in Connection.client().stats(name):
         rows.append(
@@ -330,8 +332,8 @@ def stats(
                 str(fn["state"]),
                 str(fn["invocations"]),
                 _percent(fn["error_rate"]),
-                _millis(fn["p50_seconds"]),
-                _millis(fn["p99_seconds"]),
+                _latency(fn["p50_seconds"], fn.get("p50_bound")),
+                _latency(fn["p99_seconds"], fn.get("p99_bound")),
                 str(fn["cold_starts"]),
                 _memory(fn["memory_bytes"], fn["memory_limit_bytes"]),
             ]
@@ -343,8 +345,12 @@ def _percent(value: object) -> str:
     return f"{value:.1%}" if isinstance(value, int | float) else "-"
 
 
-def _millis(value: object) -> str:
-    return f"{value * 1000:.1f}ms" if isinstance(value, int | float) else "-"
+def _latency(seconds: object, bound: object) -> str:
+    """`12.4ms`, or `≤0.5ms` / `>60s` when the histogram only bounds the quantile."""
+    if not isinstance(seconds, int | float):
+        return "-"
+    figure = f"{seconds * 1000:.1f}ms" if seconds < 1 else f"{seconds:.3g}s"
+    return {"le": "≤", "gt": ">"}.get(str(bound), "") + figure
 
 
 def _memory(used: object, limit: object) -> str:

@@ -10,6 +10,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from . import egress
+
 
 def host_port(host: str, port: int) -> str:
     """`host:port`, an IPv6 address in brackets."""
@@ -187,6 +189,12 @@ class Settings(BaseSettings):
         description="Engine stats calls in flight at once. Each waits about 1 s for the "
         "engine's collector, so a round over N running functions takes ~N/this seconds.",
     )
+    egress_allow: str | None = Field(
+        None,
+        description="Comma-separated exceptions to the egress rules `faas up` installs "
+        "(functions reach neither this host nor 169.254.0.0/16): CIDR[:PORT[-PORT]][/udp], "
+        "e.g. '172.17.0.1/32:5432,10.0.0.0/8'. See docs/security.md.",
+    )
     log_level: str = Field("INFO", description="Log level of the gateway and `faas up`.")
     log_format: Literal["text", "json"] = Field(
         "text", description="`json` for one JSON object per log line (loguru's serialize)."
@@ -206,6 +214,12 @@ class Settings(BaseSettings):
             return str(ipaddress.ip_address(value))
         except ValueError:
             raise ValueError("must be an IP address, such as 127.0.0.1, 0.0.0.0 or ::") from None
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _egress_entries(cls, value: str | None) -> str | None:
+        egress.parse_allow(value)  # raises ValueError naming the bad entry
+        return value
 
     @field_validator("traefik_api_url")
     @classmethod

@@ -95,6 +95,11 @@ def read_spec(labels: dict[str, str]) -> tuple[FunctionSpec, str]:
         return stand_in, reason
 
 
+# The middleware (a local plugin, traefik/plugins-local/src/faas/unreached)
+# that answers 502 instead of 504 when Traefik got no connection to the
+# container, e.g. one that has just died.
+UNREACHED = "unreached@file"
+
 # Headers that carry an invoke key; removed before a request reaches a function.
 KEY_HEADERS = ("Authorization", "X-Faas-Key")
 
@@ -144,14 +149,16 @@ def traefik_labels(spec: FunctionSpec, network: str, auth_url: str | None = None
 
     Names are validated against ^[a-z][a-z0-9-]*$ before they get here, so
     nothing in the rule comes from user input unescaped. Middlewares run in
-    order: abuse limits, the key check, body size, retry, prefix strip.
+    order: abuse limits, the key check, body size, 502 for an unreachable
+    container (the `unreached` plugin, declared in traefik/gateway.yml), retry,
+    prefix strip.
     """
     router = router_name(spec.name)
     path = function_path(spec.name)
     limits, limit_out = limit_labels(spec)
     auth, auth_out = auth_labels(spec, auth_url)
     body, body_out = body_limit_labels(spec)
-    chain = [*limits, *auth, *body, f"{router}-retry", f"{router}-strip"]
+    chain = [*limits, *auth, *body, UNREACHED, f"{router}-retry", f"{router}-strip"]
     return {
         **limit_out,
         **auth_out,

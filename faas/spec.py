@@ -49,7 +49,7 @@ RESERVED_NAMES = frozenset(
     {
         # Traefik: the gateway's and the HTTPS relay's routers, services, transports
         "faas", "faas-api", "faas-wake", "faas-gateway", "faas-https", "faas-web",
-        "gateway", "wake", "drain", "drains", "callid",
+        "gateway", "wake", "drain", "drains", "callid", "unreached",
         # Traefik: entrypoints, providers, and its @internal routers and services
         "web", "websecure", "traefik", "docker", "file", "internal",
         "api", "dashboard", "ping", "prometheus", "rest", "noop", "acme-http",

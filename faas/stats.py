@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -50,23 +51,48 @@ def parse_traefik(text: str) -> dict[str, ServiceStats]:
     return services
 
 
-def quantile(q: float, buckets: Mapping[float, float]) -> float | None:
-    """Like PromQL's histogram_quantile: linear within the bucket that holds rank q."""
+@dataclass(frozen=True)
+class Quantile:
+    """A quantile read from histogram buckets.
+
+    Between two bucket bounds it is interpolated (`bound` None). In the first
+    bucket or the open-ended last one, interpolation would invent a figure: all
+    the buckets say is that it is at most (`le`) the first bound, or more than
+    (`gt`) the last finite one, and `seconds` is that bound.
+    """
+
+    seconds: float
+    bound: Literal["le", "gt"] | None = None
+
+
+def quantile(q: float, buckets: Mapping[float, float]) -> Quantile | None:
+    """Like PromQL's histogram_quantile: linear within the bucket that holds rank q,
+    except in the first and the open-ended bucket (see `Quantile`)."""
     bounds = sorted(buckets)
     if not bounds or buckets[bounds[-1]] <= 0:
         return None
     rank = q * buckets[bounds[-1]]
     lower, below = 0.0, 0.0
-    for bound in bounds:
+    for index, bound in enumerate(bounds):
         count = buckets[bound]
         if count >= rank:
             if math.isinf(bound):
-                return lower  # in the open-ended bucket: the best we know is its floor
+                return Quantile(lower, "gt")
+            if index == 0:
+                return Quantile(bound, "le")
             if count == below:
-                return bound
-            return lower + (bound - lower) * (rank - below) / (count - below)
+                return Quantile(bound)
+            return Quantile(lower + (bound - lower) * (rank - below) / (count - below))
         lower, below = bound, count
     return None
+
+
+def quantile_fields(name: str, value: Quantile | None) -> dict[str, object]:
+    """`<name>_seconds` and `<name>_bound` of a stats row (both None without requests)."""
+    return {
+        f"{name}_seconds": value.seconds if value else None,
+        f"{name}_bound": value.bound if value else None,
+    }
 
 
 def function_rows(
@@ -86,8 +112,8 @@ def function_rows(
                 "state": fn.state.value,
                 "invocations": int(service.requests),
                 "error_rate": service.errors / service.requests if service.requests else None,
-                "p50_seconds": quantile(0.5, service.buckets),
-                "p99_seconds": quantile(0.99, service.buckets),
+                **quantile_fields("p50", quantile(0.5, service.buckets)),
+                **quantile_fields("p99", quantile(0.99, service.buckets)),
                 "cold_starts": cold_starts.get(name, 0),
                 "memory_bytes": sample.memory_bytes if sample else None,
                 "memory_limit_bytes": sample.memory_limit_bytes if sample else None,

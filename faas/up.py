@@ -16,7 +16,7 @@ from types import FrameType
 import requests
 from loguru import logger
 
-from . import auth, traefik
+from . import auth, egress_guard, traefik
 from .config import Settings, host_port, local_host
 from .errors import FaasError
 from .supervisor import GRACE, Child, describe_exit, supervise
@@ -183,6 +183,7 @@ def _serve(
         return 1
 
     web = where.web
+    egress_guard.guard(settings)  # the gateway has made the function network by now
     print(f"faas is up (namespace {settings.namespace})", flush=True)
     print(f"  invoke:  {web}/function/<name>", flush=True)
     print(f"  api:     {web}/api/v1  (direct: {where.direct}/api/v1)", flush=True)

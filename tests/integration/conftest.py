@@ -26,6 +26,7 @@ import requests
 from docker.models.containers import Container
 from typer.testing import CliRunner
 
+from faas import egress
 from faas.cli import app
 
 ECHO_IMAGE = os.environ.get("FAAS_ECHO_IMAGE", "faas/echo:latest")
@@ -168,6 +169,9 @@ def running_stack(
             container.remove(force=True)
         for network in engine.networks.list(filters={"label": f"faas.namespace={s.namespace}"}):
             network.remove()
+        # `faas up` leaves its egress rules for functions that keep running.
+        with contextlib.suppress(egress.EgressError):
+            egress.remove(s.namespace)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ Request ids: test_call_id.py."""
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from faas.cli import app
+from faas.traefik import LATENCY_BUCKETS
 
 from .conftest import Stack, free_port, wait_for
 
@@ -71,6 +73,19 @@ def test_stats_counts_invocations_errors_and_a_cold_start(stack: Stack, function
     assert row["invocations"] == 10
     assert row["error_rate"] == pytest.approx(0.3)
     assert 0 < row["p50_seconds"] <= row["p99_seconds"] < 5
+    # The echo answers in a few ms: inside the function-sized buckets, where
+    # Traefik's default ones (first bound 0.1 s) gave only "at most 100 ms".
+    assert row["p50_seconds"] < 0.05, row
+    assert row["p50_bound"] in (None, "le"), row
+    bounds = {
+        float(sample.labels["le"])
+        for family in text_string_to_metric_families(
+            requests.get(f"{stack.traefik_api}/metrics", timeout=10).text
+        )
+        for sample in family.samples
+        if sample.name == "traefik_service_request_duration_seconds_bucket"
+    }
+    assert bounds == {*LATENCY_BUCKETS, math.inf}
 
     assert stack.api("POST", f"/functions/{function}/scale", json={"replicas": 0}).ok
     assert stack.invoke(function).status_code == 200  # through the gateway: a wake

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from faas import traefik
+from faas import labels, traefik
 from faas.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,3 +88,34 @@ def test_an_ipv6_gateway_is_bracketed(tmp_path: Path) -> None:
     s = settings(tmp_path, gateway_host="::", gateway_port=9001)
     assert s.gateway_url == "http://[::1]:9001"
     assert s.forward_auth_url == "http://[::1]:9001/api/v1/auth"
+
+
+def test_latency_buckets_fit_functions(tmp_path: Path) -> None:
+    """Sub-millisecond to a minute in both modes, not Traefik's 0.1 to 5 s."""
+    up = yaml.safe_load(traefik.render_config(settings(tmp_path / "up")).read_text())
+    values = traefik.compose_values(settings(tmp_path), 443)
+    compose = rendered(ROOT / "traefik" / "compose.yml", values, tmp_path)
+    for static in (up, compose):
+        buckets = static["metrics"]["prometheus"]["buckets"]
+        assert buckets == list(traefik.LATENCY_BUCKETS) == sorted(buckets)
+        assert buckets[0] <= 0.0005
+        assert buckets[-1] >= 60
+
+
+def test_functions_dial_fast_and_the_unreached_plugin_is_wired(tmp_path: Path) -> None:
+    """Both modes: a 100 ms dial timeout for functions, the `unreached` plugin
+    declared, its middleware defined where function labels point, its source shipped."""
+    up = yaml.safe_load(traefik.render_config(settings(tmp_path / "up")).read_text())
+    values = traefik.compose_values(settings(tmp_path), 443)
+    compose = rendered(ROOT / "traefik" / "compose.yml", values, tmp_path)
+    for static in (up, compose):
+        assert static["serversTransport"]["forwardingTimeouts"]["dialTimeout"] == "100ms"
+        plugins = static["experimental"]["localPlugins"]
+        assert plugins["unreached"] == {"moduleName": "faas/unreached"}
+    gateway = rendered(ROOT / "traefik" / "gateway.yml", values, tmp_path)
+    name, provider = labels.UNREACHED.split("@")
+    assert provider == "file"
+    assert gateway["http"]["middlewares"][name] == {"plugin": {"unreached": {}}}
+    source = tmp_path / "up" / "traefik" / traefik.PLUGINS / "src" / "faas" / "unreached"
+    assert (source / "unreached.go").is_file()
+    assert (source / ".traefik.yml").is_file()

@@ -1,0 +1,3 @@
+module faas/unreached
+
+go 1.22
