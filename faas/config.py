@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 from pathlib import Path
@@ -240,6 +241,12 @@ class Settings(BaseSettings):
     @property
     def function_network(self) -> str:
         return self.network or f"faas-{self.namespace}"
+
+    @property
+    def function_bridge(self) -> str:
+        """The Linux interface of the function network: named after it (at most 15
+        characters), so firewall rules can name it whenever the network is made."""
+        return "fb-" + hashlib.sha256(self.function_network.encode()).hexdigest()[:10]
 
     @property
     def traefik_api(self) -> str | None:

@@ -48,6 +48,7 @@ Summaries = list[Summary]
 # SIGTERM honoured, or SIGKILL after the grace period), not one that crashed.
 _STOP_EXIT_CODES = (0, 143, 137)
 ICC = "com.docker.network.bridge.enable_icc"
+BRIDGE = "com.docker.network.bridge.name"
 
 
 @contextmanager
@@ -369,17 +370,28 @@ class DockerProvider:
             # The names filter matches substrings; compare exactly.
             found = [n for n in self.client.api.networks(names=[net]) if n["Name"] == net]
             if found:
-                icc = (found[0].get("Options") or {}).get(ICC, "true")
+                options = found[0].get("Options") or {}
                 # The engine reads the option with Go's ParseBool.
-                if icc.lower() not in ("false", "f", "0") and net not in self._warned:
+                icc = options.get(ICC, "true").lower() not in ("false", "f", "0")
+                bridge = options.get(BRIDGE) == self.settings.function_bridge
+                if (icc or not bridge) and net not in self._warned:
                     self._warned.add(net)
                     logger.warning(
-                        "network {net} lets its containers reach each other, so a function "
-                        "can call another around Traefik and its key check. Scale every "
+                        "network {net} was made by an older version: {what}. Scale every "
                         "function to zero, then `docker network rm {net}`: the platform "
-                        "makes it anew without, and reattaches each function as it starts",
+                        "makes it anew, and reattaches each function as it starts",
                         net=net,
-                    )
+                        what=" and ".join(
+                            what
+                            for what, wrong in (
+                                ("its containers reach each other, so a function can "
+                                 "call another around Traefik and its key check", icc),
+                                ("its bridge is not the one the egress rules name "
+                                 f"({self.settings.function_bridge})", not bridge),
+                            )
+                            if wrong
+                        ),
+                    )  # fmt: skip
                 return
             logger.info("creating network {}", net)
             # Inter-container traffic off: only the host reaches a function
@@ -389,7 +401,9 @@ class DockerProvider:
                 driver="bridge",
                 check_duplicate=True,
                 labels={labels.NAMESPACE: self.settings.namespace},
-                options={ICC: "false"},
+                # A bridge interface named after the network, so the egress rules
+                # (faas/egress.py) name it before it exists and after it is made anew.
+                options={ICC: "false", BRIDGE: self.settings.function_bridge},
             )
 
     def _reattach(self, instance_id: str) -> None:

@@ -1,42 +1,26 @@
-"""Keeps the egress rules (faas/egress.py) on the function network's bridge.
+"""Installs the egress rules (faas/egress.py) on the function network's bridge.
 
-Only the engine knows which Linux bridge carries the function network, and a
-network made anew (the gateway does when someone removed it) gets a new one;
-so this reads the network through the Docker SDK, the one module besides the
-provider that does: the rules belong to the Docker host, not to the provider
-contract.
+The provider names the function network's Linux bridge after the network
+(`Settings.function_bridge`), so the rules can name it before the network
+exists and keep holding when the gateway makes it anew; nothing here asks the
+engine.
 
-    python -m faas.egress_guard apply|remove|watch
+    python -m faas.egress_guard apply|remove
 
-as root, with the stack's FAAS_* settings, installs, removes or keeps the
-rules from outside `faas up` (the compose stack's manager cannot change the
-host's firewall: docs/security.md).
+as root, with the stack's FAAS_* settings, installs or removes the rules from
+outside `faas up` (the compose stack's manager cannot change the host's
+firewall: docs/security.md).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import sys
-import threading
-import time
-from collections.abc import Mapping
 
-import docker
-import docker.errors
 from loguru import logger
 
 from . import egress
 from .config import Settings
-
-# The engine's name for a bridge network's interface, when it was given one.
-BRIDGE_NAME = "com.docker.network.bridge.name"
-
-
-def bridge_of(attrs: Mapping[str, object]) -> str:
-    """The Linux interface of a bridge network, from the engine's description."""
-    options = attrs.get("Options")
-    named = options.get(BRIDGE_NAME) if isinstance(options, dict) else None
-    return str(named) if named else f"br-{str(attrs['Id'])[:12]}"
 
 
 def allowed(settings: Settings) -> tuple[egress.Allow, ...]:
@@ -48,55 +32,16 @@ def allowed(settings: Settings) -> tuple[egress.Allow, ...]:
     return (*egress.parse_allow(settings.egress_allow), *extra)
 
 
-class Guard:
-    """Keeps the rules on the function network's current bridge: applies them,
-    then again whenever the engine creates the network anew (the gateway does
-    when someone removed it), from a daemon thread following engine events."""
-
-    def __init__(self, settings: Settings, client: docker.DockerClient | None = None) -> None:
-        self.settings = settings
-        self.client = client or docker.from_env()
-        self._lock = threading.Lock()
-
-    def apply(self) -> bool:
-        net = self.settings.function_network
-        try:
-            attrs = self.client.api.inspect_network(net)
-        except docker.errors.NotFound:
-            logger.warning("egress: no network {} yet; rules follow when it is made", net)
-            return False
-        if attrs.get("Driver") != "bridge":
-            logger.warning("egress: network {} is not a bridge; egress is not restricted", net)
-            return False
-        bridge = bridge_of(attrs)
-        with self._lock:
-            egress.apply(bridge, self.settings.namespace, allowed(self.settings))
-        logger.info(
-            "egress: functions on {} ({}) reach neither the host nor {}",
-            net,
-            bridge,
-            egress.LINK_LOCAL,
-        )
-        return True
-
-    def follow(self) -> None:
-        """Re-apply on each `create` of the function network, for as long as the process lives."""
-        net = self.settings.function_network
-        reconnect = False
-        while True:
-            try:
-                events = self.client.events(
-                    decode=True, filters={"type": "network", "event": "create"}
-                )
-                if reconnect:  # the network may have been made while we were away
-                    self.apply()
-                for event in events:
-                    if event.get("Actor", {}).get("Attributes", {}).get("name") == net:
-                        self.apply()
-            except (docker.errors.DockerException, egress.EgressError, OSError) as exc:
-                logger.warning("egress: following network events: {}", exc)
-            reconnect = True
-            time.sleep(1)
+def apply(settings: Settings) -> None:
+    """Install (or update) the namespace's rules on its function bridge."""
+    bridge = settings.function_bridge
+    egress.apply(bridge, settings.namespace, allowed(settings))
+    logger.info(
+        "egress: functions on {} ({}) reach neither the host nor {}",
+        settings.function_network,
+        bridge,
+        egress.LINK_LOCAL,
+    )
 
 
 def guard(settings: Settings) -> None:
@@ -105,38 +50,30 @@ def guard(settings: Settings) -> None:
     The rules stay when `faas up` stops: functions that keep running stay
     confined. `python -m faas.egress_guard remove` takes them away."""
     try:
-        egress.iptables("-S", "INPUT")
-        keeper = Guard(settings)
-        keeper.apply()
-    except (egress.EgressError, docker.errors.DockerException) as exc:
+        apply(settings)
+    except egress.EgressError as exc:
         logger.warning(
             "egress from functions is NOT restricted (they can reach this host and "
             "169.254.0.0/16): {}. Run faas up as root, or see docs/security.md",
             exc,
         )
-        return
-    threading.Thread(target=keeper.follow, name="egress", daemon=True).start()
 
 
 def main(argv: list[str]) -> int:
-    """`python -m faas.egress_guard apply|remove|watch` (see the module docstring)."""
+    """`python -m faas.egress_guard apply|remove` (see the module docstring)."""
     command = argv[0] if argv else ""
     settings = Settings()
     try:
         if command == "apply":
-            return 0 if Guard(settings).apply() else 1
+            apply(settings)
+            return 0
         if command == "remove":
             egress.remove(settings.namespace)
             return 0
-        if command == "watch":
-            keeper = Guard(settings)
-            keeper.apply()
-            keeper.follow()
-            return 0
-    except (egress.EgressError, docker.errors.DockerException) as exc:
+    except egress.EgressError as exc:
         print(f"egress: {exc}", file=sys.stderr)
         return 1
-    print("usage: python -m faas.egress_guard apply|remove|watch", file=sys.stderr)
+    print("usage: python -m faas.egress_guard apply|remove", file=sys.stderr)
     return 2
 
 

@@ -99,10 +99,12 @@ def test_table_reads_iptables_listing_and_finds_this_namespaces_jumps() -> None:
     ]
 
 
-def test_the_bridge_is_the_engines_name_for_it() -> None:
-    assert egress_guard.bridge_of({"Id": "0123456789abcdef", "Options": {}}) == "br-0123456789ab"
-    named = {"Id": "0123456789abcdef", "Options": {egress_guard.BRIDGE_NAME: "faas0"}}
-    assert egress_guard.bridge_of(named) == "faas0"
+def test_the_bridge_is_named_after_the_network(tmp_path: Path) -> None:
+    one = Settings(state_dir=tmp_path, namespace="a" * 31)
+    assert len(one.function_bridge) <= 15  # Linux's limit on interface names
+    assert one.function_bridge == Settings(state_dir=tmp_path, namespace="a" * 31).function_bridge
+    assert one.function_bridge != Settings(state_dir=tmp_path, namespace="b").function_bridge
+    assert Settings(state_dir=tmp_path, network="x").function_bridge.startswith("fb-")
 
 
 def test_traefik_served_to_the_network_stays_reachable_from_functions(tmp_path: Path) -> None:
