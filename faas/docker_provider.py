@@ -154,6 +154,7 @@ class DockerProvider:
         return EngineInfo(
             runtimes=frozenset(info.get("Runtimes") or {}),
             default_runtime=info.get("DefaultRuntime"),
+            memory_bytes=int(info.get("MemTotal") or 0),
         )
 
     def logs(

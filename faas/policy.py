@@ -79,3 +79,9 @@ def check_image_labels(image: str, image_labels: dict[str, str]) -> None:
                 "image", f"{image!r} carries the label {key!r}; images may not set "
                 "traefik.* or faas.* labels (Docker would copy them onto the container)",
             )  # fmt: skip
+
+
+def fits(limit: int, used: int, total: int) -> bool:
+    """Whether an instance that may use `limit` bytes fits beside instances that may
+    use `used` of a host's `total` (0: the engine did not say; then it fits)."""
+    return total <= 0 or used + limit <= total
