@@ -93,13 +93,8 @@ class Invoker:
             raise
 
     async def check_key(self, request: Request) -> Response:
-        """Traefik's forwardAuth for `key` functions: 200 lets the request through.
-
-        Credentials first: without them a caller learns nothing, not even
-        whether the name is valid."""
-        name = request.path_params["name"]
-        self.authorize(request, name)
-        check_name(name)
+        """Traefik's forwardAuth for `key` functions: 200 lets the request through."""
+        self.authorize(request, check_name(request.path_params["name"]))
         return Response(status_code=200)
 
     def _guard(self, request: Request, spec: FunctionSpec) -> tuple[str, ...]:
