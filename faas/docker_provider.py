@@ -222,7 +222,7 @@ class DockerProvider:
                 container = self.client.containers.create(
                     spec.image,
                     name=name,
-                    hostname=spec.name,
+                    hostname=name,  # one per replica, as a pod's name
                     labels=labels.container_labels(
                         spec, s.namespace, s.function_network, s.forward_auth_url
                     ),
