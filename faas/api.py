@@ -169,6 +169,7 @@ class ManagementApi:
                 "replicas",
                 f'send {{"replicas": n}} with n from 0 to {ceiling} ({name}\'s max_scale)',
             )
+        self.autoscaler.told(name, replicas)  # first: its next round must not undo this
         if replicas == 0:
             if function.state is not State.STOPPED:
                 await self.lifecycle.scale_down(name)
@@ -176,7 +177,6 @@ class ManagementApi:
             if not function.addresses:
                 await self.lifecycle.wake(name)
             await run_in_threadpool(self.lifecycle.scale_to, name, replicas)
-        self.autoscaler.told(name, replicas)
         function = await run_in_threadpool(self.lifecycle.get, name)
         return JSONResponse(function.to_json())
 

@@ -274,25 +274,39 @@ class Lifecycle:
         proxy's service (a drain) before they get SIGTERM, and finish their
         requests in flight."""
         with self._lock(name):
-            first = self._serving(name)
-            if first.state is State.INVALID:
-                raise DeployFailed(name, first.reason, Cause.INVALID)
-            if not live(self._found(name)):
-                self._start_serving(name, None)
-            found = self._found(name)
-            running = live(found)
-            alive = {i.id for i in running}
-            for dead in found:  # a replica that died (or was stopped): its place is taken
-                if dead.id not in alive:
-                    self._retire(dead.id)
-            spec = serving(running).spec
-            if replicas > len(running):
-                self.metrics.scale_events.labels("up", reason).inc()
-                self._scale_up(spec, running, replicas - len(running))
-            elif replicas < len(running):
-                self.metrics.scale_events.labels("down", reason).inc()
-                self._scale_down(spec, running, len(running) - replicas)
-            return self.get(name)
+            return self._scale_to(name, replicas, reason)
+
+    def try_scale_to(self, name: str, replicas: int, reason: str) -> Function | None:
+        """`scale_to`, or nothing (None) while another sequence holds the function:
+        the autoscaler looks again next round rather than queue behind a deploy."""
+        lock = self._lock(name)
+        if not lock.acquire(blocking=False):
+            return None
+        try:
+            return self._scale_to(name, replicas, reason)
+        finally:
+            lock.release()
+
+    def _scale_to(self, name: str, replicas: int, reason: str) -> Function:
+        first = self._serving(name)
+        if first.state is State.INVALID:
+            raise DeployFailed(name, first.reason, Cause.INVALID)
+        if not live(self._found(name)):
+            self._start_serving(name, None)
+        found = self._found(name)
+        running = live(found)
+        alive = {i.id for i in running}
+        for dead in found:  # a replica that died (or was stopped): its place is taken
+            if dead.id not in alive:
+                self._retire(dead.id)
+        spec = serving(running).spec
+        if replicas > len(running):
+            self.metrics.scale_events.labels("up", reason).inc()
+            self._scale_up(spec, running, replicas - len(running))
+        elif replicas < len(running):
+            self.metrics.scale_events.labels("down", reason).inc()
+            self._scale_down(spec, running, len(running) - replicas)
+        return self.get(name)
 
     def _scale_up(self, spec: FunctionSpec, running: builtins.list[Instance], more: int) -> None:
         engine = self.provider.engine_info()
