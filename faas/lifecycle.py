@@ -177,15 +177,18 @@ class Lifecycle:
                 self._retire(instance_id)
             return
         # While the old ones stop, the gateway takes the traffic and forwards
-        # it to the newest running instance; the proxy returns to the warm
-        # path once it balances over the new instance alone.
+        # it to the new instances; the proxy returns to the warm path once it
+        # balances over the new instances alone.
+        leaving = set(old)
+        self._leaving.update(leaving)
         self.router.drain(spec.name)
         try:
-            for instance_id in old:
+            for instance_id in leaving:
                 self._retire(instance_id)
             self.router.routed(spec, addresses, only=True)
         finally:
             self.router.undrain(spec.name)
+            self._leaving.difference_update(leaving)
 
     def remove(self, name: str) -> None:
         with self._lock(name):
