@@ -12,7 +12,7 @@ import docker
 import pytest
 import requests
 
-from .conftest import Load, Stack, cli, fn_name, running_stack, wait_for
+from .conftest import ECHO_IMAGE, Load, Stack, cli, fn_name, running_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -206,3 +206,26 @@ def test_a_killed_replica_is_replaced(scaled: Stack, engine: docker.DockerClient
         # Requests sent as it died may fail once Traefik's retries are spent; none hangs.
         assert all("Timeout" not in f for f in load.failures), load.failures
         assert len(load.failures) <= 2, load.failures
+
+
+def test_flags_and_a_replica_the_host_has_no_memory_for(
+    scaled: Stack, engine: docker.DockerClient
+) -> None:
+    name = fn_name("flags")
+    total = int(engine.info()["MemTotal"])
+    big = f"{total * 6 // 10 >> 20}m"  # one fits, two would not
+    code, _, err = cli(
+        scaled, "deploy", name, "--image", ECHO_IMAGE, "--max-scale", "3",
+        "--concurrency", "4", "--memory", big,
+    )  # fmt: skip
+    assert code == 0, err
+    try:
+        spec = shown(scaled, name)
+        assert (spec["max_scale"], spec["concurrency"], spec["min_scale"]) == (3, 4, 0)
+        got = scaled.api("POST", f"/functions/{name}/scale", json={"replicas": 2})
+        assert got.status_code == 409, got.text
+        assert "no room for another replica" in got.json()["error"]
+        assert shown(scaled, name)["ready_replicas"] == 1
+        assert len(scaled.containers(engine, name)) == 1
+    finally:
+        scaled.api("DELETE", f"/functions/{name}")
