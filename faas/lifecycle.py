@@ -441,15 +441,13 @@ class Lifecycle:
             return await self.wake(name), time.monotonic() - began
         if drained:
             fn = await run_in_threadpool(self.get, name)
-        addresses = [a for a in fn.addresses if a not in self._leaving_addresses(fn)]
+        leaving = {i.address for i in fn.replicas if i.id in self._leaving}
+        addresses = [a for a in fn.addresses if a not in leaving]
         if addresses:
             return random.choice(addresses), None  # noqa: S311 - balancing, not secrets
         address = await self.wake(name)
         return address, time.monotonic() - began
 
-    def _leaving_addresses(self, fn: Function) -> set[str | None]:
-        """The addresses of `fn`'s replicas on their way out (a scale-down)."""
-        return {i.address for i in fn.replicas if i.id in self._leaving}
 
     def waking(self, name: str) -> bool:
         return name in self._waking
