@@ -448,7 +448,6 @@ class Lifecycle:
         address = await self.wake(name)
         return address, time.monotonic() - began
 
-
     def waking(self, name: str) -> bool:
         return name in self._waking
 
