@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from . import __version__, openapi, template
+from .autoscaler import Autoscaler
 from .body import parse_json, read_body, read_json
 from .config import Settings
 from .errors import FaasError, FunctionExists, FunctionNotFound, InvalidSpec
@@ -40,9 +41,15 @@ class ManagementApi:
     """The /api/v1 endpoints (all but healthz need the admin token: `faas.gateway`)."""
 
     def __init__(
-        self, lifecycle: Lifecycle, scaler: Scaler, keys: Keys, settings: Settings
+        self,
+        lifecycle: Lifecycle,
+        scaler: Scaler,
+        autoscaler: Autoscaler,
+        keys: Keys,
+        settings: Settings,
     ) -> None:
         self.lifecycle = lifecycle
+        self.autoscaler = autoscaler
         self.provider = lifecycle.provider
         self.scaler = scaler
         self.keys = keys
@@ -150,16 +157,27 @@ class ManagementApi:
         return StreamingResponse(relay(stream), media_type="text/plain; charset=utf-8")
 
     async def scale(self, request: Request) -> Response:
+        """Run `replicas` replicas now (0 stops the function); the autoscaler keeps
+        the count for a stable window, then follows the load within the bounds."""
         name = check_name(request.path_params["name"])
         body = await read_json(request, self.api_max_body)
         replicas = body.get("replicas") if isinstance(body, dict) and len(body) == 1 else None
-        if type(replicas) is not int or replicas not in (0, 1):
-            raise InvalidSpec("replicas", 'send {"replicas": 0} or {"replicas": 1}')
+        if type(replicas) is not int or replicas < 0:
+            raise InvalidSpec("replicas", 'send {"replicas": n}, n from 0 to its max_scale')
         function = await run_in_threadpool(self.lifecycle.get, name)
-        if replicas == 0 and function.state is not State.STOPPED:
-            await self.lifecycle.scale_down(name)
-        elif replicas == 1 and function.state is not State.RUNNING:
-            await self.lifecycle.wake(name)
+        ceiling = function.spec.max_scale
+        if replicas > ceiling:
+            raise InvalidSpec(
+                "replicas", f"send n from 0 to {ceiling} ({name}'s max_scale), not {replicas}"
+            )
+        self.autoscaler.told(name, replicas)  # first: its next round must not undo this
+        if replicas == 0:
+            if function.state is not State.STOPPED:
+                await self.lifecycle.scale_down(name)
+        else:
+            if not function.addresses:
+                await self.lifecycle.wake(name)
+            await run_in_threadpool(self.lifecycle.scale_to, name, replicas)
         function = await run_in_threadpool(self.lifecycle.get, name)
         return JSONResponse(function.to_json())
 

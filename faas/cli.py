@@ -161,7 +161,14 @@ def deploy(
     ] = None,
     min_scale: Annotated[
         int | None,
-        typer.Option(min=0, max=1, help="1 keeps it running; 0 (default) scales to zero."),
+        typer.Option(min=0, help="Replicas always running; 0 (default) lets it scale to zero."),
+    ] = None,
+    max_scale: Annotated[
+        int | None, typer.Option(min=1, help="Most replicas the autoscaler runs (default 10).")
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, help="Target requests in flight per replica (default 10)."),
     ] = None,
     idle_timeout: Annotated[
         int | None, typer.Option(min=1, help="Seconds without traffic before it scales to zero.")
@@ -193,7 +200,8 @@ def deploy(
     spec = dict(loaded.spec)
     flags = {
         "name": name, "port": port, "health_path": health_path, "min_scale": min_scale,
-        "idle_timeout": idle_timeout, "runtime": runtime, "gpus": _parse_gpus(gpus),
+        "max_scale": max_scale, "concurrency": concurrency, "idle_timeout": idle_timeout,
+        "runtime": runtime, "gpus": _parse_gpus(gpus),
         "command": shlex.split(command) if command else None,
         "auth": auth, "read_only": read_only, "cap_add": cap_add or None,
     }  # fmt: skip
@@ -300,11 +308,19 @@ def import_(
 @reports_errors
 def list_() -> None:
     """List functions."""
-    rows = [["NAME", "STATE", "IMAGE", "PORT", "CREATED"]]
+    rows = [["NAME", "STATE", "READY", "IMAGE", "PORT", "CREATED"]]
     for fn in Connection.client().list():
         state = str(fn["state"]) + (f" ({fn['reason']})" if fn.get("reason") else "")
-        rows.append([str(fn["name"]), state, str(fn["image"]), str(fn["port"]), str(fn["created"])])
+        rows.append(
+            [str(fn["name"]), state, _replicas(fn), str(fn["image"]), str(fn["port"]),
+             str(fn["created"])]
+        )  # fmt: skip
     _echo_table(rows)
+
+
+def _replicas(fn: dict[str, object]) -> str:
+    """Ready/desired replicas, as kubectl shows them."""
+    return f"{fn.get('ready_replicas', 0)}/{fn.get('replicas', 0)}"
 
 
 def _echo_table(rows: list[list[str]]) -> None:
@@ -467,11 +483,16 @@ def duration(raw: str) -> int:
 @reports_errors
 def scale(
     name: Annotated[str, typer.Argument(help="Function name.")],
-    replicas: Annotated[int, typer.Argument(min=0, max=1, help="0 stops it, 1 starts it.")],
+    replicas: Annotated[
+        int, typer.Argument(min=0, help="Replicas to run now, up to its max_scale; 0 stops it.")
+    ],
 ) -> None:
-    """Scale a function to zero or one; a stopped function also wakes on its next request."""
+    """Run N replicas now (0 stops it; a stopped function also wakes on its next request).
+
+    The autoscaler keeps N for a stable window, then follows the load between the
+    function's min_scale (at least 1) and max_scale."""
     function = Connection.client().scale(name, replicas)
-    typer.echo(f"{name}: {function['state']}")
+    typer.echo(f"{name}: {function['state']}, {_replicas(function)} replicas")
 
 
 keys_app = typer.Typer(help="Invoke keys of `--auth key` functions.", no_args_is_help=True)

@@ -96,6 +96,21 @@ class Settings(BaseSettings):
     scale_interval: float = Field(
         5.0, gt=0, description="Seconds between checks for idle functions to scale to zero."
     )
+    autoscale_interval: float = Field(
+        1.0, gt=0, description="Seconds between the autoscaler's reads of the load."
+    )
+    autoscale_panic_window: float = Field(
+        6.0,
+        gt=0,
+        description="Seconds of load the autoscaler scales up on, at once, when they need "
+        "more replicas than are ready.",
+    )
+    autoscale_stable_window: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds of load the autoscaler scales down on, and how long after a "
+        "scale-up (or `faas scale`) it waits before it does.",
+    )
     base_image: str = Field(
         "python:3.12-slim",
         description="Base image of functions built from a handler template. Unset, and the "

@@ -155,6 +155,7 @@ class DockerProvider:
         return EngineInfo(
             runtimes=frozenset(info.get("Runtimes") or {}),
             default_runtime=info.get("DefaultRuntime"),
+            memory_bytes=int(info.get("MemTotal") or 0),
         )
 
     def logs(
@@ -222,7 +223,7 @@ class DockerProvider:
                 container = self.client.containers.create(
                     spec.image,
                     name=name,
-                    hostname=spec.name,
+                    hostname=name,  # one per replica, as a pod's name
                     labels=labels.container_labels(
                         spec, s.namespace, s.function_network, s.forward_auth_url
                     ),

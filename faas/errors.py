@@ -14,6 +14,7 @@
     ├── TooManyRequests(reason, retry_after)  a client locked out after failed credentials (429)
     ├── GatewayTimeout(reason)            a function did not start answering in time (504)
     ├── WakeFailed(name, reason, cause)   a stopped function did not start for a request
+    ├── NoRoom(name, needed, free)        another replica would not fit into the host's memory
     ├── ProviderError(reason)             the engine failed or is unreachable
     └── ApiError(status, message)         the management API refused (client side)
 
@@ -177,3 +178,20 @@ class BuildFailed(FaasError):
 
 class GatewayTimeout(FaasError):
     """A function did not start answering a forwarded request in time."""
+
+
+class NoRoom(FaasError):
+    """Another replica's memory limit does not fit beside the running functions' limits."""
+
+    def __init__(self, name: str, needed: int, free: int) -> None:
+        super().__init__(
+            f"no room for another replica of {name!r}: it may use {needed >> 20} MiB, "
+            f"{max(free, 0) >> 20} MiB of the host's memory are left after the running "
+            "functions' limits"
+        )
+        self.name = name
+        self.needed = needed
+        self.free = free
+
+    def detail(self) -> object:
+        return {"function": self.name, "needed_bytes": self.needed, "free_bytes": self.free}

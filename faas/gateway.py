@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from . import auth
 from .api import ManagementApi
+from .autoscaler import Autoscaler
 from .config import Settings
 from .docker_provider import DockerProvider
 from .errors import (
@@ -38,6 +39,7 @@ from .errors import (
     GatewayTimeout,
     ImageNotFound,
     InvalidSpec,
+    NoRoom,
     PayloadTooLarge,
     ProviderError,
     RegistryUnreachable,
@@ -61,6 +63,7 @@ STATUS: dict[type[FaasError], int] = {
     InvalidSpec: 422,
     FunctionNotFound: 404,
     FunctionExists: 409,
+    NoRoom: 409,
     ImageNotFound: 422,
     RegistryUnreachable: 502,
     DeployFailed: 502,
@@ -133,7 +136,8 @@ def build_app(
     settings = settings or Settings()
     scaler = scaler or Scaler(lifecycle, settings.scale_interval)
     throttle = Throttle.from_settings(settings)
-    api = ManagementApi(lifecycle, scaler, keys, settings)
+    autoscaler = Autoscaler.from_settings(lifecycle, scaler, settings)
+    api = ManagementApi(lifecycle, scaler, autoscaler, keys, settings)
     invoker = Invoker(lifecycle, scaler, keys, token, settings, throttle, proxy)
     routes = [
         Route("/api/v1/healthz", api.healthz, methods=["GET"]),
@@ -157,7 +161,7 @@ def build_app(
             await lifecycle.recover()
         except FaasError as exc:
             logger.warning("could not look for unfinished starts: {}", exc)
-        tasks = [asyncio.create_task(scaler.run())]
+        tasks = [asyncio.create_task(scaler.run()), asyncio.create_task(autoscaler.run())]
         if sampler is not None:
             tasks.append(asyncio.create_task(sampler.run()))
         try:

@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import builtins
 import http.client
+import random
 import socket
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Collection, Coroutine, Iterable
 
 from loguru import logger
 from starlette.concurrency import run_in_threadpool
@@ -35,6 +36,7 @@ from .errors import (
     FaasError,
     FunctionNotFound,
     ImageNotFound,
+    NoRoom,
     ProviderError,
     WakeFailed,
 )
@@ -47,9 +49,10 @@ from .provider import (
     StartTimes,
     State,
     function_of,
+    live,
     serving,
 )
-from .spec import FunctionSpec
+from .spec import FunctionSpec, memory_bytes
 
 # (address "ip:port", health path) -> True once it answers HTTP below 500.
 Probe = Callable[[str, str], bool]
@@ -97,6 +100,7 @@ class Lifecycle:
         self._locks_guard = threading.Lock()
         self._waking: dict[str, asyncio.Future[Function]] = {}
         self._draining: dict[str, asyncio.Event] = {}
+        self._leaving: set[str] = set()  # instances a scale-down takes out of service
 
     def _lock(self, name: str) -> threading.Lock:
         with self._locks_guard:
@@ -108,38 +112,53 @@ class Lifecycle:
         by_name: defaultdict[str, list[Instance]] = defaultdict(list)
         for instance in self.provider.instances():
             by_name[instance.spec.name].append(instance)
-        return [function_of(serving(found)) for _, found in sorted(by_name.items())]
+        return [function_of(found) for _, found in sorted(by_name.items())]
 
     def get(self, name: str) -> Function:
-        return function_of(self._serving(name))
+        return function_of(self._found(name))
 
-    def _serving(self, name: str) -> Instance:
+    def _found(self, name: str) -> builtins.list[Instance]:
         found = self.provider.instances(name)
         if not found:
             raise FunctionNotFound(name)
-        return serving(found)
+        return found
+
+    def _serving(self, name: str) -> Instance:
+        return serving(self._found(name))
 
     # -- blocking sequences ------------------------------------------------------
 
     def deploy(self, spec: FunctionSpec) -> Function:
-        """Start `spec` as a new instance, ready and routed, then retire older ones."""
+        """Start `spec` as new instances, ready and routed, then retire the older ones.
+
+        As many replicas as run now (at least `min_scale`, at least one, at most
+        `max_scale`) start beside the old ones (a surge of that many), so the
+        function never serves with fewer."""
         spec = policy.effective(spec, self.settings, self.provider.engine_info())
         with self._lock(spec.name):
             self._ensure_image(spec.image)
             current = self.provider.instances(spec.name)
-            new = self.provider.create(spec)
+            count = min(max(len(live(current)), spec.min_scale, 1), spec.max_scale)
+            new: builtins.list[Instance] = []
             try:
-                address = self._start_and_wait(spec, new.id)
+                addresses = [self._start_new(spec, new) for _ in range(count)]
                 if self.router is not None:
-                    self.router.routed(spec, address)
+                    self.router.routed(spec, addresses)
             except BaseException:
-                self._discard(new.id)
+                for instance in new:
+                    self._discard(instance.id)
                 self._restore_route(current)
                 raise
             if current:
-                self._replace(spec, address, [i.id for i in current])
-            logger.info("deployed {} ({}) at {}", spec.name, spec.image, address)
+                self._replace(spec, addresses, [i.id for i in current])
+            logger.info("deployed {} ({}) at {}", spec.name, spec.image, ", ".join(addresses))
             return self.get(spec.name)
+
+    def _start_new(self, spec: FunctionSpec, started: builtins.list[Instance]) -> str:
+        """Create and start one more instance of `spec` (recorded in `started`); its address."""
+        instance = self.provider.create(spec)
+        started.append(instance)
+        return self._start_and_wait(spec, instance.id)
 
     def _ensure_image(self, image: str) -> None:
         found = self.provider.image_labels(image)
@@ -151,22 +170,25 @@ class Lifecycle:
             raise ImageNotFound(image, "not on the engine after the pull")
         policy.check_image_labels(image, found)
 
-    def _replace(self, spec: FunctionSpec, address: str, old: Iterable[str]) -> None:
-        """Retire the old instances once `address` serves, losing no request."""
+    def _replace(self, spec: FunctionSpec, addresses: Collection[str], old: Iterable[str]) -> None:
+        """Retire the old instances once `addresses` serve, losing no request."""
         if self.router is None:
             for instance_id in old:
                 self._retire(instance_id)
             return
         # While the old ones stop, the gateway takes the traffic and forwards
-        # it to the newest running instance; the proxy returns to the warm
-        # path once it balances over the new instance alone.
+        # it to the new instances; the proxy returns to the warm path once it
+        # balances over the new instances alone.
+        leaving = set(old)
+        self._leaving.update(leaving)
         self.router.drain(spec.name)
         try:
-            for instance_id in old:
+            for instance_id in leaving:
                 self._retire(instance_id)
-            self.router.routed(spec, address, only=True)
+            self.router.routed(spec, addresses, only=True)
         finally:
             self.router.undrain(spec.name)
+            self._leaving.difference_update(leaving)
 
     def remove(self, name: str) -> None:
         with self._lock(name):
@@ -182,24 +204,28 @@ class Lifecycle:
     def start(self, name: str, times: StartTimes | None = None) -> Function:
         """Start a stopped function; return once it answers (the proxy may lag)."""
         with self._lock(name):
-            instance = self._serving(name)
-            if instance.state is State.INVALID:
-                raise DeployFailed(name, instance.reason, Cause.INVALID)
-            # The proxy routes a container as soon as it runs, before it
-            # listens: keep its traffic on the gateway (which waits for
-            # readiness) until it answers. No need to wait for the drain: the
-            # container's own route comes after its start, later than this.
+            return self._start_serving(name, times)
+
+    def _start_serving(self, name: str, times: StartTimes | None) -> Function:
+        """`start`, the function's lock held."""
+        instance = self._serving(name)
+        if instance.state is State.INVALID:
+            raise DeployFailed(name, instance.reason, Cause.INVALID)
+        # The proxy routes a container as soon as it runs, before it
+        # listens: keep its traffic on the gateway (which waits for
+        # readiness) until it answers. No need to wait for the drain: the
+        # container's own route comes after its start, later than this.
+        if self.router is not None:
+            self.router.drain(name, wait=False)
+        try:
+            self._start_and_wait(instance.spec, instance.id, times)
+        except DeployFailed:
+            self._stop_failed(name, instance.id)
+            raise
+        finally:
             if self.router is not None:
-                self.router.drain(name, wait=False)
-            try:
-                self._start_and_wait(instance.spec, instance.id, times)
-            except DeployFailed:
-                self._stop_failed(name, instance.id)
-                raise
-            finally:
-                if self.router is not None:
-                    self.router.undrain(name)
-            return self.get(name)
+                self.router.undrain(name)
+        return self.get(name)
 
     def finish_start(self, name: str) -> Function:
         """Wait, behind a drain, for a running instance that does not answer yet
@@ -222,19 +248,110 @@ class Lifecycle:
 
     def stop(self, name: str) -> None:
         """Stop every running instance behind a drain: requests that arrive
-        meanwhile go to the gateway, which waits, then wakes the function."""
+        meanwhile go to the gateway, which waits, then wakes the function.
+        One stopped instance stays (the next wake starts it); the others go."""
         with self._lock(name):
             if self.router is not None:
                 self.router.drain(name)
             try:
-                for instance in self.provider.instances(name):
-                    if instance.state in (State.RUNNING, State.STARTING):
-                        self.provider.stop(instance.id, self.settings.stop_timeout)
+                found = self.provider.instances(name)
+                keep = serving(found) if found else None
+                for instance in found:
+                    if instance is keep:
+                        if instance.state in (State.RUNNING, State.STARTING):
+                            self.provider.stop(instance.id, self.settings.stop_timeout)
+                    else:
+                        self._retire(instance.id)
                 if self.router is not None:
                     self.router.unrouted(name)
             finally:
                 if self.router is not None:
                     self.router.undrain(name)
+
+    def scale_to(self, name: str, replicas: int, reason: str = "explicit") -> Function:
+        """Run exactly `replicas` (>= 1) ready instances of `name`.
+
+        More: the new ones start beside the others and join the proxy's service
+        once they answer; each must fit into the host's memory beside what the
+        running functions may use (else NoRoom). Fewer: the oldest leave the
+        proxy's service (a drain) before they get SIGTERM, and finish their
+        requests in flight."""
+        with self._lock(name):
+            return self._scale_to(name, replicas, reason)
+
+    def try_scale_to(self, name: str, replicas: int, reason: str) -> Function | None:
+        """`scale_to`, or nothing (None) while another sequence holds the function:
+        the autoscaler looks again next round rather than queue behind a deploy."""
+        lock = self._lock(name)
+        if not lock.acquire(blocking=False):
+            return None
+        try:
+            return self._scale_to(name, replicas, reason)
+        finally:
+            lock.release()
+
+    def _scale_to(self, name: str, replicas: int, reason: str) -> Function:
+        first = self._serving(name)
+        if first.state is State.INVALID:
+            raise DeployFailed(name, first.reason, Cause.INVALID)
+        if not live(self._found(name)):
+            self._start_serving(name, None)
+        found = self._found(name)
+        running = live(found)
+        alive = {i.id for i in running}
+        for dead in found:  # a replica that died (or was stopped): its place is taken
+            if dead.id not in alive:
+                self._retire(dead.id)
+        spec = serving(running).spec
+        if replicas > len(running):
+            self.metrics.scale_events.labels("up", reason).inc()
+            self._scale_up(spec, running, replicas - len(running))
+        elif replicas < len(running):
+            self.metrics.scale_events.labels("down", reason).inc()
+            self._scale_down(spec, running, len(running) - replicas)
+        return self.get(name)
+
+    def _scale_up(self, spec: FunctionSpec, running: builtins.list[Instance], more: int) -> None:
+        engine = self.provider.engine_info()
+        limit = memory_bytes(spec.resources.memory or self.settings.default_memory)
+        used = sum(
+            memory_bytes(i.spec.resources.memory or self.settings.default_memory)
+            for i in live(self.provider.instances())
+        )
+        added: builtins.list[Instance] = []
+        try:
+            for _ in range(more):
+                if not policy.fits(limit, used, engine.memory_bytes):
+                    raise NoRoom(spec.name, limit, engine.memory_bytes - used)
+                self._start_new(spec, added)
+                used += limit
+        except DeployFailed:
+            self._discard(added.pop().id)  # the one that failed; the others serve
+            raise
+        finally:
+            if added and self.router is not None:
+                addresses = [i.address for i in live(self._found(spec.name)) if i.address]
+                self.router.routed(spec, addresses)
+            if added:
+                logger.info(
+                    "{}: {} -> {} replicas", spec.name, len(running), len(running) + len(added)
+                )
+
+    def _scale_down(self, spec: FunctionSpec, running: builtins.list[Instance], fewer: int) -> None:
+        leaving, staying = running[:fewer], running[fewer:]
+        self._leaving.update(i.id for i in leaving)
+        if self.router is not None:
+            self.router.drain(spec.name)
+        try:
+            for instance in leaving:
+                self._retire(instance.id)
+            if self.router is not None:
+                self.router.routed(spec, [i.address for i in staying if i.address], only=True)
+        finally:
+            if self.router is not None:
+                self.router.undrain(spec.name)
+            self._leaving.difference_update(i.id for i in leaving)
+        logger.info("{}: {} -> {} replicas", spec.name, len(running), len(staying))
 
     def _start_and_wait(
         self, spec: FunctionSpec, instance_id: str, times: StartTimes | None = None
@@ -297,16 +414,15 @@ class Lifecycle:
             logger.warning("could not remove failed instance {}: {}", instance_id[:12], exc)
 
     def _restore_route(self, current: builtins.list[Instance]) -> None:
-        """After a failed update, wait until the proxy forgets the discarded instance."""
-        if self.router is None or not current:
+        """After a failed update, wait until the proxy forgets the discarded instances."""
+        addresses = [i.address for i in live(current) if i.address]
+        if self.router is None or not addresses:
             return
-        instance = serving(current)
-        if instance.address is None:
-            return
+        spec = serving(current).spec
         try:
-            self.router.routed(instance.spec, instance.address, only=True)
+            self.router.routed(spec, addresses, only=True)
         except FaasError as exc:
-            logger.warning("route of {} not restored: {}", instance.spec.name, exc)
+            logger.warning("route of {} not restored: {}", spec.name, exc)
 
     # -- waking and draining, for the requests that wait -------------------------
 
@@ -325,8 +441,10 @@ class Lifecycle:
             return await self.wake(name), time.monotonic() - began
         if drained:
             fn = await run_in_threadpool(self.get, name)
-        if fn.state is State.RUNNING and fn.address:
-            return fn.address, None
+        leaving = {i.address for i in fn.replicas if i.id in self._leaving}
+        addresses = [a for a in fn.addresses if a not in leaving]
+        if addresses:
+            return random.choice(addresses), None  # noqa: S311 - balancing, not secrets
         address = await self.wake(name)
         return address, time.monotonic() - began
 
@@ -404,6 +522,7 @@ class Lifecycle:
         try:
             await run_in_threadpool(self.stop, name)
             self.metrics.scale_downs.labels(reason).inc()
+            self.metrics.scale_events.labels("down", reason).inc()
             logger.info("scaled {} to zero ({})", name, reason)
         finally:
             del self._draining[name]

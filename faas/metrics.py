@@ -28,6 +28,8 @@ class Snapshot(Collector):
     def __init__(self) -> None:
         self.states: Tally[str] = Tally()
         self.resources: dict[str, Usage] = {}
+        self.replicas: dict[str, tuple[int, int]] = {}  # function -> (desired, ready)
+        self.concurrency: dict[str, float] = {}  # function -> requests in flight (panic window)
 
     def collect(self) -> Iterator[Metric]:
         states = GaugeMetricFamily(
@@ -39,6 +41,25 @@ class Snapshot(Collector):
             states.add_metric([state.value], self.states[state.value])
         yield states
         yield from self._resources()
+        yield from self._replicas()
+
+    def _replicas(self) -> Iterator[Metric]:
+        replicas = GaugeMetricFamily(
+            "faas_function_replicas",
+            "Replicas per function: desired (the autoscaler's) and ready (answering).",
+            labels=["function", "kind"],
+        )
+        for name, (desired, ready) in sorted(self.replicas.items()):
+            replicas.add_metric([name, "desired"], desired)
+            replicas.add_metric([name, "ready"], ready)
+        concurrency = GaugeMetricFamily(
+            "faas_function_concurrency",
+            "Requests in flight per function, averaged over the autoscaler's panic window.",
+            labels=["function"],
+        )
+        for name, value in sorted(self.concurrency.items()):
+            concurrency.add_metric([name], value)
+        yield from (replicas, concurrency)
 
     def _resources(self) -> Iterator[Metric]:
         fn = ["function"]
@@ -92,6 +113,20 @@ class Metrics:
         self.scale_downs = Counter(
             "faas_scale_downs", "Scale-downs to zero by reason.", ["reason"], registry=r
         )
+        self.scale_events = Counter(
+            "faas_scale_events",
+            "Replica count changes by direction (up, down) and reason (load, explicit, "
+            "replace, idle).",
+            ["direction", "reason"],
+            registry=r,
+        )
+        self.scale_blocked = Counter(
+            "faas_scale_blocked",
+            "Scale-ups refused by function and reason (memory: the replica's limit does "
+            "not fit beside the running functions' limits).",
+            ["function", "reason"],
+            registry=r,
+        )
         self.loop_errors = Counter(
             "faas_loop_errors",
             "Failed rounds of a background loop (scaler, sampler); the loop goes on.",
@@ -103,6 +138,12 @@ class Metrics:
 
     def saw_functions(self, functions: Iterable[Function]) -> None:
         self.snapshot.states = Tally(f.state.value for f in functions)
+
+    def saw_replicas(self, replicas: dict[str, tuple[int, int]]) -> None:
+        self.snapshot.replicas = replicas
+
+    def saw_concurrency(self, name: str, value: float) -> None:
+        self.snapshot.concurrency[name] = value
 
     def sampled(self, resources: dict[str, Usage]) -> None:
         self.snapshot.resources = resources

@@ -142,7 +142,7 @@ def document() -> dict[str, object]:
             "/api/v1/functions/{name}/scale": {
                 "parameters": [name],
                 "post": {
-                    "summary": "Stop (0) or start (1) the function",
+                    "summary": "Run n replicas now, 0 to max_scale (0 stops the function)",
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -151,7 +151,7 @@ def document() -> dict[str, object]:
                                     "type": "object",
                                     "required": ["replicas"],
                                     "additionalProperties": False,
-                                    "properties": {"replicas": {"type": "integer", "enum": [0, 1]}},
+                                    "properties": {"replicas": {"type": "integer", "minimum": 0}},
                                 }
                             }
                         },

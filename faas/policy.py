@@ -8,11 +8,13 @@ shows the limits in force). The engine only answers what it alone knows
 
 from __future__ import annotations
 
+import re
+
 from . import labels
 from .config import Settings
 from .errors import InvalidSpec
 from .provider import EngineInfo
-from .spec import FunctionSpec, Limits
+from .spec import FunctionSpec, Limits, parse_spec
 
 
 def effective(spec: FunctionSpec, settings: Settings, engine: EngineInfo) -> FunctionSpec:
@@ -30,6 +32,7 @@ def effective(spec: FunctionSpec, settings: Settings, engine: EngineInfo) -> Fun
         raise InvalidSpec(
             "cap_add", f"{', '.join(refused)} not allowed here (FAAS_ALLOWED_CAP_ADD: {caps})"
         )
+    spec = openfaas_scaling(spec)
     r = spec.resources
     resources = r.model_copy(
         update={
@@ -79,3 +82,57 @@ def check_image_labels(image: str, image_labels: dict[str, str]) -> None:
                 "image", f"{image!r} carries the label {key!r}; images may not set "
                 "traefik.* or faas.* labels (Docker would copy them onto the container)",
             )  # fmt: skip
+
+
+def fits(limit: int, used: int, total: int) -> bool:
+    """Whether an instance that may use `limit` bytes fits beside instances that may
+    use `used` of a host's `total` (0: the engine did not say; then it fits)."""
+    return total <= 0 or used + limit <= total
+
+
+# OpenFaaS' scaling labels (docs.openfaas.com, autoscaling), honoured when set.
+OPENFAAS_SCALE = "com.openfaas.scale."
+_GO_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+
+
+def openfaas_scaling(spec: FunctionSpec) -> FunctionSpec:
+    """`spec` with OpenFaaS' scaling labels applied: `.min` and `.max` replicas,
+    `.zero` (true: may scale to zero), `.zero-duration` (a Go duration: the idle
+    timeout). The labels win over the spec's own fields."""
+    given = {
+        key.removeprefix(OPENFAAS_SCALE): value
+        for key, value in spec.labels.items()
+        if key.startswith(OPENFAAS_SCALE)
+    }
+    if not given:
+        return spec
+    update: dict[str, object] = {}
+    for key, field in (("min", "min_scale"), ("max", "max_scale")):
+        if key in given:
+            update[field] = _label_int(key, given[key])
+    zero = given.get("zero", "").lower()
+    if zero not in ("", "true", "false"):
+        raise InvalidSpec(f"labels.{OPENFAAS_SCALE}zero", "must be true or false")
+    if zero == "true":
+        update["min_scale"] = 0
+    elif zero == "false":
+        update["min_scale"] = max(int(str(update.get("min_scale", spec.min_scale))), 1)
+    if "zero-duration" in given:
+        update["idle_timeout"] = _go_seconds(given["zero-duration"])
+    return parse_spec({**spec.model_dump(), **update})
+
+
+def _label_int(key: str, raw: str) -> int:
+    if not raw.isdigit():
+        raise InvalidSpec(f"labels.{OPENFAAS_SCALE}{key}", f"{raw!r} is not a whole number")
+    return int(raw)
+
+
+def _go_seconds(raw: str) -> int:
+    match = _GO_DURATION.fullmatch(raw)
+    if not raw or match is None:
+        raise InvalidSpec(
+            f"labels.{OPENFAAS_SCALE}zero-duration", f"{raw!r} is not a duration like 15m or 1h30m"
+        )
+    hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds

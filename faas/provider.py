@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import builtins
 import enum
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Protocol
@@ -45,8 +45,8 @@ class Instance:
 
 @dataclass(frozen=True)
 class Function:
-    """A deployed function: the instance that serves it (the newest running one,
-    else the newest) and how many it has."""
+    """A deployed function: the instance that stands for it (the newest running
+    one, else the newest) and its replicas (the instances running or starting)."""
 
     spec: FunctionSpec
     state: State
@@ -54,6 +54,12 @@ class Function:
     created: datetime
     address: str | None = None
     reason: str = ""
+    replicas: tuple[Instance, ...] = ()
+
+    @property
+    def addresses(self) -> list[str]:
+        """Where the ready replicas serve."""
+        return [i.address for i in self.replicas if i.state is State.RUNNING and i.address]
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -63,6 +69,8 @@ class Function:
             "container": self.container_id[:12],
             "created": self.created.isoformat(),
             "address": self.address,
+            "replicas": len(self.replicas),
+            "ready_replicas": len(self.addresses),
         }
 
 
@@ -71,14 +79,23 @@ def serving(instances: builtins.list[Instance]) -> Instance:
     return max(instances, key=lambda i: (i.state is State.RUNNING, i.created))
 
 
-def function_of(instance: Instance) -> Function:
+def live(instances: builtins.list[Instance]) -> builtins.list[Instance]:
+    """The instances running or starting, oldest first."""
+    found = [i for i in instances if i.state in (State.RUNNING, State.STARTING)]
+    return sorted(found, key=lambda i: i.created)
+
+
+def function_of(instances: builtins.list[Instance]) -> Function:
+    """The function that `instances` (all of one function, at least one) make up."""
+    first = serving(instances)
     return Function(
-        spec=instance.spec,
-        state=instance.state,
-        container_id=instance.id,
-        created=instance.created,
-        address=instance.address,
-        reason=instance.reason,
+        spec=first.spec,
+        state=first.state,
+        container_id=first.id,
+        created=first.created,
+        address=first.address,
+        reason=first.reason,
+        replicas=tuple(live(instances)),
     )
 
 
@@ -99,6 +116,7 @@ class EngineInfo:
 
     runtimes: frozenset[str]  # OCI runtimes registered with the engine
     default_runtime: str | None  # the one a container gets when it names none
+    memory_bytes: int = 0  # the host's memory as the engine sees it (0: unknown)
 
 
 @dataclass
@@ -121,9 +139,10 @@ class LogStream(Protocol):
 class Router(Protocol):
     """The proxy in front of the functions."""
 
-    def routed(self, spec: FunctionSpec, address: str, *, only: bool = False) -> None:
-        """Return once the function's traffic goes to `address` (and nowhere else, if `only`);
-        raise DeployFailed (cause `route`) when it does not in time."""
+    def routed(self, spec: FunctionSpec, addresses: Collection[str], *, only: bool = False) -> None:
+        """Return once the function's traffic goes to every one of `addresses` (and
+        nowhere else, if `only`); raise DeployFailed (cause `route`) when it does not
+        in time."""
         ...
 
     def unrouted(self, name: str) -> None:
@@ -140,6 +159,11 @@ class Router(Protocol):
 
     def request_counts(self) -> dict[str, float]:
         """Requests served so far per proxy service (`faas.labels.service_name`)."""
+        ...
+
+    def busy_seconds(self) -> dict[str, float]:
+        """Seconds spent serving requests so far per proxy service (completed ones):
+        by Little's law its rate is the average number of requests in flight."""
         ...
 
     def metrics_text(self) -> str:

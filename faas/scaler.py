@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from . import labels
 from .lifecycle import Lifecycle
+from .logging import logged
 from .provider import State
 
 # Seconds the container must stay silent before an idle function is stopped.
@@ -77,7 +78,7 @@ class Scaler:
                     asyncio.create_task(self._scale_down_logged(name))  # noqa: RUF006
             except Exception as exc:
                 self.lifecycle.metrics.loop_errors.labels("scaler").inc()
-                logger.opt(exception=exc).warning("idle check failed: {}", exc)
+                logged(exc).warning("idle check failed: {}", exc)
 
     async def _scale_down_logged(self, name: str) -> None:
         try:
@@ -108,20 +109,25 @@ class Scaler:
                 seen.since, seen.requests = now, requests
             timeout = fn.spec.idle_timeout
             if now - seen.since >= timeout and await self._quiet(
-                fn.container_id, seen, now, timeout
+                [i.id for i in fn.replicas], seen, now, timeout
             ):
                 idle.append(name)
         return idle
 
-    async def _quiet(self, instance_id: str, seen: Activity, now: float, timeout: int) -> bool:
-        """True when the container has sent nothing for long enough.
+    async def _quiet(
+        self, instance_ids: list[str], seen: Activity, now: float, timeout: int
+    ) -> bool:
+        """True when the replicas have sent nothing for long enough.
 
         "Long enough" spans Go's 15 s TCP keep-alive period (the proxy's
-        connections to the container), capped by the idle timeout itself.
+        connections to the containers), capped by the idle timeout itself.
         """
-        sent = await run_in_threadpool(self.lifecycle.provider.sent_bytes, instance_id)
-        if sent is None:
+        provider = self.lifecycle.provider
+        counts = [await run_in_threadpool(provider.sent_bytes, i) for i in instance_ids]
+        known = [c for c in counts if c is not None]
+        if not known:
             return False
+        sent = sum(known)
         if sent != seen.sent:
             if seen.sent is not None:
                 seen.since = now  # the container talked: a long request is on

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InvalidSpec
 
@@ -86,6 +86,12 @@ def check_new_name(name: str) -> str:
         )
     return name
 
+
+# Replicas per function: the autoscaler's bounds. The default ceiling keeps one
+# busy function from taking a small host; a function sets its own up to the cap.
+MAX_REPLICAS = 100
+DEFAULT_MAX_SCALE = 10
+DEFAULT_CONCURRENCY = 10
 
 MEMORY_RE = re.compile(r"^([1-9][0-9]*)([bkmg]?)$")
 MEMORY_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -172,7 +178,23 @@ class FunctionSpec(BaseModel):
         "/", description="Path probed over HTTP until the function answers (any status < 500)."
     )
     min_scale: int = Field(
-        0, ge=0, le=1, description="1 keeps the function running; 0 lets it scale to zero."
+        0,
+        ge=0,
+        le=MAX_REPLICAS,
+        description="Replicas always running; 0 lets the function scale to zero when idle.",
+    )
+    max_scale: int = Field(
+        DEFAULT_MAX_SCALE,
+        ge=1,
+        le=MAX_REPLICAS,
+        description="Most replicas the autoscaler (or `faas scale`) runs.",
+    )
+    concurrency: int = Field(
+        DEFAULT_CONCURRENCY,
+        ge=1,
+        le=10_000,
+        description="Target concurrent requests per replica: the autoscaler adds replicas "
+        "when the average in flight is above it, removes them when below.",
     )
     idle_timeout: int = Field(
         300, ge=1, le=7 * 24 * 3600, description="Seconds without traffic before scaling to zero."
@@ -283,6 +305,14 @@ class FunctionSpec(BaseModel):
         if isinstance(value, list) and not (value and all(GPU_ID_RE.match(v) for v in value)):
             raise ValueError("device ids must be a non-empty list of ids")
         return value
+
+    @model_validator(mode="after")
+    def _scale_bounds(self) -> FunctionSpec:
+        if self.min_scale > self.max_scale:
+            raise ValueError(
+                f"min_scale ({self.min_scale}) must not be above max_scale ({self.max_scale})"
+            )
+        return self
 
     @field_validator("health_path")
     @classmethod

@@ -11,7 +11,7 @@ import sysconfig
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 
 import requests
@@ -197,6 +197,20 @@ _REQUESTS = re.compile(
     r'^traefik_service_requests_total\{[^}]*service="(?P<service>[^"]+)"[^}]*\} (?P<value>\S+)$',
     re.MULTILINE,
 )
+_BUSY = re.compile(
+    r'^traefik_service_request_duration_seconds_sum\{[^}]*service="(?P<service>[^"]+)"[^}]*\} '
+    r"(?P<value>\S+)$",
+    re.MULTILINE,
+)
+
+
+def _per_service(pattern: re.Pattern[str], text: str) -> dict[str, float]:
+    """A metric's samples summed per service (over code, method and protocol)."""
+    totals: dict[str, float] = {}
+    for match in pattern.finditer(text):
+        service = match["service"]
+        totals[service] = totals.get(service, 0.0) + float(match["value"])
+    return totals
 
 
 class TraefikRouter:
@@ -243,14 +257,15 @@ class TraefikRouter:
                 raise ProviderError(f"Traefik did not {what} within {self.timeout:g}s")
             time.sleep(0.02)
 
-    def routed(self, spec: FunctionSpec, address: str, *, only: bool = False) -> None:
-        want = f"http://{address}"
+    def routed(self, spec: FunctionSpec, addresses: Collection[str], *, only: bool = False) -> None:
+        want = {f"http://{address}" for address in addresses}
 
         def done(servers: list[str] | None) -> bool:
-            return servers == [want] if only else want in (servers or [])
+            have = set(servers or [])
+            return have == want if only else want <= have
 
         try:
-            self._wait(spec.name, done, f"route to {address}")
+            self._wait(spec.name, done, f"route to {', '.join(sorted(addresses))}")
         except ProviderError as exc:
             raise DeployFailed(spec.name, exc.message, Cause.ROUTE) from exc
 
@@ -280,11 +295,12 @@ class TraefikRouter:
 
     def request_counts(self) -> dict[str, float]:
         """Requests served so far per Traefik service, from its Prometheus metrics."""
-        counts: dict[str, float] = {}
-        for match in _REQUESTS.finditer(self.metrics_text()):
-            service = match["service"]
-            counts[service] = counts.get(service, 0.0) + float(match["value"])
-        return counts
+        return _per_service(_REQUESTS, self.metrics_text())
+
+    def busy_seconds(self) -> dict[str, float]:
+        """Seconds spent serving requests so far per Traefik service: the sum of its
+        request durations. Its rate is the average number of requests in flight."""
+        return _per_service(_BUSY, self.metrics_text())
 
     def unrouted(self, name: str) -> None:
         self._wait(name, lambda servers: servers is None, f"drop the route of {name}")

@@ -5,9 +5,11 @@ variables whose names start with ECHO_ or FAAS_ are echoed too, which lets
 tests see configuration changes from the outside.
 """
 
+import hashlib
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -20,6 +22,14 @@ _hog: list[bytearray] = []
 def _memtotal_kb() -> int:
     with open("/proc/meminfo") as f:
         return int(f.readline().split()[1])
+
+
+def _burn(seconds: float) -> None:
+    """Hash until this thread has used `seconds` of CPU (the GIL makes it one core)."""
+    until = time.thread_time() + seconds
+    block = b"x" * 4096
+    while time.thread_time() < until:
+        block = hashlib.sha256(block).digest() * 128
 
 
 class Echo(BaseHTTPRequestHandler):
@@ -38,6 +48,9 @@ class Echo(BaseHTTPRequestHandler):
         alloc = parse_qs(url.query).get("alloc")
         if alloc:  # hold N MiB in this process: for memory-limit tests
             _hog.append(bytearray(int(alloc[0]) << 20))
+        cpu = parse_qs(url.query).get("cpu")
+        if cpu:  # hash for N ms of CPU time: a CPU-bound function, for scaling tests
+            _burn(float(cpu[0]) / 1000)
         payload = {
             "method": self.command,
             "path": url.path,
@@ -49,6 +62,7 @@ class Echo(BaseHTTPRequestHandler):
             # and sizes MemTotal to the memory limit.
             "kernel": os.uname().release,
             "memtotal_kb": _memtotal_kb(),
+            "hostname": socket.gethostname(),  # one per replica
         }
         data = json.dumps(payload).encode()
         status = int(self.headers.get("X-Echo-Status") or 200)

@@ -13,7 +13,7 @@ import itertools
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import IO
@@ -39,6 +39,7 @@ class FakeProvider:
         self.calls: list[tuple[str, str]] = []  # (verb, instance id or image)
         self.fail_start: tuple[str, bool] | None = None  # (reason, oom) of the next starts
         self.gate: threading.Event | None = None
+        self.memory = 4 << 30  # what the host has, as the engine says
         self.in_usage = 0
         self.most_in_usage = 0
         self._ids = itertools.count(1)
@@ -66,7 +67,9 @@ class FakeProvider:
         pass
 
     def engine_info(self) -> EngineInfo:
-        return EngineInfo(runtimes=frozenset({"runc", "crun"}), default_runtime="runc")
+        return EngineInfo(
+            runtimes=frozenset({"runc", "crun"}), default_runtime="runc", memory_bytes=self.memory
+        )
 
     def instances(self, name: str | None = None) -> builtins.list[Instance]:
         return [i for i in self.items.values() if name is None or i.spec.name == name]
@@ -168,10 +171,12 @@ class FakeRouter:
         self.events: list[tuple[str, ...]] = []
         self.drains: Counter[str] = Counter()
         self.counts: dict[str, float] = {}
+        self.busy: dict[str, float] = {}
         self.fail_route = False
 
-    def routed(self, spec: FunctionSpec, address: str, *, only: bool = False) -> None:
-        self.events.append(("routed", spec.name, address, "only" if only else ""))
+    def routed(self, spec: FunctionSpec, addresses: Collection[str], *, only: bool = False) -> None:
+        listed = ",".join(sorted(addresses))
+        self.events.append(("routed", spec.name, listed, "only" if only else ""))
         if self.fail_route:
             raise DeployFailed(spec.name, "the proxy did not route it", Cause.ROUTE)
 
@@ -188,6 +193,9 @@ class FakeRouter:
 
     def request_counts(self) -> dict[str, float]:
         return dict(self.counts)
+
+    def busy_seconds(self) -> dict[str, float]:
+        return dict(self.busy)
 
     def metrics_text(self) -> str:
         return ""
