@@ -27,6 +27,14 @@ RUN python3 -m venv --without-pip /opt/faas; \
     /opt/faas/bin/python -c 'import faas.gateway'
 
 FROM ${FAAS_BASE_IMAGE}
+# iptables for the compose stack's `egress` service (same image, run as root
+# with NET_ADMIN); the manager itself never uses it. apt talks plain HTTP to
+# the Debian mirror, which works where PyPI and registries are out of reach.
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iptables \
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
+    && iptables -V
 # A fixed uid and gid, so named volumes keep working across rebuilds. An
 # empty named volume mounted on /var/lib/faas (the admin token) or on
 # /var/lib/faas/traefik or .../prometheus (what those read) takes the owner

@@ -5,17 +5,19 @@ The provider names the function network's Linux bridge after the network
 exists and keep holding when the gateway makes it anew; nothing here asks the
 engine.
 
-    python -m faas.egress_guard apply|remove
+    python -m faas.egress_guard apply|keep|remove
 
 as root, with the stack's FAAS_* settings, installs or removes the rules from
-outside `faas up` (the compose stack's manager cannot change the host's
-firewall: docs/security.md).
+outside `faas up`; `keep` installs them and stays, as the compose stack's
+`egress` service does (its manager is unprivileged: docs/security.md).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import signal
 import sys
+import threading
 
 from loguru import logger
 
@@ -59,13 +61,25 @@ def guard(settings: Settings) -> None:
         )
 
 
+def keep(settings: Settings) -> None:
+    """Apply, then wait for SIGTERM: a service that puts the rules back at every
+    start of the engine (the compose stack's `egress`; a reboot empties the firewall)."""
+    apply(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    stop.wait()
+
+
 def main(argv: list[str]) -> int:
-    """`python -m faas.egress_guard apply|remove` (see the module docstring)."""
+    """`python -m faas.egress_guard apply|keep|remove` (see the module docstring)."""
     command = argv[0] if argv else ""
     settings = Settings()
     try:
         if command == "apply":
             apply(settings)
+            return 0
+        if command == "keep":
+            keep(settings)
             return 0
         if command == "remove":
             egress.remove(settings.namespace)
@@ -73,7 +87,7 @@ def main(argv: list[str]) -> int:
     except egress.EgressError as exc:
         print(f"egress: {exc}", file=sys.stderr)
         return 1
-    print("usage: python -m faas.egress_guard apply|remove", file=sys.stderr)
+    print("usage: python -m faas.egress_guard apply|keep|remove", file=sys.stderr)
     return 2
 
 

@@ -6,6 +6,12 @@ name, the Docker sockets it can see, DOCKER_HOST, whether / and /tmp are
 writable, its effective capabilities, no-new-privileges and uid.
 """
 
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
 PROBE = """
 import json, os, socket, sys
 out = {}
@@ -33,3 +39,24 @@ out["NoNewPrivs"] = status["NoNewPrivs"].strip()
 out["uid"] = os.getuid()
 print(json.dumps(out))
 """
+
+# What a probe sees of a connection the egress rules reject (faas/egress.py):
+# EHOSTUNREACH, from ICMP "administratively prohibited".
+REJECTED = "OSError"
+
+
+def listener() -> tuple[socket.socket, int]:
+    """A server on every address of this host (0.0.0.0), accepting and closing;
+    with its port. Close the socket to stop it."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("0.0.0.0", 0))
+    server.listen(16)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                server.accept()[0].close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, int(server.getsockname()[1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -13,7 +14,7 @@ import requests
 from typer.testing import CliRunner
 
 from faas.cli import app
-from tests.probe import PROBE
+from tests.probe import PROBE, REJECTED, listener
 
 from .conftest import ECHO_IMAGE, Stack, docker
 
@@ -137,7 +138,7 @@ def test_compose_stack(stack: Stack) -> None:
         ).splitlines()
     )
     assert modes == {
-        "traefik": "host", "manager": "host", "prometheus": "host",
+        "traefik": "host", "manager": "host", "prometheus": "host", "egress": "host",
         "docker-proxy-traefik": "none", "docker-proxy-manager": "none",
     }  # fmt: skip
     (container,) = docker(
@@ -147,9 +148,12 @@ def test_compose_stack(stack: Stack) -> None:
     own_ip = docker(
         "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", container
     )
+    # A server on every address of this host: the egress rules keep functions off it.
+    server, server_port = listener()
     targets = [
         # The probe itself works: the function reaches its own server.
         ("itself", own_ip, 8080),
+        ("a host server on 0.0.0.0", host_ip, server_port),
         ("manager via the host", host_ip, stack.gateway_port),
         ("traefik api via the host", host_ip, stack.api_port),
         ("traefik web via the host", host_ip, stack.http_port),  # loopback in this test
@@ -157,16 +161,23 @@ def test_compose_stack(stack: Stack) -> None:
         ("docker via the host", host_ip, 2375),
         ("another function", other_ip, int(other_port)),
     ]
-    seen = json.loads(docker("exec", container, "python3", "-c", PROBE, json.dumps(targets)))
+    with server:
+        seen = json.loads(docker("exec", container, "python3", "-c", PROBE, json.dumps(targets)))
+    # The host's own addresses are closed by the egress service's rules (before
+    # them, the ports below answered "refused": nothing listens there).
     assert {label: seen[label] for label, *_ in targets} == {
         "itself": "connected",
-        "manager via the host": "ConnectionRefusedError",
-        "traefik api via the host": "ConnectionRefusedError",
-        "traefik web via the host": "ConnectionRefusedError",
-        "prometheus via the host": "ConnectionRefusedError",
-        "docker via the host": "ConnectionRefusedError",
+        "a host server on 0.0.0.0": REJECTED,
+        "manager via the host": REJECTED,
+        "traefik api via the host": REJECTED,
+        "traefik web via the host": REJECTED,
+        "prometheus via the host": REJECTED,
+        "docker via the host": REJECTED,
         "another function": "TimeoutError",
     }
+    rules = subprocess.run(["iptables", "-S"], capture_output=True, text=True).stdout
+    assert f"faas-{stack.namespace}" in rules
+    assert "169.254.0.0/16" in rules
     assert (seen["sockets"], seen["docker_host"]) == ([], None)
     # ...while Traefik, from the host, still routes to both.
     got = requests.get(f"{stack.url}/function/neighbour/n", timeout=30)

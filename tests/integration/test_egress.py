@@ -8,13 +8,11 @@ Link-local addresses get no packet: their rule is read back from iptables."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
 import socket
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from docker.models.networks import Network
 
 from faas import egress
 from faas.config import Settings
-from tests.probe import PROBE
+from tests.probe import PROBE, REJECTED, listener
 
 from .conftest import ECHO_IMAGE, Stack, free_port, running_stack, wait_for
 
@@ -34,29 +32,11 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="iptables rules need root"),
 ]
 
-REJECTED = "OSError"  # EHOSTUNREACH: ICMP "administratively prohibited"
-
 
 @pytest.fixture(scope="module")
 def stack(engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with running_stack(engine, tmp_path_factory.mktemp("egress")) as s:
         yield s
-
-
-def listener() -> tuple[socket.socket, int]:
-    """A server on every address of this host (0.0.0.0), accepting and closing."""
-    server = socket.socket()
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("0.0.0.0", free_port()))
-    server.listen(16)
-
-    def serve() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                server.accept()[0].close()
-
-    threading.Thread(target=serve, daemon=True).start()
-    return server, int(server.getsockname()[1])
 
 
 @pytest.fixture
