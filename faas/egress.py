@@ -236,3 +236,13 @@ def remove(namespace: str) -> None:
         for chain, rules in table.rules.items():
             if chain.startswith(prefix):
                 _drop_chain(chain, len(rules))
+
+
+def installed(bridge: str, namespace: str) -> bool:
+    """Whether every hook jumps from `bridge` into a chain of this namespace."""
+    table = read_table()
+    for kind, hook in HOOKS.items():
+        jumps = table.jumps(hook, namespace, chain_prefix(namespace, kind))
+        if not any(jump[:2] == ("-i", bridge) for jump in jumps):
+            return False
+    return True

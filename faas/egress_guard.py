@@ -5,7 +5,7 @@ The provider names the function network's Linux bridge after the network
 exists and keep holding when the gateway makes it anew; nothing here asks the
 engine.
 
-    python -m faas.egress_guard apply|keep|remove
+    python -m faas.egress_guard apply|keep|remove|check
 
 as root, with the stack's FAAS_* settings, installs or removes the rules from
 outside `faas up`; `keep` installs them and stays, as the compose stack's
@@ -71,7 +71,7 @@ def keep(settings: Settings) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m faas.egress_guard apply|keep|remove` (see the module docstring)."""
+    """`python -m faas.egress_guard apply|keep|remove|check` (see the module docstring)."""
     command = argv[0] if argv else ""
     settings = Settings()
     try:
@@ -84,10 +84,12 @@ def main(argv: list[str]) -> int:
         if command == "remove":
             egress.remove(settings.namespace)
             return 0
+        if command == "check":  # the compose service's healthcheck
+            return 0 if egress.installed(settings.function_bridge, settings.namespace) else 1
     except egress.EgressError as exc:
         print(f"egress: {exc}", file=sys.stderr)
         return 1
-    print("usage: python -m faas.egress_guard apply|keep|remove", file=sys.stderr)
+    print("usage: python -m faas.egress_guard apply|keep|remove|check", file=sys.stderr)
     return 2
 
 

@@ -130,3 +130,18 @@ def test_without_iptables_faas_up_says_egress_is_unrestricted(
     (line,) = log
     assert "egress from functions is NOT restricted" in line
     assert "no iptables binary" in line
+
+
+def test_installed_reads_the_jumps_of_both_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    chains = {kind: egress.chain_prefix("ns", kind) + "X" for kind in egress.HOOKS}
+    both = "\n".join(
+        f"-A {hook} -i fb-1 -m comment --comment faas-ns -j {chains[kind]}"
+        for kind, hook in egress.HOOKS.items()
+    )
+    listing = "-P INPUT ACCEPT\n-N DOCKER-USER\n" + both
+    monkeypatch.setattr(egress, "iptables", lambda *args: listing)
+    assert egress.installed("fb-1", "ns")
+    assert not egress.installed("fb-2", "ns")
+    assert not egress.installed("fb-1", "other")
+    monkeypatch.setattr(egress, "iptables", lambda *args: listing.splitlines()[0])
+    assert not egress.installed("fb-1", "ns")
