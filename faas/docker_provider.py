@@ -377,22 +377,19 @@ class DockerProvider:
                 bridge = options.get(BRIDGE) == self.settings.function_bridge
                 if (icc or not bridge) and net not in self._warned:
                     self._warned.add(net)
+                    problems = [
+                        ("lets its containers reach each other, so a function can call "
+                         "another around Traefik and its key check", icc),
+                        ("has its bridge under another name than the egress rules use "
+                         f"({self.settings.function_bridge})", not bridge),
+                    ]  # fmt: skip
                     logger.warning(
-                        "network {net} was made by an older version: {what}. Scale every "
-                        "function to zero, then `docker network rm {net}`: the platform "
-                        "makes it anew, and reattaches each function as it starts",
+                        "network {net} {what}. Scale every function to zero, then `docker "
+                        "network rm {net}`: the platform makes it anew, and reattaches each "
+                        "function as it starts",
                         net=net,
-                        what=" and ".join(
-                            what
-                            for what, wrong in (
-                                ("its containers reach each other, so a function can "
-                                 "call another around Traefik and its key check", icc),
-                                ("its bridge is not the one the egress rules name "
-                                 f"({self.settings.function_bridge})", not bridge),
-                            )
-                            if wrong
-                        ),
-                    )  # fmt: skip
+                        what=" and ".join(text for text, wrong in problems if wrong),
+                    )
                 return
             logger.info("creating network {}", net)
             # Inter-container traffic off: only the host reaches a function

@@ -100,7 +100,8 @@ class Lifecycle:
         self._locks_guard = threading.Lock()
         self._waking: dict[str, asyncio.Future[Function]] = {}
         self._draining: dict[str, asyncio.Event] = {}
-        self._leaving: set[str] = set()  # instances a scale-down takes out of service
+        # Instances the gateway must not forward to: not answering yet, or on their way out.
+        self._unready: set[str] = set()
 
     def _lock(self, name: str) -> threading.Lock:
         with self._locks_guard:
@@ -180,7 +181,7 @@ class Lifecycle:
         # it to the new instances; the proxy returns to the warm path once it
         # balances over the new instances alone.
         leaving = set(old)
-        self._leaving.update(leaving)
+        self._unready.update(leaving)
         self.router.drain(spec.name)
         try:
             for instance_id in leaving:
@@ -188,7 +189,7 @@ class Lifecycle:
             self.router.routed(spec, addresses, only=True)
         finally:
             self.router.undrain(spec.name)
-            self._leaving.difference_update(leaving)
+            self._unready.difference_update(leaving)
 
     def remove(self, name: str) -> None:
         with self._lock(name):
@@ -318,20 +319,34 @@ class Lifecycle:
             memory_bytes(i.spec.resources.memory or self.settings.default_memory)
             for i in live(self.provider.instances())
         )
+        if not policy.fits(limit, used, engine.memory_bytes):
+            raise NoRoom(spec.name, limit, engine.memory_bytes - used)
+        # The proxy routes a new replica as soon as it runs, before it listens:
+        # meanwhile the gateway takes the traffic to the replicas that answer.
+        if self.router is not None:
+            self.router.drain(spec.name)
         added: builtins.list[Instance] = []
         try:
             for _ in range(more):
                 if not policy.fits(limit, used, engine.memory_bytes):
                     raise NoRoom(spec.name, limit, engine.memory_bytes - used)
-                self._start_new(spec, added)
+                instance = self.provider.create(spec)
+                added.append(instance)
+                self._unready.add(instance.id)
+                self._start_and_wait(spec, instance.id)
                 used += limit
         except DeployFailed:
             self._discard(added.pop().id)  # the one that failed; the others serve
             raise
         finally:
-            if added and self.router is not None:
-                addresses = [i.address for i in live(self._found(spec.name)) if i.address]
-                self.router.routed(spec, addresses)
+            try:
+                if added and self.router is not None:
+                    addresses = [i.address for i in live(self._found(spec.name)) if i.address]
+                    self.router.routed(spec, addresses)
+            finally:
+                if self.router is not None:
+                    self.router.undrain(spec.name)
+                self._unready.difference_update(i.id for i in added)
             if added:
                 logger.info(
                     "{}: {} -> {} replicas", spec.name, len(running), len(running) + len(added)
@@ -339,7 +354,7 @@ class Lifecycle:
 
     def _scale_down(self, spec: FunctionSpec, running: builtins.list[Instance], fewer: int) -> None:
         leaving, staying = running[:fewer], running[fewer:]
-        self._leaving.update(i.id for i in leaving)
+        self._unready.update(i.id for i in leaving)
         if self.router is not None:
             self.router.drain(spec.name)
         try:
@@ -350,7 +365,7 @@ class Lifecycle:
         finally:
             if self.router is not None:
                 self.router.undrain(spec.name)
-            self._leaving.difference_update(i.id for i in leaving)
+            self._unready.difference_update(i.id for i in leaving)
         logger.info("{}: {} -> {} replicas", spec.name, len(running), len(staying))
 
     def _start_and_wait(
@@ -441,7 +456,7 @@ class Lifecycle:
             return await self.wake(name), time.monotonic() - began
         if drained:
             fn = await run_in_threadpool(self.get, name)
-        leaving = {i.address for i in fn.replicas if i.id in self._leaving}
+        leaving = {i.address for i in fn.replicas if i.id in self._unready}
         addresses = [a for a in fn.addresses if a not in leaving]
         if addresses:
             return random.choice(addresses), None  # noqa: S311 - balancing, not secrets

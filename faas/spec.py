@@ -57,7 +57,7 @@ RESERVED_NAMES = frozenset(
         "metrics", "function", "healthz", "openapi", "stats", "functions", "images",
         "keys", "auth", "logs", "scale", "build", "pull", "load",
         # The compose stack's services (docker-compose.yml)
-        "manager", "docker-proxy-traefik", "docker-proxy-manager",
+        "manager", "docker-proxy-traefik", "docker-proxy-manager", "egress",
     }
 )  # fmt: skip
 

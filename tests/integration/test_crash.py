@@ -18,9 +18,9 @@ from .conftest import Stack, running_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
-# Traefik's dial timeout for functions is 100 ms and their retry makes 3
-# attempts: a request that met the dead container is answered well within this.
-FAST = 1.0
+# Traefik's dial timeout for functions is 250 ms and their retry makes 3
+# attempts: a request that met the dead container is answered within this.
+FAST = 1.5
 
 
 @dataclass

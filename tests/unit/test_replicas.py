@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import pytest
 
@@ -36,7 +38,12 @@ def test_scale_up_and_down(life: Lifecycle, provider: FakeProvider, router: Fake
     life.deploy(spec())
     fn = life.scale_to("a", 3)
     assert len(fn.addresses) == 3
-    assert router.events[-1] == ("routed", "a", ",".join(sorted(fn.addresses)), "")
+    # Drained while the new ones start (they run before they listen), then all routed.
+    assert router.events[-3:] == [
+        ("drain", "a"),
+        ("routed", "a", ",".join(sorted(fn.addresses)), ""),
+        ("undrain", "a"),
+    ]
     oldest = sorted(fn.replicas, key=lambda i: i.created)[:2]
     fn = life.scale_to("a", 1)
     assert len(fn.addresses) == 1
@@ -250,3 +257,21 @@ def test_no_room_is_counted_not_raised(
     settle(autoscaler)
     assert ready(life) == 1
     assert life.metrics.scale_blocked.labels("a", "memory")._value.get() == 1
+
+
+def test_while_a_replica_starts_the_gateway_forwards_to_the_others(
+    life: Lifecycle, provider: FakeProvider
+) -> None:
+    first = life.deploy(spec())
+    provider.gate = threading.Event()
+    scaling = threading.Thread(target=life.scale_to, args=("a", 2))
+    scaling.start()
+    while provider.count("start") < 2:  # the new replica's start is under way
+        time.sleep(0.001)
+    new = next(i for i in provider.instances("a") if i.id != first.container_id)
+    provider._set(new.id, state=State.RUNNING, address="10.9.9.9:8080")  # runs, not ready
+    during = {asyncio.run(life.address(life.get("a")))[0] for _ in range(20)}
+    provider.gate.set()
+    scaling.join()
+    assert during == {first.address}
+    assert len(life.get("a").addresses) == 2

@@ -109,7 +109,7 @@ def test_functions_dial_fast_and_the_unreached_plugin_is_wired(tmp_path: Path) -
     values = traefik.compose_values(settings(tmp_path), 443)
     compose = rendered(ROOT / "traefik" / "compose.yml", values, tmp_path)
     for static in (up, compose):
-        assert static["serversTransport"]["forwardingTimeouts"]["dialTimeout"] == "100ms"
+        assert static["serversTransport"]["forwardingTimeouts"]["dialTimeout"] == "250ms"
         plugins = static["experimental"]["localPlugins"]
         assert plugins["unreached"] == {"moduleName": "faas/unreached"}
     gateway = rendered(ROOT / "traefik" / "gateway.yml", values, tmp_path)
