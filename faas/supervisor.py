@@ -11,6 +11,7 @@ seconds make the supervisor give up, which stops everything (`faas up` exits 1).
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import subprocess
 import time
@@ -71,6 +72,19 @@ def describe_exit(code: int) -> str:
     return f"exited with code {code}"
 
 
+def _end_with_parent() -> None:
+    """In the child, before exec: SIGTERM when `faas up` dies, even by SIGKILL, so no
+    Traefik or gateway outlives it holding its ports (Linux; elsewhere a no-op)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
 class Child:
     """A process `faas up` runs, and starts again when asked."""
 
@@ -88,7 +102,11 @@ class Child:
         # the children in order.
         try:
             self.process = subprocess.Popen(
-                self.argv, env=self.env, cwd=self.cwd, start_new_session=True
+                self.argv,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
+                preexec_fn=_end_with_parent,
             )
         except OSError as exc:
             raise FaasError(f"cannot start {self.name}: {exc}") from exc

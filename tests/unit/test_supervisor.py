@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -153,3 +154,35 @@ def test_stop_ends_a_child() -> None:
     child.start()
     child.stop()
     assert child.exit_code() == -signal.SIGTERM
+
+
+def test_children_end_with_faas_up_even_when_it_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of `faas up` cannot stop its children itself: the kernel does."""
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen(
+        [
+            sys.executable, "-c",
+            "import sys, time; from pathlib import Path; from faas.supervisor import Child; "
+            "c = Child('sleeper', [sys.executable, '-c', 'import time; time.sleep(60)'], {}); "
+            "c.start(); assert c.process is not None; "
+            f"Path({str(pid_file)!r}).write_text(str(c.process.pid)); time.sleep(60)",
+        ],
+        env={**os.environ},
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the child never started"
+        time.sleep(0.02)
+    child = int(pid_file.read_text())
+    parent.kill()
+    parent.wait()
+    while Path(f"/proc/{child}").exists() and "Z" not in _state(child):
+        assert time.monotonic() < deadline, "the child outlived faas up"
+        time.sleep(0.02)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
