@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
+from pathlib import Path
 
+import httpx
 import pytest
 
+from faas.config import Settings
 from faas.errors import InvalidSpec
+from faas.gateway import build_app
+from faas.keys import Keys
 from faas.openfaas import (
     ANNOTATION_PREFIX,
     WATCHDOG_HEALTH,
@@ -23,6 +28,8 @@ from faas.openfaas import (
 )
 from faas.provider import Function, Instance, State, Usage
 from faas.spec import FunctionSpec, Resources
+from tests.unit.fakes import FakeProvider, lifecycle
+from tests.unit.test_metrics import TOKEN, Client
 
 NS = "prod"
 
@@ -253,3 +260,26 @@ def test_basic_auth_takes_admin_and_the_token_only() -> None:
     assert not basic_matches("Basic " + base64.b64encode(b"admin").decode(), token)
     assert not basic_matches(None, token)
     assert not basic_matches(basic("admin", ""), "")
+
+
+def test_the_system_routes_take_basic_or_bearer_and_answer_bad_input_400(tmp_path: Path) -> None:
+    provider = FakeProvider()
+    settings = Settings(state_dir=tmp_path)
+    app = build_app(lifecycle(provider), TOKEN, Keys.from_settings(settings), settings)
+    client = Client(httpx.ASGITransport(app=app))
+    assert client.get("/healthz").status_code == 200
+    for headers in ({}, {"Authorization": basic("admin", "x" * 32)}, {"Authorization": "Bearer x"}):
+        got = client.get("/system/functions", headers=headers)
+        assert got.status_code == 401
+        assert got.headers["www-authenticate"] == 'Basic realm="faas"'
+    got = client.request(
+        "POST",
+        "/system/functions",
+        json={"service": "hello", "image": "faas/echo:latest", "secrets": ["db"]},
+        headers={"Authorization": basic("admin", TOKEN)},
+    )
+    assert got.status_code == 400  # where /api/v1 answers 422
+    assert got.json()["detail"] == {"field": "secrets", "reason": "secrets are not supported yet"}
+    assert provider.instances() == []
+    got = client.get("/system/functions", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert (got.status_code, got.json()) == (200, [])
