@@ -4,6 +4,7 @@ Run with `uvicorn faas.gateway:create_app --factory`; `faas up` does that.
 
     faas.api        management API (/api/v1, admin token)
     faas.invoke     cold path (/function/<name>) and Traefik's key check
+    faas.openfaas   the OpenFaaS gateway API (/system/*, /healthz) for faas-cli
     faas.lifecycle  deploy, wake, drain, rollout, remove  ->  Provider / Router
     faas.scaler     idle detection;  faas.sampler  resource samples
 
@@ -51,6 +52,7 @@ from .invoke import CALL_ID, Invoker
 from .keys import Keys
 from .lifecycle import Lifecycle
 from .logging import configure_logging
+from .openfaas import OpenFaasApi
 from .provider import Provider, Router
 from .proxy import Proxy
 from .sampler import Sampler
@@ -139,6 +141,7 @@ def build_app(
     autoscaler = Autoscaler.from_settings(lifecycle, scaler, settings)
     api = ManagementApi(lifecycle, scaler, autoscaler, keys, settings)
     invoker = Invoker(lifecycle, scaler, keys, token, settings, throttle, proxy)
+    openfaas = OpenFaasApi(lifecycle, scaler, autoscaler, settings, token, throttle, invoker.proxy)
     routes = [
         Route("/api/v1/healthz", api.healthz, methods=["GET"]),
         # Unguarded on the gateway's own (loopback) port; through Traefik only with the token.
@@ -147,6 +150,8 @@ def build_app(
             Route(r.path, admin(token, throttle, r.endpoint), methods=sorted(r.methods or ()))
             for r in api.routes()
         ),
+        # Before the invoker's: /function/{name}.{namespace} would match /function/{name}.
+        *openfaas.routes(),
         *invoker.routes(),
     ]
 

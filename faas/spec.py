@@ -56,6 +56,8 @@ RESERVED_NAMES = frozenset(
         # The gateway's routes (/metrics, /function/..., /api/v1/...)
         "metrics", "function", "healthz", "openapi", "stats", "functions", "images",
         "keys", "auth", "logs", "scale", "build", "pull", "load",
+        # The OpenFaaS API's routes (faas/openfaas.py) and its Traefik router
+        "system", "scale-function", "info", "namespaces", "faas-system",
         # The compose stack's services (docker-compose.yml)
         "manager", "docker-proxy-traefik", "docker-proxy-manager", "egress",
     }
