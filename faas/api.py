@@ -162,13 +162,15 @@ class ManagementApi:
         name = check_name(request.path_params["name"])
         body = await read_json(request, self.api_max_body)
         replicas = body.get("replicas") if isinstance(body, dict) and len(body) == 1 else None
+        if type(replicas) is not int or replicas < 0:
+            raise InvalidSpec("replicas", 'send {"replicas": n}, n from 0 to its max_scale')
         function = await run_in_threadpool(self.lifecycle.get, name)
         ceiling = function.spec.max_scale
-        if type(replicas) is not int or not 0 <= replicas <= ceiling:
+        if replicas > ceiling:
             raise InvalidSpec(
-                "replicas",
-                f'send {{"replicas": n}} with n from 0 to {ceiling} ({name}\'s max_scale)',
+                "replicas", f"send n from 0 to {ceiling} ({name}'s max_scale), not {replicas}"
             )
+        self.autoscaler.told(name, replicas)  # first: its next round must not undo this
         if replicas == 0:
             if function.state is not State.STOPPED:
                 await self.lifecycle.scale_down(name)
@@ -176,7 +178,6 @@ class ManagementApi:
             if not function.addresses:
                 await self.lifecycle.wake(name)
             await run_in_threadpool(self.lifecycle.scale_to, name, replicas)
-        self.autoscaler.told(name, replicas)
         function = await run_in_threadpool(self.lifecycle.get, name)
         return JSONResponse(function.to_json())
 

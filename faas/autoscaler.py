@@ -35,6 +35,7 @@ from . import labels
 from .config import Settings
 from .errors import NoRoom
 from .lifecycle import Lifecycle
+from .logging import logged
 from .provider import Function, State
 from .scaler import Scaler
 
@@ -103,7 +104,7 @@ class Autoscaler:
                 await self.step()
             except Exception as exc:
                 self.lifecycle.metrics.loop_errors.labels("autoscaler").inc()
-                logger.opt(exception=exc).warning("autoscaling round failed: {}", exc)
+                logged(exc).warning("autoscaling round failed: {}", exc)
 
     async def step(self) -> dict[str, int]:
         """One round: the replicas wanted per running function (scaling started for
@@ -159,7 +160,7 @@ class Autoscaler:
         reason = "load" if load is None or load.changed else "replace"
         self._busy.add(name)
         try:
-            await run_in_threadpool(self.lifecycle.scale_to, name, replicas, reason)
+            await run_in_threadpool(self.lifecycle.try_scale_to, name, replicas, reason)
             if load is not None:
                 load.blocked = False
         except NoRoom as exc:

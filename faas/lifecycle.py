@@ -177,15 +177,18 @@ class Lifecycle:
                 self._retire(instance_id)
             return
         # While the old ones stop, the gateway takes the traffic and forwards
-        # it to the newest running instance; the proxy returns to the warm
-        # path once it balances over the new instance alone.
+        # it to the new instances; the proxy returns to the warm path once it
+        # balances over the new instances alone.
+        leaving = set(old)
+        self._leaving.update(leaving)
         self.router.drain(spec.name)
         try:
-            for instance_id in old:
+            for instance_id in leaving:
                 self._retire(instance_id)
             self.router.routed(spec, addresses, only=True)
         finally:
             self.router.undrain(spec.name)
+            self._leaving.difference_update(leaving)
 
     def remove(self, name: str) -> None:
         with self._lock(name):
@@ -274,25 +277,39 @@ class Lifecycle:
         proxy's service (a drain) before they get SIGTERM, and finish their
         requests in flight."""
         with self._lock(name):
-            first = self._serving(name)
-            if first.state is State.INVALID:
-                raise DeployFailed(name, first.reason, Cause.INVALID)
-            if not live(self._found(name)):
-                self._start_serving(name, None)
-            found = self._found(name)
-            running = live(found)
-            alive = {i.id for i in running}
-            for dead in found:  # a replica that died (or was stopped): its place is taken
-                if dead.id not in alive:
-                    self._retire(dead.id)
-            spec = serving(running).spec
-            if replicas > len(running):
-                self.metrics.scale_events.labels("up", reason).inc()
-                self._scale_up(spec, running, replicas - len(running))
-            elif replicas < len(running):
-                self.metrics.scale_events.labels("down", reason).inc()
-                self._scale_down(spec, running, len(running) - replicas)
-            return self.get(name)
+            return self._scale_to(name, replicas, reason)
+
+    def try_scale_to(self, name: str, replicas: int, reason: str) -> Function | None:
+        """`scale_to`, or nothing (None) while another sequence holds the function:
+        the autoscaler looks again next round rather than queue behind a deploy."""
+        lock = self._lock(name)
+        if not lock.acquire(blocking=False):
+            return None
+        try:
+            return self._scale_to(name, replicas, reason)
+        finally:
+            lock.release()
+
+    def _scale_to(self, name: str, replicas: int, reason: str) -> Function:
+        first = self._serving(name)
+        if first.state is State.INVALID:
+            raise DeployFailed(name, first.reason, Cause.INVALID)
+        if not live(self._found(name)):
+            self._start_serving(name, None)
+        found = self._found(name)
+        running = live(found)
+        alive = {i.id for i in running}
+        for dead in found:  # a replica that died (or was stopped): its place is taken
+            if dead.id not in alive:
+                self._retire(dead.id)
+        spec = serving(running).spec
+        if replicas > len(running):
+            self.metrics.scale_events.labels("up", reason).inc()
+            self._scale_up(spec, running, replicas - len(running))
+        elif replicas < len(running):
+            self.metrics.scale_events.labels("down", reason).inc()
+            self._scale_down(spec, running, len(running) - replicas)
+        return self.get(name)
 
     def _scale_up(self, spec: FunctionSpec, running: builtins.list[Instance], more: int) -> None:
         engine = self.provider.engine_info()
@@ -424,15 +441,12 @@ class Lifecycle:
             return await self.wake(name), time.monotonic() - began
         if drained:
             fn = await run_in_threadpool(self.get, name)
-        addresses = [a for a in fn.addresses if a not in self._leaving_addresses(fn)]
+        leaving = {i.address for i in fn.replicas if i.id in self._leaving}
+        addresses = [a for a in fn.addresses if a not in leaving]
         if addresses:
             return random.choice(addresses), None  # noqa: S311 - balancing, not secrets
         address = await self.wake(name)
         return address, time.monotonic() - began
-
-    def _leaving_addresses(self, fn: Function) -> set[str | None]:
-        """The addresses of `fn`'s replicas on their way out (a scale-down)."""
-        return {i.address for i in fn.replicas if i.id in self._leaving}
 
     def waking(self, name: str) -> bool:
         return name in self._waking

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from loguru import logger
+
+from .errors import FaasError
+
+if TYPE_CHECKING:
+    from loguru import Logger
 
 
 def configure_logging(level: str, fmt: str = "text") -> None:
@@ -18,3 +24,9 @@ def configure_logging(level: str, fmt: str = "text") -> None:
         level=level.upper(),
         format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {name}: {message}",
     )
+
+
+def logged(exc: BaseException) -> Logger:
+    """The logger for a failed background round: the platform's own errors (the
+    engine or Traefik away) in one line, anything else with its traceback."""
+    return logger if isinstance(exc, FaasError) else logger.opt(exception=exc)

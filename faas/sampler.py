@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .errors import FaasError
 from .lifecycle import Lifecycle
+from .logging import logged
 from .metrics import Metrics
 from .provider import Function, State, Usage
 
@@ -62,5 +63,5 @@ class Sampler:
                 logger.debug("sampled {} containers in {:.3f}s", len(sampled), self.last_duration)
             except Exception as exc:
                 self.metrics.loop_errors.labels("sampler").inc()
-                logger.opt(exception=exc).warning("resource sampling failed: {}", exc)
+                logged(exc).warning("resource sampling failed: {}", exc)
             await asyncio.sleep(self.interval)

@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from . import labels
 from .lifecycle import Lifecycle
+from .logging import logged
 from .provider import State
 
 # Seconds the container must stay silent before an idle function is stopped.
@@ -77,7 +78,7 @@ class Scaler:
                     asyncio.create_task(self._scale_down_logged(name))  # noqa: RUF006
             except Exception as exc:
                 self.lifecycle.metrics.loop_errors.labels("scaler").inc()
-                logger.opt(exception=exc).warning("idle check failed: {}", exc)
+                logged(exc).warning("idle check failed: {}", exc)
 
     async def _scale_down_logged(self, name: str) -> None:
         try:

@@ -5,9 +5,9 @@ variables whose names start with ECHO_ or FAAS_ are echoed too, which lets
 tests see configuration changes from the outside.
 """
 
+import hashlib
 import json
 import os
-import hashlib
 import signal
 import socket
 import sys

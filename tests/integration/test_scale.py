@@ -182,7 +182,7 @@ def test_gateway_restart_while_stopped_still_wakes(
     "body",
     [
         {},
-        {"replicas": 2},
+        {"replicas": 1.5},
         {"replicas": -1},
         {"replicas": "1"},
         {"replicas": True},
@@ -205,12 +205,14 @@ def test_cli_scale(stack: Stack) -> None:
     assert got.exit_code == 0, got.stderr
     assert stack.api("GET", f"/functions/{name}").json()["idle_timeout"] == 60
     got = runner.invoke(app, [*base, "scale", name, "0"])
-    assert (got.exit_code, got.stdout.strip()) == (0, f"{name}: stopped")
+    assert (got.exit_code, got.stdout.strip()) == (0, f"{name}: stopped, 0/0 replicas")
     listed = runner.invoke(app, [*base, "list"]).stdout.splitlines()
-    assert [name, "stopped", "(scaled", "to", "zero)"] in [line.split()[:5] for line in listed]
+    assert [name, "stopped", "(scaled", "to", "zero)", "0/0"] in [
+        line.split()[:6] for line in listed
+    ]
     got = runner.invoke(app, [*base, "scale", name, "1"])
-    assert (got.exit_code, got.stdout.strip()) == (0, f"{name}: running")
-    assert runner.invoke(app, [*base, "scale", name, "2"]).exit_code == 2
+    assert (got.exit_code, got.stdout.strip()) == (0, f"{name}: running, 1/1 replicas")
+    assert runner.invoke(app, [*base, "scale", name, "-1"]).exit_code == 2
     got = runner.invoke(app, [*base, "scale", "no-such-fn", "0"])
     assert got.exit_code == 1
     assert "not found" in got.stderr
