@@ -3,7 +3,9 @@
 Starts its own `faas up` (own namespace, free ports), prints one markdown
 table, writes it to bench/results.md and removes everything it created.
 Figures are medians (and p90) over repeated runs on this machine; they are
-for the docs, not for CI assertions.
+for the docs, not for CI assertions. Then bench/replicas.py (its own `faas up`)
+measures replicas and autoscaling into bench/results-replicas.md; BENCH_ONLY
+picks steps, e.g. BENCH_ONLY=warm,replicas.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -55,11 +58,13 @@ def ms(seconds: float) -> str:
 
 
 class Bench:
-    def __init__(self) -> None:
+    def __init__(self, settings: dict[str, str] | None = None) -> None:
+        """`faas up` in a namespace of its own; `settings` (FAAS_* variables) override."""
         self.namespace = "bench" + secrets.token_hex(3)
         self.port = free_port()
         env = {
             **os.environ,
+            **(settings or {}),
             "FAAS_NAMESPACE": self.namespace,
             "FAAS_STATE_DIR": tempfile.mkdtemp(prefix="faas-bench-"),
             "FAAS_GATEWAY_PORT": str(free_port()),
@@ -106,6 +111,7 @@ class Bench:
         if ids:
             subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
         subprocess.run(["docker", "network", "rm", f"faas-{self.namespace}"], capture_output=True)
+        shutil.rmtree(self.env["FAAS_STATE_DIR"], ignore_errors=True)
 
     # -- measures ---------------------------------------------------------------
 
@@ -376,10 +382,15 @@ def container_id(namespace: str, name: str) -> str:
 
 
 def events(container: str, since: float, event: str) -> list[dict[str, object]]:
+    return events_of([f"container={container}"], since, event)
+
+
+def events_of(filters: list[str], since: float, event: str) -> list[dict[str, object]]:
+    """The engine's `event` events since `since` (epoch seconds) matching `filters`."""
+    options = [arg for f in filters for arg in ("--filter", f)]
     out = subprocess.run(
         ["docker", "events", "--since", f"{since:.6f}", "--until", f"{time.time():.6f}",
-         "--filter", f"container={container}", "--filter", f"event={event}",
-         "--format", "{{json .}}"],
+         *options, "--filter", f"event={event}", "--format", "{{json .}}"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     return [json.loads(line) for line in out.splitlines() if line.strip()]
@@ -395,12 +406,22 @@ def count_events(container: str, since: float, event: str) -> int:
 
 
 def main() -> None:
+    """All steps, or those named in BENCH_ONLY (`replicas`: the table of bench/replicas.py)."""
+    default = ["warm", "deploy", "cold", "burst", "runtimes", "population", "replicas"]
+    names = os.environ["BENCH_ONLY"].split(",") if os.environ.get("BENCH_ONLY") else default
+    if set(names) - {"replicas"}:
+        table = platform([n for n in names if n != "replicas"])
+        if names == default:  # a partial run must not replace the full table
+            Path(__file__).with_name("results.md").write_text(table + "\n")
+    if "replicas" in names:
+        import replicas  # imports this module: at call time, not at import time
+
+        replicas.main()
+
+
+def platform(names: list[str]) -> str:
     bench = Bench()
-    steps: list[Callable[[], None]] = [
-        bench.warm, bench.deploy, bench.cold, bench.burst, bench.runtimes, bench.population,
-    ]  # fmt: skip
-    if os.environ.get("BENCH_ONLY"):
-        steps = [getattr(bench, name) for name in os.environ["BENCH_ONLY"].split(",")]
+    steps: list[Callable[[], None]] = [getattr(bench, name) for name in names]
     try:
         for step in steps:
             step()
@@ -408,8 +429,7 @@ def main() -> None:
         bench.close()
     table = bench.table()
     print(table)
-    if not os.environ.get("BENCH_ONLY"):  # a partial run must not replace the full table
-        Path(__file__).with_name("results.md").write_text(table + "\n")
+    return table
 
 
 if __name__ == "__main__":
