@@ -63,9 +63,11 @@ bench: install images ## Measure deploy, invoke, cold-start and scaling figures 
 	bench/deps.sh
 	$(BIN)/python bench/run.py
 
-clean: ## Remove the containers, networks, volumes and images faas created (by label)
+clean: ## Remove the containers, networks, volumes, images and egress rules faas created
 	-docker ps -aq --filter label=faas.namespace | xargs -r docker rm -f
 	-docker ps -aq --filter label=faas.stack | xargs -r docker rm -f
 	-docker network ls -q --filter label=faas.namespace | xargs -r docker network rm
 	-docker volume ls -q --filter label=faas.namespace | xargs -r docker volume rm
 	-docker images -q --filter label=faas.image | xargs -r docker rmi -f
+	-iptables -S 2>/dev/null | grep -o 'comment faas-[a-z0-9-]*' | sort -u | sed 's/comment faas-//' \
+		| xargs -r -I{} env FAAS_NAMESPACE={} $(BIN)/python -m faas.egress_guard remove

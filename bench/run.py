@@ -10,6 +10,7 @@ picks steps, e.g. BENCH_ONLY=warm,replicas.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import requests
 
-from faas import labels, traefik
+from faas import egress, labels, traefik
 from faas.config import Settings
 from faas.docker_provider import DockerProvider
 from faas.lifecycle import Lifecycle
@@ -112,6 +113,9 @@ class Bench:
             subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
         subprocess.run(["docker", "network", "rm", f"faas-{self.namespace}"], capture_output=True)
         shutil.rmtree(self.env["FAAS_STATE_DIR"], ignore_errors=True)
+        # `faas up` leaves its egress rules for functions that keep running.
+        with contextlib.suppress(egress.EgressError):
+            egress.remove(self.namespace)
 
     # -- measures ---------------------------------------------------------------
 

@@ -6,8 +6,9 @@ rate of that sum over a window is the average concurrency in the window. The
 requests the gateway itself forwards (cold ones) are added as they stand.
 
 Knative's model, in two windows:
-- **panic** (`FAAS_AUTOSCALE_PANIC_WINDOW`, short): when its concurrency needs
-  more replicas than are ready, scale up at once;
+- **panic** (`FAAS_AUTOSCALE_PANIC_WINDOW`, short): when its concurrency (or
+  that of the last round, so that a jump counts at once) needs more
+  replicas than are ready, scale up at once;
 - **stable** (`FAAS_AUTOSCALE_STABLE_WINDOW`, long): scale down to what its
   concurrency needs, and only once a whole stable window has passed since the
   last scale-up or explicit `faas scale`.
@@ -141,7 +142,10 @@ class Autoscaler:
         load.samples.append((now, busy + load.forwarded))
         while len(load.samples) > 2 and load.samples[1][0] <= now - self.stable_window:
             load.samples.popleft()
-        panic = load.rate(now, self.panic_window)
+        # A jump shows in the last round before it fills the panic window, whose
+        # average still holds the quiet seconds before it: take the higher.
+        rates = (load.rate(now, self.panic_window), load.rate(now, self.interval))
+        panic = max((r for r in rates if r is not None), default=None)
         stable = load.rate(now, self.stable_window)
         floor, ceiling = max(spec.min_scale, 1), spec.max_scale
         self.lifecycle.metrics.saw_concurrency(spec.name, panic or 0.0)

@@ -10,7 +10,8 @@ before. FAAS_EGRESS_ALLOW opens exceptions.
 Two iptables chains of the filter table per namespace, each jumped to from a
 built-in hook for traffic coming in on the function network's bridge:
 
-    INPUT        -i <bridge> -> FAAS-<ns>-I-<v>: replies, allowed: RETURN; else REJECT
+    INPUT        -i <bridge> -> FAAS-<ns>-I-<v>: replies, allowed: RETURN;
+                                a new connection: REJECT
     DOCKER-USER  -i <bridge> -> FAAS-<ns>-F-<v>: replies, allowed: RETURN;
                                 169.254.0.0/16, and connections Docker DNATs
                                 (the host's published ports): REJECT
@@ -109,7 +110,10 @@ def chain_rules(kind: str, namespace: str, allow: Sequence[Allow]) -> list[tuple
             where = (*proto, *dest, *_port(a, "--ctorigdstport"))
         rules.append((*where, *note, "-j", "RETURN"))
     if kind == "I":
-        rules.append((*note, *REJECT))
+        # New connections only: a stray packet the host's conntrack does not
+        # know (an RST answering a readiness probe sent while the container
+        # started, say) must reach the host, or the prober waits for its timeout.
+        rules.append(("-m", "conntrack", "--ctstate", "NEW", *note, *REJECT))
     else:
         rules.append(("-d", LINK_LOCAL, *note, *REJECT))
         rules.append(("-m", "conntrack", "--ctstate", "DNAT", *note, *REJECT))

@@ -143,6 +143,16 @@ class Stack:
         finally:
             self.api("DELETE", f"/functions/{name}")
 
+    def remove_all(self, engine: docker.DockerClient) -> None:
+        """Everything of this namespace: containers, networks, egress rules (which
+        `faas up` leaves for functions that keep running)."""
+        for container in self.containers(engine):
+            container.remove(force=True)
+        for network in engine.networks.list(filters={"label": f"faas.namespace={self.namespace}"}):
+            network.remove()
+        with contextlib.suppress(egress.EgressError):
+            egress.remove(self.namespace)
+
     def containers(self, engine: docker.DockerClient, name: str | None = None) -> list[Container]:
         wanted = [f"faas.namespace={self.namespace}"]
         if name:
@@ -165,13 +175,7 @@ def running_stack(
         yield s
     finally:
         s.stop()
-        for container in s.containers(engine):
-            container.remove(force=True)
-        for network in engine.networks.list(filters={"label": f"faas.namespace={s.namespace}"}):
-            network.remove()
-        # `faas up` leaves its egress rules for functions that keep running.
-        with contextlib.suppress(egress.EgressError):
-            egress.remove(s.namespace)
+        s.remove_all(engine)
 
 
 @pytest.fixture(scope="session")

@@ -32,10 +32,7 @@ def default_dirs_stack(engine: docker.DockerClient, xdg: Path) -> Iterator[Stack
         yield s
     finally:
         s.stop()
-        for container in s.containers(engine):
-            container.remove(force=True)
-        for network in engine.networks.list(filters={"label": f"faas.namespace={s.namespace}"}):
-            network.remove()
+        s.remove_all(engine)
 
 
 def gateway_route(state_dir: Path) -> str:

@@ -48,8 +48,10 @@ def test_host_chain_lets_replies_and_allowed_through_and_rejects_the_rest() -> N
         ("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", *tag, "-j", "RETURN"),
         ("-d", "10.0.0.0/8", *tag, "-j", "RETURN"),
         ("-d", "172.17.0.1/32", "-p", "udp", "--dport", "53", *tag, "-j", "RETURN"),
-        (*tag, "-j", "REJECT", "--reject-with", "icmp-admin-prohibited"),
-    ]
+        # New connections only: an RST the host's conntrack does not know passes.
+        ("-m", "conntrack", "--ctstate", "NEW", *tag,
+         "-j", "REJECT", "--reject-with", "icmp-admin-prohibited"),
+    ]  # fmt: skip
 
 
 def test_forward_chain_rejects_link_local_and_dnat_after_the_exceptions() -> None:

@@ -275,3 +275,17 @@ def test_while_a_replica_starts_the_gateway_forwards_to_the_others(
     scaling.join()
     assert during == {first.address}
     assert len(life.get("a").addresses) == 2
+
+
+def test_a_jump_after_quiet_seconds_scales_up_in_one_round(
+    life: Lifecycle, router: FakeRouter, clock: Clock, autoscaler: Autoscaler
+) -> None:
+    life.deploy(spec(max_scale=3, concurrency=10))
+    load = Loaded(router, clock)
+    settle(autoscaler)
+    for _ in range(10):  # quiet: the panic window fills with zeros
+        load.advance(1)
+        settle(autoscaler)
+    load.in_flight = 25
+    load.advance(1)
+    assert settle(autoscaler) == {"a": 3}  # not only once 6 s of it fill the window
