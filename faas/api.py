@@ -171,13 +171,7 @@ class ManagementApi:
                 "replicas", f"send n from 0 to {ceiling} ({name}'s max_scale), not {replicas}"
             )
         self.autoscaler.told(name, replicas)  # first: its next round must not undo this
-        if replicas == 0:
-            if function.state is not State.STOPPED:
-                await self.lifecycle.scale_down(name)
-        else:
-            if not function.addresses:
-                await self.lifecycle.wake(name)
-            await run_in_threadpool(self.lifecycle.scale_to, name, replicas)
+        await self.lifecycle.scale(function, replicas)
         function = await run_in_threadpool(self.lifecycle.get, name)
         return JSONResponse(function.to_json())
 

@@ -543,6 +543,17 @@ class Lifecycle:
             del self._draining[name]
             done.set()
 
+    async def scale(self, fn: Function, replicas: int) -> None:
+        """`faas scale`: to zero through a drain, or wake it and run `replicas`."""
+        name = fn.spec.name
+        if replicas == 0:
+            if fn.state is not State.STOPPED:
+                await self.scale_down(name)
+            return
+        if not fn.addresses:
+            await self.wake(name)
+        await run_in_threadpool(self.scale_to, name, replicas)
+
     def draining(self, name: str) -> bool:
         return name in self._draining
 

@@ -542,13 +542,7 @@ class OpenFaasApi:
                 "(label com.openfaas.scale.max)",
             )  # fmt: skip
         self.autoscaler.told(name, replicas)  # first: its next round must not undo this
-        if replicas == 0:
-            if function.state is not State.STOPPED:
-                await self.lifecycle.scale_down(name)
-        else:
-            if not function.addresses:
-                await self.lifecycle.wake(name)
-            await run_in_threadpool(self.lifecycle.scale_to, name, replicas)
+        await self.lifecycle.scale(function, replicas)
         return Response(status_code=202)
 
     async def logs(self, request: Request) -> Response:
