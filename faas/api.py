@@ -165,13 +165,7 @@ class ManagementApi:
         if type(replicas) is not int or replicas < 0:
             raise InvalidSpec("replicas", 'send {"replicas": n}, n from 0 to its max_scale')
         function = await run_in_threadpool(self.lifecycle.get, name)
-        ceiling = function.spec.max_scale
-        if replicas > ceiling:
-            raise InvalidSpec(
-                "replicas", f"send n from 0 to {ceiling} ({name}'s max_scale), not {replicas}"
-            )
-        self.autoscaler.told(name, replicas)  # first: its next round must not undo this
-        await self.lifecycle.scale(function, replicas)
+        await self.autoscaler.scale(function, replicas)
         function = await run_in_threadpool(self.lifecycle.get, name)
         return JSONResponse(function.to_json())
 

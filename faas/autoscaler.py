@@ -1,17 +1,20 @@
 """Autoscaling: replicas follow the load, read without touching a request.
 
 Load is the average number of requests in flight. The proxy adds up how long
-its requests took, per function (`Router.busy_seconds`); by Little's law the
+its requests took, per function (`Router.traffic`); by Little's law the
 rate of that sum over a window is the average concurrency in the window. The
-requests the gateway itself forwards (cold ones) are added as they stand.
+proxy adds a request when it completes, so one long request would show as a
+burst: a request counts for at most the window it is averaged over (the sum
+over a window is capped at the requests completed in it times its length).
+The requests the gateway itself forwards (cold ones) are added as they stand.
 
 Knative's model, in two windows:
 - **panic** (`FAAS_AUTOSCALE_PANIC_WINDOW`, short): when its concurrency (or
   that of the last round, so that a jump counts at once) needs more
   replicas than are ready, scale up at once;
 - **stable** (`FAAS_AUTOSCALE_STABLE_WINDOW`, long): scale down to what its
-  concurrency needs, and only once a whole stable window has passed since the
-  last scale-up or explicit `faas scale`.
+  concurrency (or the panic window's, if higher) needs, and only once a whole
+  stable window has passed since the last scale-up or explicit `faas scale`.
 
 Replicas = ceil(concurrency / the function's `concurrency` target), within
 [max(min_scale, 1), max_scale]. Scaling to zero stays with the idle scaler
@@ -32,13 +35,21 @@ from dataclasses import dataclass, field
 from loguru import logger
 from starlette.concurrency import run_in_threadpool
 
-from . import labels
+from . import labels, policy
 from .config import Settings
 from .errors import NoRoom
 from .lifecycle import Lifecycle
 from .logging import logged
-from .provider import Function, State
+from .provider import Function, State, Traffic
 from .scaler import Scaler
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float
+    requests: float  # completed through the proxy, so far
+    busy: float  # their durations summed
+    forwarded: float  # busy seconds of the requests the gateway forwarded itself
 
 
 @dataclass
@@ -47,20 +58,26 @@ class Load:
 
     since: float  # when it last scaled it up (or was told a count): the stable window starts
     wanted: int  # replicas it wants now
-    samples: deque[tuple[float, float]] = field(default_factory=deque)  # (time, busy seconds)
-    forwarded: float = 0.0  # busy seconds of the requests the gateway forwarded itself
+    samples: deque[Sample] = field(default_factory=deque)
     changed: bool = False  # the last round changed `wanted` (else a scale-up replaces)
     blocked: bool = False  # the last scale-up found no room (logged once)
+
+    def add(self, sample: Sample) -> None:
+        if self.samples and sample.requests < self.samples[-1].requests:
+            self.samples.clear()  # the proxy restarted: its counters began again
+        self.samples.append(sample)
 
     def rate(self, now: float, window: float) -> float | None:
         """Average requests in flight over the last `window` seconds (or what is known)."""
         start = now - window
-        older = [s for s in self.samples if s[0] <= start]
+        older = [s for s in self.samples if s.at <= start]
         first = older[-1] if older else self.samples[0]
         last = self.samples[-1]
-        if last[0] - first[0] <= 0:
+        span = last.at - first.at
+        if span <= 0:
             return None
-        return max(last[1] - first[1], 0.0) / (last[0] - first[0])
+        proxied = min(last.busy - first.busy, (last.requests - first.requests) * span)
+        return max(proxied + last.forwarded - first.forwarded, 0.0) / span
 
 
 def replicas_for(concurrency: float, target: int) -> int:
@@ -97,6 +114,18 @@ class Autoscaler:
         load = self.loads.setdefault(name, Load(since=self.clock(), wanted=replicas))
         load.since, load.wanted = self.clock(), replicas
 
+    async def scale(self, fn: Function, replicas: int) -> None:
+        """`faas scale`: run `replicas` now (0 stops it), then keep that count for a
+        stable window before following the load."""
+        policy.check_replicas(fn.spec, replicas)
+        name = fn.spec.name
+        self.told(name, replicas)  # first: a round meanwhile must not undo it
+        try:
+            await self.lifecycle.scale(fn, replicas)
+        except BaseException:
+            self.loads.pop(name, None)  # follow what runs, not a count never reached
+            raise
+
     async def run(self) -> None:
         """Read the load every `interval` seconds and scale, forever."""
         while True:
@@ -113,7 +142,7 @@ class Autoscaler:
         lc = self.lifecycle
         if lc.router is None:
             return {}
-        busy = await run_in_threadpool(lc.router.busy_seconds)
+        traffic = await run_in_threadpool(lc.router.traffic)
         functions = await run_in_threadpool(lc.list)
         now = self.clock()
         running = {f.spec.name: f for f in functions if f.state is State.RUNNING}
@@ -123,8 +152,8 @@ class Autoscaler:
         for name, fn in running.items():
             if lc.waking(name) or lc.draining(name) or name in self._busy:
                 continue
-            total = busy.get(labels.service_name(name), 0.0)
-            wanted[name] = self._want(fn, total, now)
+            served = traffic.get(labels.service_name(name), Traffic(0.0, 0.0))
+            wanted[name] = self._want(fn, served, now)
             if wanted[name] != len(fn.addresses):
                 asyncio.create_task(self._scale(fn, wanted[name]))  # noqa: RUF006
         lc.metrics.saw_replicas(
@@ -132,15 +161,17 @@ class Autoscaler:
         )
         return wanted
 
-    def _want(self, fn: Function, busy: float, now: float) -> int:
+    def _want(self, fn: Function, served: Traffic, now: float) -> int:
         spec, ready = fn.spec, len(fn.addresses)
         load = self.loads.get(spec.name)
         if load is None:
             load = self.loads[spec.name] = Load(since=now, wanted=max(ready, 1))
+        forwarded = 0.0
         if load.samples:  # the gateway's own requests in flight, integrated over time
-            load.forwarded += self.scaler.in_flight(spec.name) * (now - load.samples[-1][0])
-        load.samples.append((now, busy + load.forwarded))
-        while len(load.samples) > 2 and load.samples[1][0] <= now - self.stable_window:
+            last = load.samples[-1]
+            forwarded = last.forwarded + self.scaler.in_flight(spec.name) * (now - last.at)
+        load.add(Sample(now, served.requests, served.seconds, forwarded))
+        while len(load.samples) > 2 and load.samples[1].at <= now - self.stable_window:
             load.samples.popleft()
         # A jump shows in the last round before it fills the panic window, whose
         # average still holds the quiet seconds before it: take the higher.
@@ -153,7 +184,9 @@ class Autoscaler:
         if panic is not None and replicas_for(panic, spec.concurrency) > load.wanted:
             load.wanted, load.since = replicas_for(panic, spec.concurrency), now
         elif stable is not None and now - load.since >= self.stable_window:
-            load.wanted = replicas_for(stable, spec.concurrency)
+            # Down to what the stable window needs, but not below what the last
+            # seconds need: else a fading burst would flap down and up again.
+            load.wanted = replicas_for(max(stable, panic or 0.0), spec.concurrency)
         load.wanted = min(max(load.wanted, floor), ceiling)
         load.changed = load.wanted != before
         return load.wanted

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import http.client
 import random
 import socket
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Collection, Coroutine, Iterable
+from collections.abc import Callable, Collection, Coroutine, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from loguru import logger
 from starlette.concurrency import run_in_threadpool
@@ -107,6 +109,24 @@ class Lifecycle:
         with self._locks_guard:
             return self._locks[name]
 
+    @contextlib.contextmanager
+    def _drained(
+        self, name: str, *, wait: bool = True, leaving: Iterable[str] = ()
+    ) -> Iterator[None]:
+        """The function's traffic goes through the gateway while the block runs
+        (forwarded to its ready instances, not to `leaving`), whatever happens in
+        it: a drain left on would hold the function off the warm path for good."""
+        leaving = set(leaving)
+        self._unready.update(leaving)
+        try:
+            if self.router is not None:
+                self.router.drain(name, wait=wait)
+            yield
+        finally:
+            if self.router is not None:
+                self.router.undrain(name)
+            self._unready.difference_update(leaving)
+
     # -- reading (blocking) ----------------------------------------------------
 
     def list(self) -> list[Function]:
@@ -181,15 +201,10 @@ class Lifecycle:
         # it to the new instances; the proxy returns to the warm path once it
         # balances over the new instances alone.
         leaving = set(old)
-        self._unready.update(leaving)
-        self.router.drain(spec.name)
-        try:
+        with self._drained(spec.name, leaving=leaving):
             for instance_id in leaving:
                 self._retire(instance_id)
             self.router.routed(spec, addresses, only=True)
-        finally:
-            self.router.undrain(spec.name)
-            self._unready.difference_update(leaving)
 
     def remove(self, name: str) -> None:
         with self._lock(name):
@@ -216,16 +231,12 @@ class Lifecycle:
         # listens: keep its traffic on the gateway (which waits for
         # readiness) until it answers. No need to wait for the drain: the
         # container's own route comes after its start, later than this.
-        if self.router is not None:
-            self.router.drain(name, wait=False)
-        try:
-            self._start_and_wait(instance.spec, instance.id, times)
-        except DeployFailed:
-            self._stop_failed(name, instance.id)
-            raise
-        finally:
-            if self.router is not None:
-                self.router.undrain(name)
+        with self._drained(name, wait=False):
+            try:
+                self._start_and_wait(instance.spec, instance.id, times)
+            except DeployFailed:
+                self._stop_failed(name, instance.id)
+                raise
         return self.get(name)
 
     def finish_start(self, name: str) -> Function:
@@ -235,39 +246,29 @@ class Lifecycle:
         would get errors until it listens."""
         with self._lock(name):
             instance = self._serving(name)
-            if self.router is not None:
-                self.router.drain(name)
-            try:
-                self._wait_ready(instance.spec, instance.id, StartTimes())
-            except DeployFailed:
-                self._stop_failed(name, instance.id)
-                raise
-            finally:
-                if self.router is not None:
-                    self.router.undrain(name)
+            with self._drained(name):
+                try:
+                    self._wait_ready(instance.spec, instance.id, StartTimes())
+                except DeployFailed:
+                    self._stop_failed(name, instance.id)
+                    raise
             return self.get(name)
 
     def stop(self, name: str) -> None:
         """Stop every running instance behind a drain: requests that arrive
         meanwhile go to the gateway, which waits, then wakes the function.
         One stopped instance stays (the next wake starts it); the others go."""
-        with self._lock(name):
+        with self._lock(name), self._drained(name):
+            found = self.provider.instances(name)
+            keep = serving(found) if found else None
+            for instance in found:
+                if instance is keep:
+                    if instance.state in (State.RUNNING, State.STARTING):
+                        self.provider.stop(instance.id, self.settings.stop_timeout)
+                else:
+                    self._retire(instance.id)
             if self.router is not None:
-                self.router.drain(name)
-            try:
-                found = self.provider.instances(name)
-                keep = serving(found) if found else None
-                for instance in found:
-                    if instance is keep:
-                        if instance.state in (State.RUNNING, State.STARTING):
-                            self.provider.stop(instance.id, self.settings.stop_timeout)
-                    else:
-                        self._retire(instance.id)
-                if self.router is not None:
-                    self.router.unrouted(name)
-            finally:
-                if self.router is not None:
-                    self.router.undrain(name)
+                self.router.unrouted(name)
 
     def scale_to(self, name: str, replicas: int, reason: str = "explicit") -> Function:
         """Run exactly `replicas` (>= 1) ready instances of `name`.
@@ -281,12 +282,15 @@ class Lifecycle:
             return self._scale_to(name, replicas, reason)
 
     def try_scale_to(self, name: str, replicas: int, reason: str) -> Function | None:
-        """`scale_to`, or nothing (None) while another sequence holds the function:
-        the autoscaler looks again next round rather than queue behind a deploy."""
+        """`scale_to` a running function, or nothing (None) while another sequence
+        holds it or once it is no longer running: the autoscaler looks again next
+        round rather than queue behind a deploy or start what just stopped."""
         lock = self._lock(name)
         if not lock.acquire(blocking=False):
             return None
         try:
+            if not _ready(self.provider.instances(name)):
+                return None
             return self._scale_to(name, replicas, reason)
         finally:
             lock.release()
@@ -295,14 +299,13 @@ class Lifecycle:
         first = self._serving(name)
         if first.state is State.INVALID:
             raise DeployFailed(name, first.reason, Cause.INVALID)
-        if not live(self._found(name)):
+        if not _ready(self._found(name)):
             self._start_serving(name, None)
         found = self._found(name)
-        running = live(found)
-        alive = {i.id for i in running}
-        for dead in found:  # a replica that died (or was stopped): its place is taken
-            if dead.id not in alive:
-                self._retire(dead.id)
+        running = _ready(found)
+        for other in found:  # died, stopped, restarting or never started: its place is taken
+            if other not in running:
+                self._retire(other.id)
         spec = serving(running).spec
         if replicas > len(running):
             self.metrics.scale_events.labels("up", reason).inc()
@@ -313,59 +316,68 @@ class Lifecycle:
         return self.get(name)
 
     def _scale_up(self, spec: FunctionSpec, running: builtins.list[Instance], more: int) -> None:
+        """Start `more` replicas at once (as many as fit into memory, else NoRoom),
+        the function drained meanwhile: the proxy routes a new replica as soon as it
+        runs, before it listens, so the gateway takes the traffic and forwards it to
+        the replicas that answer, a new one as soon as it does."""
         engine = self.provider.engine_info()
         limit = memory_bytes(spec.resources.memory or self.settings.default_memory)
         used = sum(
             memory_bytes(i.spec.resources.memory or self.settings.default_memory)
             for i in live(self.provider.instances())
         )
-        if not policy.fits(limit, used, engine.memory_bytes):
+        fitting = 0
+        while fitting < more and policy.fits(limit, used + fitting * limit, engine.memory_bytes):
+            fitting += 1
+        if not fitting:
             raise NoRoom(spec.name, limit, engine.memory_bytes - used)
-        # The proxy routes a new replica as soon as it runs, before it listens:
-        # meanwhile the gateway takes the traffic to the replicas that answer.
-        if self.router is not None:
-            self.router.drain(spec.name)
-        added: builtins.list[Instance] = []
-        try:
-            for _ in range(more):
-                if not policy.fits(limit, used, engine.memory_bytes):
-                    raise NoRoom(spec.name, limit, engine.memory_bytes - used)
-                instance = self.provider.create(spec)
-                added.append(instance)
-                self._unready.add(instance.id)
-                self._start_and_wait(spec, instance.id)
-                used += limit
-        except DeployFailed:
-            self._discard(added.pop().id)  # the one that failed; the others serve
-            raise
-        finally:
+        created: builtins.list[Instance] = []
+        with self._drained(spec.name):
             try:
-                if added and self.router is not None:
-                    addresses = [i.address for i in live(self._found(spec.name)) if i.address]
-                    self.router.routed(spec, addresses)
+                for _ in range(fitting):
+                    created.append(self.provider.create(spec))
+                self._unready.update(i.id for i in created)
+                with ThreadPoolExecutor(max_workers=fitting) as pool:
+                    failures = [
+                        exc
+                        for exc in pool.map(lambda i: self._started(spec, i.id), created)
+                        if exc is not None
+                    ]
+            except BaseException:
+                for instance in created:
+                    self._discard(instance.id)
+                raise
             finally:
-                if self.router is not None:
-                    self.router.undrain(spec.name)
-                self._unready.difference_update(i.id for i in added)
-            if added:
-                logger.info(
-                    "{}: {} -> {} replicas", spec.name, len(running), len(running) + len(added)
-                )
+                self._unready.difference_update(i.id for i in created)
+            if len(failures) < len(created) and self.router is not None:
+                addresses = [i.address for i in _ready(self._found(spec.name)) if i.address]
+                self.router.routed(spec, addresses)
+        logger.info(
+            "{}: {} -> {} replicas", spec.name, len(running), len(running) + fitting - len(failures)
+        )
+        if failures:
+            raise failures[0]
+        if fitting < more:
+            raise NoRoom(spec.name, limit, engine.memory_bytes - used - fitting * limit)
+
+    def _started(self, spec: FunctionSpec, instance_id: str) -> Exception | None:
+        """Start one new replica; once it answers, the gateway may forward to it.
+        What went wrong, if it did (the replica is gone then)."""
+        try:
+            self._start_and_wait(spec, instance_id)
+        except Exception as exc:
+            self._discard(instance_id)
+            return exc
+        self._unready.discard(instance_id)
+        return None
 
     def _scale_down(self, spec: FunctionSpec, running: builtins.list[Instance], fewer: int) -> None:
         leaving, staying = running[:fewer], running[fewer:]
-        self._unready.update(i.id for i in leaving)
-        if self.router is not None:
-            self.router.drain(spec.name)
-        try:
+        with self._drained(spec.name, leaving=[i.id for i in leaving]):
             for instance in leaving:
                 self._retire(instance.id)
             if self.router is not None:
                 self.router.routed(spec, [i.address for i in staying if i.address], only=True)
-        finally:
-            if self.router is not None:
-                self.router.undrain(spec.name)
-            self._unready.difference_update(i.id for i in leaving)
         logger.info("{}: {} -> {} replicas", spec.name, len(running), len(staying))
 
     def _start_and_wait(
@@ -387,7 +399,10 @@ class Lifecycle:
         probes = 0
         while True:
             if probes % INSPECT_EVERY == 0 or address is None:
-                instance = self.provider.inspect(instance_id)
+                try:
+                    instance = self.provider.inspect(instance_id)
+                except FunctionNotFound as exc:  # removed under our feet (by hand?)
+                    raise DeployFailed(spec.name, "its container vanished", Cause.ENGINE) from exc
                 if instance.state in (State.FAILED, State.STOPPED):
                     cause = Cause.OOM if instance.oom_killed else Cause.EXITED
                     raise DeployFailed(
@@ -556,6 +571,11 @@ class Lifecycle:
 
     def draining(self, name: str) -> bool:
         return name in self._draining
+
+
+def _ready(instances: builtins.list[Instance]) -> builtins.list[Instance]:
+    """The running instances, oldest first (a starting or restarting one is not a replica)."""
+    return [i for i in live(instances) if i.state is State.RUNNING]
 
 
 def _retrieved(future: asyncio.Future[Function]) -> None:

@@ -536,13 +536,7 @@ class OpenFaasApi:
             raise InvalidSpec("serviceName", f"does not match the URL ({name!r})")
         check_namespace(body.get("namespace"), self.namespace)
         function = await run_in_threadpool(self.lifecycle.get, name)
-        if replicas > function.spec.max_scale:
-            raise InvalidSpec(
-                "replicas", f"{replicas} is above {name}'s maximum of {function.spec.max_scale} "
-                "(label com.openfaas.scale.max)",
-            )  # fmt: skip
-        self.autoscaler.told(name, replicas)  # first: its next round must not undo this
-        await self.lifecycle.scale(function, replicas)
+        await self.autoscaler.scale(function, replicas)
         return Response(status_code=202)
 
     async def logs(self, request: Request) -> Response:

@@ -84,6 +84,19 @@ def check_image_labels(image: str, image_labels: dict[str, str]) -> None:
             )  # fmt: skip
 
 
+def check_replicas(spec: FunctionSpec, replicas: int) -> None:
+    """A count `faas scale` may set: 0 (stop) or within the function's bounds,
+    which the autoscaler would otherwise undo."""
+    floor, ceiling = max(spec.min_scale, 1), spec.max_scale
+    if replicas == 0 or floor <= replicas <= ceiling:
+        return
+    if spec.min_scale <= 1:
+        allowed = f"n from 0 to {ceiling} ({spec.name}'s max_scale)"
+    else:
+        allowed = f"0 or n from {floor} to {ceiling} ({spec.name}'s min_scale and max_scale)"
+    raise InvalidSpec("replicas", f"send {allowed}, not {replicas}")
+
+
 def fits(limit: int, used: int, total: int) -> bool:
     """Whether an instance that may use `limit` bytes fits beside instances that may
     use `used` of a host's `total` (0: the engine did not say; then it fits)."""

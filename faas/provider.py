@@ -100,6 +100,14 @@ def function_of(instances: builtins.list[Instance]) -> Function:
 
 
 @dataclass(frozen=True)
+class Traffic:
+    """What a proxy service has served so far (counters, reset when the proxy restarts)."""
+
+    requests: float
+    seconds: float  # their durations summed: its rate is the average number in flight
+
+
+@dataclass(frozen=True)
 class Usage:
     """One sample of a running instance's resource use."""
 
@@ -161,9 +169,8 @@ class Router(Protocol):
         """Requests served so far per proxy service (`faas.labels.service_name`)."""
         ...
 
-    def busy_seconds(self) -> dict[str, float]:
-        """Seconds spent serving requests so far per proxy service (completed ones):
-        by Little's law its rate is the average number of requests in flight."""
+    def traffic(self) -> dict[str, Traffic]:
+        """Requests completed so far per proxy service, and the seconds they took."""
         ...
 
     def metrics_text(self) -> str:

@@ -19,6 +19,7 @@ import requests
 from . import labels
 from .config import Settings, host_port, local_host
 from .errors import Cause, DeployFailed, ProviderError
+from .provider import Traffic
 from .spec import FunctionSpec
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "traefik"
@@ -297,10 +298,11 @@ class TraefikRouter:
         """Requests served so far per Traefik service, from its Prometheus metrics."""
         return _per_service(_REQUESTS, self.metrics_text())
 
-    def busy_seconds(self) -> dict[str, float]:
-        """Seconds spent serving requests so far per Traefik service: the sum of its
-        request durations. Its rate is the average number of requests in flight."""
-        return _per_service(_BUSY, self.metrics_text())
+    def traffic(self) -> dict[str, Traffic]:
+        """Requests completed so far per Traefik service and the sum of their durations."""
+        text = self.metrics_text()
+        counts, seconds = _per_service(_REQUESTS, text), _per_service(_BUSY, text)
+        return {s: Traffic(counts.get(s, 0.0), seconds[s]) for s in seconds}
 
     def unrouted(self, name: str) -> None:
         self._wait(name, lambda servers: servers is None, f"drop the route of {name}")

@@ -22,7 +22,7 @@ from faas.config import Settings
 from faas.errors import Cause, DeployFailed, FunctionNotFound, ImageNotFound
 from faas.lifecycle import Lifecycle
 from faas.metrics import Metrics
-from faas.provider import EngineInfo, Instance, LogStream, State, Usage
+from faas.provider import EngineInfo, Instance, LogStream, State, Traffic, Usage
 from faas.spec import FunctionSpec, parse_spec
 
 SILENT = "faas/silent:latest"  # an image whose containers run but never answer HTTP
@@ -194,8 +194,8 @@ class FakeRouter:
     def request_counts(self) -> dict[str, float]:
         return dict(self.counts)
 
-    def busy_seconds(self) -> dict[str, float]:
-        return dict(self.busy)
+    def traffic(self) -> dict[str, Traffic]:
+        return {s: Traffic(self.counts.get(s, 0.0), busy) for s, busy in self.busy.items()}
 
     def metrics_text(self) -> str:
         return ""

@@ -149,12 +149,17 @@ def test_replicas_for_concurrency() -> None:
 class Loaded:
     """A function under a steady load: `in_flight` requests all the time."""
 
-    def __init__(self, router: FakeRouter, clock: Clock, in_flight: float = 0) -> None:
+    def __init__(
+        self, router: FakeRouter, clock: Clock, in_flight: float = 0, duration: float = 0.1
+    ) -> None:
         self.router, self.clock, self.in_flight = router, clock, in_flight
+        self.duration = duration  # of each request, in seconds
 
     def advance(self, seconds: float) -> None:
         service = labels.service_name("a")
         self.router.busy[service] = self.router.busy.get(service, 0.0) + self.in_flight * seconds
+        completed = self.in_flight * seconds / self.duration
+        self.router.counts[service] = self.router.counts.get(service, 0.0) + completed
         self.clock.now += seconds
 
 
