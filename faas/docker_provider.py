@@ -12,9 +12,10 @@ from __future__ import annotations
 import builtins
 import contextlib
 import secrets
+import shutil
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import IO, Any, cast
@@ -23,10 +24,10 @@ import docker
 import docker.errors
 import requests.exceptions
 from docker.models.images import Image
-from docker.types import DeviceRequest, LogConfig, Ulimit
+from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
 from loguru import logger
 
-from . import labels, oci
+from . import labels, oci, secretstore
 from .config import Settings
 from .errors import (
     BuildFailed,
@@ -247,6 +248,7 @@ class DockerProvider:
                     runtime=spec.runtime,
                     device_requests=_gpu_requests(spec.gpus),
                     ulimits=[Ulimit(name=k, soft=v, hard=v) for k, v in r.ulimits.items()],
+                    mounts=self._secret_mounts(spec) or None,
                     # A scale-to-zero function is woken by its next request
                     # instead; restarting it would only make it crash-loop.
                     # ("unless-stopped" is valid, missing from the stubs.)
@@ -260,6 +262,32 @@ class DockerProvider:
                     raise InvalidSpec("", str(exc.explanation or exc)) from exc
                 raise
         return self.inspect(str(container.id))
+
+    def _secret_mounts(self, spec: FunctionSpec) -> list[Mount]:
+        """The function's secrets folder, read-only at /var/openfaas/secrets: the
+        container sees its own secrets only, and a value replaced in the folder at
+        once (a folder bind follows renames in it; a file bind would keep the old
+        inode). A `Mount`, not a bind string: a missing folder is an error, not an
+        empty folder the engine makes."""
+        if not spec.secrets:
+            return []
+        folder = str(self.settings.function_secrets_dir / spec.name)
+        return [Mount(secretstore.MOUNT_PATH, folder, type="bind", read_only=True)]
+
+    def mount_secrets(self, name: str, values: Mapping[str, bytes]) -> bool:
+        """The function's folder of secrets, `<function_secrets_dir>/<name>`, in a
+        0700 parent: other users of this host see nothing; inside the container the
+        files are 0444, readable by whatever user the image runs as."""
+        parent = self.settings.function_secrets_dir
+        folder = parent / name
+        if not values:
+            shutil.rmtree(folder, ignore_errors=True)
+            return True
+        parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        parent.chmod(0o700)
+        secretstore.write_private_copy(folder, values)
+        folder.chmod(0o755)
+        return True
 
     def start(self, instance_id: str) -> None:
         with _engine_errors():

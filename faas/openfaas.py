@@ -5,6 +5,7 @@
     /system/function/{name}                   GET
     /system/scale-function/{name}             POST {"serviceName", "replicas"} -> 202
     /system/info, /system/namespaces, /system/logs (NDJSON)
+    /system/secrets                           GET list, POST create, PUT update, DELETE
     /function/{name}.{namespace}[/path]       invoke, namespace = ours
 
 Shapes follow openfaas/faas-provider's types (FunctionDeployment,
@@ -42,7 +43,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import __version__, auth, labels
+from . import __version__, auth, labels, secretstore
 from .api import counted
 from .autoscaler import Autoscaler
 from .body import read_json
@@ -87,7 +88,10 @@ FIELD_NAMES = {
     "resources.cpus": "limits.cpu",
     "read_only": "readOnlyRootFilesystem",
     "health_path": f"annotations.{HEALTH_ANNOTATION}",
+    "secrets": "secrets",
 }
+# types.Secret: the value as text, or rawValue ([]byte, which Go's JSON encodes as base64).
+SECRET_FIELDS = frozenset({"name", "namespace", "value", "rawValue"})
 # Spec fields OpenFaaS cannot express: an update through this API keeps them
 # as they are (an invoke-key function must not turn public on `faas-cli deploy`).
 KEPT_ON_UPDATE = ("port", "command", "runtime", "gpus", "auth", "cap_add", "limits", "concurrency")
@@ -194,6 +198,7 @@ def spec_from_deployment(
         resources=resources,
         read_only=read_only,
         health_path=annotations.get(HEALTH_ANNOTATION, WATCHDOG_HEALTH),
+        secrets=_secret_names(given),
     )
     try:
         return parse_spec(data)
@@ -209,8 +214,6 @@ def _refuse_unhonoured(given: Mapping[str, object], namespace: str) -> None:
     check_namespace(given.get("namespace"), namespace)
     if "constraints" in given:
         raise InvalidSpec("constraints", "placement constraints are not supported (one engine)")
-    if "secrets" in given:
-        raise InvalidSpec("secrets", "secrets are not supported yet")
     if "requests" in given:
         raise InvalidSpec(
             "requests", "resource requests are not supported (no scheduler); set limits"
@@ -218,6 +221,13 @@ def _refuse_unhonoured(given: Mapping[str, object], namespace: str) -> None:
     for field in ("service", "image"):
         if not isinstance(given.get(field), str):
             raise InvalidSpec(field, "required, a string")
+
+
+def _secret_names(given: Mapping[str, object]) -> list[str]:
+    names = given.get("secrets", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise InvalidSpec("secrets", "must be a list of secret names")
+    return names
 
 
 def _env(given: Mapping[str, object]) -> dict[str, str]:
@@ -293,6 +303,7 @@ def function_status(
         "limits": limits,
         "requests": {},
         "readOnlyRootFilesystem": spec.read_only,
+        "secrets": list(spec.secrets),
         "invocationCount": invocations,
         "replicas": len(function.replicas),
         "availableReplicas": len(function.addresses),
@@ -398,6 +409,10 @@ class OpenFaasApi:
             Route("/system/info", self.info, methods=["GET"]),
             Route("/system/namespaces", self.namespaces, methods=["GET"]),
             Route("/system/logs", self.logs, methods=["GET"]),
+            Route("/system/secrets", self.list_secrets, methods=["GET"]),
+            Route("/system/secrets", self.create_secret, methods=["POST"]),
+            Route("/system/secrets", self.update_secret, methods=["PUT"]),
+            Route("/system/secrets", self.delete_secret, methods=["DELETE"]),
         ]
         return [
             Route("/healthz", self.healthz, methods=["GET"]),
@@ -569,6 +584,44 @@ class OpenFaasApi:
         else:
             lines = _sorted(name, self.namespace, streams, tail)
         return StreamingResponse(_encode(lines), media_type="application/x-ndjson")
+
+    async def list_secrets(self, request: Request) -> Response:
+        check_namespace(request.query_params.get("namespace"), self.namespace)
+        names = await run_in_threadpool(self.lifecycle.secrets.names)
+        return JSONResponse([{"name": n, "namespace": self.namespace} for n in names])
+
+    async def _secret(self, request: Request, *, value: bool) -> tuple[str, bytes]:
+        """A types.Secret body: its name, and (with `value`) its value."""
+        body = await read_json(request, self.max_body)
+        if not isinstance(body, dict):
+            raise InvalidSpec("", 'send {"name": "...", "value": "..." or "rawValue": "<base64>"}')
+        unknown = sorted(set(body) - SECRET_FIELDS)
+        if unknown:
+            raise InvalidSpec(str(unknown[0])[:80], "unknown field")
+        check_namespace(
+            body.get("namespace") or request.query_params.get("namespace"), self.namespace
+        )
+        name = secretstore.check_secret_name(body.get("name"))
+        return name, secretstore.value_from(body, "value", "rawValue") if value else b""
+
+    async def create_secret(self, request: Request) -> Response:
+        """POST: a new secret (201); 409 if it exists (faas-cli says so)."""
+        name, value = await self._secret(request, value=True)
+        await run_in_threadpool(self.lifecycle.secrets.create, name, value)
+        logger.info("created secret {} (OpenFaaS API)", name)  # never the value
+        return Response(status_code=201)
+
+    async def update_secret(self, request: Request) -> Response:
+        """PUT: a new value (200), which reaches the functions using it; 404 if missing."""
+        name, value = await self._secret(request, value=True)
+        await run_in_threadpool(self.lifecycle.update_secret, name, value)
+        return Response(status_code=200)
+
+    async def delete_secret(self, request: Request) -> Response:
+        """DELETE {"name"}: 200; 404 if missing; 409 naming the functions still using it."""
+        name, _ = await self._secret(request, value=False)
+        await run_in_threadpool(self.lifecycle.remove_secret, name)
+        return Response(status_code=200)
 
     async def invoke(self, request: Request) -> Response:
         """`/function/<name>.<namespace>/...`: back through Traefik as
