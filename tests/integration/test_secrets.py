@@ -305,7 +305,7 @@ def test_the_cli_manages_secrets_and_deploys_with_them(
     try:
         code, out, err = run(stack, "deploy", fn, "--image", reader, "--secret", name)
         assert code == 0, err
-        # stdin loses its one trailing newline (echo's), as faas-cli's does.
+        # stdin loses its one trailing newline (what echo and heredocs add).
         assert requests.get(f"{stack.url}/function/{fn}/{name}", timeout=30).text == "from-stdin"
         code, out, _ = run(stack, "secrets", "ls")
         assert code == 0
