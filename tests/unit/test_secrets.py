@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from faas import labels
+from faas import labels, manifest
 from faas.errors import (
     InvalidSpec,
     PayloadTooLarge,
@@ -175,6 +175,13 @@ def test_the_spec_lists_names_sorted_once_and_labels_keep_names_only() -> None:
         parse_spec({"name": "f", "image": "x", "secrets": ["../db"]})
     assert caught.value.field.startswith("secrets")
     assert parse_spec({"name": "f", "image": "x"}).secrets == []
+
+
+def test_a_manifest_lists_secrets_as_a_top_level_key(tmp_path: Path) -> None:
+    path = tmp_path / "faas.toml"
+    path.write_text('name = "f"\nimage = "x"\nsecrets = ["db", "api"]\n')
+    loaded = manifest.load(path)
+    assert parse_spec(loaded.spec).secrets == ["api", "db"]
 
 
 @pytest.fixture
