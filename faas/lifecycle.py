@@ -102,6 +102,10 @@ class Lifecycle:
     ) -> None:
         self.provider = provider
         self.secrets = secrets or SecretStore(settings.secrets_dir, settings.secret_max_bytes)
+        # Secrets that deploys in flight have checked and will use, by function: a
+        # secret must not go between a deploy's check and its containers' labels.
+        self._deploying: dict[str, frozenset[str]] = {}
+        self._secrets_guard = threading.Lock()
         self.router = router
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -165,7 +169,7 @@ class Lifecycle:
         `max_scale`) start beside the old ones (a surge of that many), so the
         function never serves with fewer."""
         spec = policy.effective(spec, self.settings, self.provider.engine_info())
-        with self._lock(spec.name):
+        with self._lock(spec.name), self._using_secrets(spec):
             values = self._secret_values(spec)
             self._ensure_image(spec.image)
             current = self.provider.instances(spec.name)
@@ -189,6 +193,17 @@ class Lifecycle:
             self.provider.mount_secrets(spec.name, values)
             logger.info("deployed {} ({}) at {}", spec.name, spec.image, ", ".join(addresses))
             return self.get(spec.name)
+
+    @contextlib.contextmanager
+    def _using_secrets(self, spec: FunctionSpec) -> Iterator[None]:
+        """While the block runs, the secrets `spec` lists count as in use."""
+        with self._secrets_guard:
+            self._deploying[spec.name] = frozenset(spec.secrets)
+        try:
+            yield
+        finally:
+            with self._secrets_guard:
+                del self._deploying[spec.name]
 
     def _secret_values(self, spec: FunctionSpec) -> dict[str, bytes]:
         """The values of the secrets `spec` lists; InvalidSpec naming a missing one."""
@@ -227,11 +242,14 @@ class Lifecycle:
         return names
 
     def remove_secret(self, secret: str) -> None:
-        """Delete a secret no function lists (else SecretInUse naming them)."""
-        using = sorted(f.spec.name for f in self.functions_using(secret))
-        if using:
-            raise SecretInUse(secret, using)
-        self.secrets.remove(secret)
+        """Delete a secret no function lists, deployed or being deployed (else
+        SecretInUse naming them)."""
+        with self._secrets_guard:  # no deploy may check it meanwhile
+            deployed = {f.spec.name for f in self.functions_using(secret)}
+            deploying = {name for name, used in self._deploying.items() if secret in used}
+            if deployed | deploying:
+                raise SecretInUse(secret, sorted(deployed | deploying))
+            self.secrets.remove(secret)
         logger.info("removed secret {}", secret)
 
     def _start_new(self, spec: FunctionSpec, started: builtins.list[Instance]) -> str:

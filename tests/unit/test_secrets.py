@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import stat
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,39 @@ def test_a_secret_in_use_cannot_be_removed(life: Lifecycle, provider: FakeProvid
     life.remove("f")
     life.remove_secret("db")
     assert life.secrets.names() == []
+
+
+class MountGate(FakeProvider):
+    """Holds the first mount of secrets (a deploy past its check, before any
+    instance exists) until `go` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.go = threading.Event()
+
+    def mount_secrets(self, name: str, values: Mapping[str, bytes]) -> bool:
+        if values and not self.entered.is_set():
+            self.entered.set()
+            assert self.go.wait(5), "the test never let the mount go"
+        return super().mount_secrets(name, values)
+
+
+def test_a_secret_a_deploy_in_flight_checked_cannot_be_removed(tmp_path: Path) -> None:
+    provider = MountGate()
+    life = lifecycle(provider, FakeRouter(), state_dir=tmp_path)
+    life.secrets.create("db", b"1")
+    spec = parse_spec({"name": "f", "image": "x", "secrets": ["db"]})
+    deploy = threading.Thread(target=life.deploy, args=(spec,))
+    deploy.start()
+    try:
+        assert provider.entered.wait(5)
+        assert provider.instances() == []  # nothing in the engine says "db" is used yet
+        with pytest.raises(SecretInUse) as caught:
+            life.remove_secret("db")
+        assert caught.value.functions == ["f"]
+    finally:
+        provider.go.set()
+        deploy.join()
+    assert life.secrets.names() == ["db"]
+    assert provider.mounted == {"f": {"db": b"1"}}
