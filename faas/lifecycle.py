@@ -228,16 +228,22 @@ class Lifecycle:
         """Store a new value and bring it to every function that lists the secret:
         in place where the provider can, else by replacing its instances (a rolling
         deploy, no request lost). The names of those functions."""
-        self.secrets.update(secret, value)
+        with self._secrets_guard:  # a deploy checking it from now on reads the new value
+            self.secrets.update(secret, value)
+            deploying = {name for name, used in self._deploying.items() if secret in used}
         names = []
-        for function in self.functions_using(secret):
-            spec = function.spec
-            with self._lock(spec.name):
+        # A deploy in flight may have read the old value: its lock waits for it to end.
+        for name in sorted({f.spec.name for f in self.functions_using(secret)} | deploying):
+            with self._lock(name):
+                found = self.provider.instances(name)
+                spec = serving(found).spec if found else None
+                if spec is None or secret not in spec.secrets:
+                    continue
                 values = self.secrets.values(spec.secrets, missing_ok=True)
-                seen = self.provider.mount_secrets(spec.name, values)
-            if not seen and function.replicas:
+                seen = self.provider.mount_secrets(name, values)
+            if not seen and live(found):
                 self.deploy(spec)
-            names.append(spec.name)
+            names.append(name)
         logger.info("updated secret {} (used by {})", secret, ", ".join(names) or "none")
         return names
 

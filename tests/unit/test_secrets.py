@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import stat
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -298,3 +299,23 @@ def test_a_secret_a_deploy_in_flight_checked_cannot_be_removed(tmp_path: Path) -
         deploy.join()
     assert life.secrets.names() == ["db"]
     assert provider.mounted == {"f": {"db": b"1"}}
+
+
+def test_an_update_during_a_deploy_that_read_the_old_value_reaches_it(tmp_path: Path) -> None:
+    provider = MountGate()
+    life = lifecycle(provider, FakeRouter(), state_dir=tmp_path)
+    life.secrets.create("db", b"old")
+    spec = parse_spec({"name": "f", "image": "x", "secrets": ["db"]})
+    deploy = threading.Thread(target=life.deploy, args=(spec,))
+    deploy.start()
+    assert provider.entered.wait(5)  # the deploy has read "old", no instance yet
+    update = threading.Thread(target=life.update_secret, args=("db", b"new"))
+    update.start()
+    deadline = time.monotonic() + 5
+    while life.secrets.read("db") != b"new":  # the update has stored it
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    provider.go.set()
+    deploy.join()
+    update.join()
+    assert provider.mounted == {"f": {"db": b"new"}}
