@@ -4,9 +4,9 @@ sees, the spec field, and the lifecycle's sequences over the fake provider."""
 from __future__ import annotations
 
 import base64
+import builtins
 import stat
 import threading
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from faas.errors import (
     SecretNotFound,
 )
 from faas.lifecycle import Lifecycle
+from faas.provider import Instance
 from faas.secretstore import SecretStore, check_secret_name, value_from, write_private_copy
 from faas.spec import parse_spec
 
@@ -273,6 +274,12 @@ class MountGate(FakeProvider):
         super().__init__()
         self.entered = threading.Event()
         self.go = threading.Event()
+        self.listed = threading.Event()  # someone listed every function meanwhile
+
+    def instances(self, name: str | None = None) -> builtins.list[Instance]:
+        if name is None and self.entered.is_set():
+            self.listed.set()
+        return super().instances(name)
 
     def mount_secrets(self, name: str, values: Mapping[str, bytes]) -> bool:
         if values and not self.entered.is_set():
@@ -311,10 +318,7 @@ def test_an_update_during_a_deploy_that_read_the_old_value_reaches_it(tmp_path: 
     assert provider.entered.wait(5)  # the deploy has read "old", no instance yet
     update = threading.Thread(target=life.update_secret, args=("db", b"new"))
     update.start()
-    deadline = time.monotonic() + 5
-    while life.secrets.read("db") != b"new":  # the update has stored it
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    assert provider.listed.wait(5)  # the update looked for the functions using it
     provider.go.set()
     deploy.join()
     update.join()
