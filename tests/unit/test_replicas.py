@@ -368,3 +368,21 @@ def test_scale_requests_outside_the_bounds_are_refused(
     assert "a" not in autoscaler.loads or autoscaler.loads["a"].wanted == 2
     asyncio.run(autoscaler.scale(fn, 3))
     assert ready(life) == 3
+
+
+def test_while_a_deploy_starts_the_gateway_forwards_to_the_old_instance(
+    life: Lifecycle, provider: FakeProvider
+) -> None:
+    first = life.deploy(spec())
+    provider.gate = threading.Event()
+    deploying = threading.Thread(target=life.deploy, args=(spec(env={"V": "2"}),))
+    deploying.start()
+    while provider.count("start") < 2:
+        time.sleep(0.001)
+    new = next(i for i in provider.instances("a") if i.id != first.container_id)
+    provider._set(new.id, state=State.RUNNING, address="10.9.9.9:8080")  # runs, not ready
+    during = {asyncio.run(life.address(life.get("a")))[0] for _ in range(20)}
+    provider.gate.set()
+    deploying.join()
+    assert during == {first.address}
+    assert life.get("a").container_id == new.id  # and then the new one alone
