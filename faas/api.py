@@ -6,6 +6,7 @@ Every answer is read from the engine (Docker labels): a restart loses nothing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from .provider import Function, State
 from .scaler import Scaler
 from .spec import FunctionSpec, check_name, parse_spec, valid_image
 from .stats import function_rows, parse_traefik
-from .streams import iterate, ndjson, prepend, relay, spool
+from .streams import iterate, ndjson, prepend, relay, replica_lines, spool
 
 # Longest lifetime of an invoke key, in seconds (ten years).
 MAX_KEY_TTL = 10 * 365 * 24 * 3600
@@ -156,10 +157,15 @@ class ManagementApi:
         tail = _int_param(request, "tail")
         since = _int_param(request, "since")
         function = await run_in_threadpool(self.lifecycle.get, name)
-        stream = await run_in_threadpool(
-            lambda: self.provider.logs(function.container_id, follow=follow, tail=tail, since=since)
-        )
-        return StreamingResponse(relay(stream), media_type="text/plain; charset=utf-8")
+        ids = [i.id for i in function.replicas] or [function.container_id]
+        opened = functools.partial(self.provider.logs, follow=follow, tail=tail, since=since)
+        if len(ids) == 1:
+            stream = await run_in_threadpool(opened, ids[0])
+            return StreamingResponse(relay(stream), media_type="text/plain; charset=utf-8")
+        # Several replicas: each line says which one wrote it, after its timestamp.
+        streams = [(i[:12], await run_in_threadpool(opened, i)) for i in ids]
+        found = replica_lines(streams, follow=follow, tail=tail or 0)
+        return StreamingResponse(_tagged(found), media_type="text/plain; charset=utf-8")
 
     async def scale(self, request: Request) -> Response:
         """Run `replicas` replicas now (0 stops the function); the autoscaler keeps
@@ -325,3 +331,9 @@ def _int_param(request: Request, key: str) -> int | None:
     if not raw.isdigit():
         raise InvalidSpec(key, "must be a non-negative integer")
     return int(raw)
+
+
+async def _tagged(found: AsyncIterator[tuple[str, str]]) -> AsyncIterator[bytes]:
+    async for replica, line in found:
+        stamp, _, text = line.partition(" ")
+        yield f"{stamp} [{replica}] {text}\n".encode()

@@ -495,7 +495,7 @@ def duration(raw: str) -> int:
 def scale(
     name: Annotated[str, typer.Argument(help="Function name.")],
     replicas: Annotated[
-        int, typer.Argument(min=0, help="Replicas to run now, up to its max_scale; 0 stops it.")
+        int, typer.Argument(min=0, help="Replicas to run now, min_scale to max_scale; 0 stops it.")
     ],
 ) -> None:
     """Run N replicas now (0 stops it; a stopped function also wakes on its next request).

@@ -259,10 +259,15 @@ class Lifecycle:
         logger.info("removed secret {}", secret)
 
     def _start_new(self, spec: FunctionSpec, started: builtins.list[Instance]) -> str:
-        """Create and start one more instance of `spec` (recorded in `started`); its address."""
+        """Create and start one more instance of `spec` (recorded in `started`); its
+        address. The gateway forwards to it only once it answers."""
         instance = self.provider.create(spec)
         started.append(instance)
-        return self._start_and_wait(spec, instance.id)
+        self._unready.add(instance.id)
+        try:
+            return self._start_and_wait(spec, instance.id)
+        finally:
+            self._unready.discard(instance.id)
 
     def _ensure_image(self, image: str) -> None:
         found = self.provider.image_labels(image)

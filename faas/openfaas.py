@@ -22,7 +22,6 @@ work unchanged; answers always name ours.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
@@ -51,11 +50,11 @@ from .config import Settings, host_port, local_host
 from .errors import FaasError, FunctionExists, FunctionNotFound, InvalidSpec
 from .invoke import METHODS
 from .lifecycle import Lifecycle
-from .provider import Function, LogStream, State, Usage
+from .provider import Function, State, Usage
 from .proxy import Proxy
 from .scaler import Scaler
 from .spec import NAME_RE, FunctionSpec, check_name, memory_bytes, parse_spec
-from .streams import relay
+from .streams import replica_lines
 from .throttle import Throttle, client_address
 
 # faasd's and OpenFaaS' default function namespace: accepted as an alias of ours.
@@ -579,11 +578,11 @@ class OpenFaasApi:
             since=since,
         )
         streams = [(i[:12], await run_in_threadpool(opened, i)) for i in ids]
-        if follow:
-            lines = _merged(name, self.namespace, streams)
-        else:
-            lines = _sorted(name, self.namespace, streams, tail)
-        return StreamingResponse(_encode(lines), media_type="application/x-ndjson")
+        messages = (
+            log_message(name, self.namespace, instance, line)
+            async for instance, line in replica_lines(streams, follow=follow, tail=tail)
+        )
+        return StreamingResponse(_encode(messages), media_type="application/x-ndjson")
 
     async def list_secrets(self, request: Request) -> Response:
         check_namespace(request.query_params.get("namespace"), self.namespace)
@@ -636,59 +635,6 @@ class OpenFaasApi:
         return await self.proxy.forward(
             request, self.traefik, labels.function_path(name) + rest, prefix
         )
-
-
-async def _lines(stream: LogStream) -> AsyncIterator[str]:
-    """Whole lines of a blocking log stream (its chunks may split them)."""
-    pending = b""
-    async for chunk in relay(stream):
-        pending += chunk
-        *whole, pending = pending.split(b"\n")
-        for line in whole:
-            yield line.decode("utf-8", "replace")
-    if pending:
-        yield pending.decode("utf-8", "replace")
-
-
-async def _sorted(
-    name: str, namespace: str, streams: list[tuple[str, LogStream]], tail: int
-) -> AsyncIterator[dict[str, object]]:
-    """Every instance's lines in time order; `tail` > 0 keeps the last ones."""
-    messages = [
-        log_message(name, namespace, instance, line)
-        for instance, stream in streams
-        async for line in _lines(stream)
-    ]
-    messages.sort(key=lambda m: str(m["timestamp"]))
-    for message in messages[-tail:] if tail > 0 else messages:
-        yield message
-
-
-async def _merged(
-    name: str, namespace: str, streams: list[tuple[str, LogStream]]
-) -> AsyncIterator[dict[str, object]]:
-    """Every instance's lines as they come (follow)."""
-    queue: asyncio.Queue[dict[str, object] | None] = asyncio.Queue(maxsize=1000)
-
-    async def pump(instance: str, stream: LogStream) -> None:
-        try:
-            async for line in _lines(stream):
-                await queue.put(log_message(name, namespace, instance, line))
-        finally:
-            await queue.put(None)
-
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in streams]
-    try:
-        running = len(tasks)
-        while running:
-            message = await queue.get()
-            if message is None:
-                running -= 1
-            else:
-                yield message
-    finally:
-        for task in tasks:
-            task.cancel()
 
 
 async def _encode(messages: AsyncIterator[dict[str, object]]) -> AsyncIterator[bytes]:
