@@ -259,7 +259,7 @@ def test_a_secret_value_appears_nowhere_but_in_the_function(
         seen(system(faas_cli, stack, "DELETE", "/secrets", json={"name": name}))
         seen(stack.api("PUT", f"/secrets/{name}", json={"name": "other", "value": first}))
         # Every listing and description.
-        for path in ("/functions", f"/functions/{fn}", "/secrets", f"/secrets/{name}"):
+        for path in ("/functions", f"/functions/{fn}", "/secrets", f"/secrets/{name}", "/stats"):
             assert seen(stack.api("GET", path)).ok
         assert seen(stack.api("GET", f"/functions/{fn}/logs")).ok
         for path in ("/functions", f"/function/{fn}", "/secrets", f"/logs?name={fn}"):
