@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import re
 import secrets
 import shutil
 import tarfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, Any, cast
 
 import docker
@@ -73,6 +75,7 @@ class DockerProvider:
         self._client = client
         self._network_lock = threading.Lock()
         self._warned: set[str] = set()
+        self._own_mounts: list[tuple[str, str]] | None = None  # (inside, on the host)
 
     @property
     def client(self) -> docker.DockerClient:
@@ -271,8 +274,26 @@ class DockerProvider:
         empty folder the engine makes."""
         if not spec.secrets:
             return []
-        folder = str(self.settings.function_secrets_dir / spec.name)
+        folder = self._host_path(str(self.settings.function_secrets_dir / spec.name))
         return [Mount(secretstore.MOUNT_PATH, folder, type="bind", read_only=True)]
+
+    def _host_path(self, path: str) -> str:
+        """`path` as the engine sees it. The same, unless the gateway itself runs in a
+        container (the compose stack): then its state dir is a volume, whose folder on
+        the host the engine must be given for a bind."""
+        if self._own_mounts is None:
+            self._own_mounts = self._read_own_mounts()
+        return host_path(path, self._own_mounts)
+
+    def _read_own_mounts(self) -> list[tuple[str, str]]:
+        own = own_container_id()
+        if own is None:
+            return []
+        try:
+            found = self.client.api.inspect_container(own).get("Mounts") or []
+        except docker.errors.NotFound:  # a container of another engine (docker in docker)
+            return []
+        return [(m["Destination"], m["Source"]) for m in found if m.get("Source")]
 
     def mount_secrets(self, name: str, values: Mapping[str, bytes]) -> bool:
         """The function's folder of secrets, `<function_secrets_dir>/<name>`, in a
@@ -502,3 +523,30 @@ def _exit_reason(state: dict[str, Any]) -> str:
     if state.get("Error"):
         return str(state["Error"])
     return f"exited with code {state.get('ExitCode')}"
+
+
+# A container's own /etc/hostname and friends are bound from the engine's folder for it.
+_OWN_ID = re.compile(r"/containers/([0-9a-f]{64})/")
+
+
+def own_container_id(mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The id of the container this process runs in, or None on a plain host."""
+    try:
+        text = Path(mountinfo).read_text()
+    except OSError:
+        return None
+    found = _OWN_ID.search(text)
+    return found.group(1) if found else None
+
+
+def host_path(path: str, mounts: Iterable[tuple[str, str]]) -> str:
+    """`path` through the mount (inside, on the host) with the longest inside
+    prefix of it; unchanged when none holds it."""
+    best: tuple[str, str] | None = None
+    for inside, outside in mounts:
+        holds = path == inside or path.startswith(inside.rstrip("/") + "/")
+        if holds and (best is None or len(inside) > len(best[0])):
+            best = (inside, outside)
+    if best is None:
+        return path
+    return best[1] + path[len(best[0].rstrip("/")) :]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from faas import labels, manifest
+from faas.docker_provider import host_path, own_container_id
 from faas.errors import (
     InvalidSpec,
     PayloadTooLarge,
@@ -323,3 +324,21 @@ def test_an_update_during_a_deploy_that_read_the_old_value_reaches_it(tmp_path: 
     deploy.join()
     update.join()
     assert provider.mounted == {"f": {"db": b"new"}}
+
+
+def test_a_path_through_the_gateways_own_mounts(tmp_path: Path) -> None:
+    mounts = [("/var/lib/faas", "/data/volumes/x_state/_data"), ("/var/lib/faas/traefik", "/t")]
+    assert host_path("/var/lib/faas/secret-mounts/fn", mounts) == (
+        "/data/volumes/x_state/_data/secret-mounts/fn"
+    )
+    assert host_path("/var/lib/faas/traefik/a", mounts) == "/t/a"  # the longest prefix
+    assert host_path("/var/lib/faasx/a", mounts) == "/var/lib/faasx/a"
+    assert host_path("/srv/a", []) == "/srv/a"
+    info = tmp_path / "mountinfo"
+    info.write_text(
+        "601 590 0:40 /docker/containers/" + "ab" * 32 + "/hostname /etc/hostname rw - ext4\n"
+    )
+    assert own_container_id(str(info)) == "ab" * 32
+    info.write_text("22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n")
+    assert own_container_id(str(info)) is None
+    assert own_container_id(str(tmp_path / "none")) is None
