@@ -70,6 +70,7 @@ class Bench:
             "FAAS_STATE_DIR": tempfile.mkdtemp(prefix="faas-bench-"),
             "FAAS_GATEWAY_PORT": str(free_port()),
             "FAAS_TRAEFIK_API_PORT": str(free_port()),
+            "FAAS_NATS_PORT": str(free_port()),
             "FAAS_LOG_LEVEL": "WARNING",
         }
         self.env = env

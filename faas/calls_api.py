@@ -70,8 +70,7 @@ class CallsApi:
     async def enqueue(self, request: Request) -> Response:
         given = request.path_params["name"]
         name = self._function_name(given)
-        function = await run_in_threadpool(self.lifecycle.get, name)
-        spec = function.spec
+        spec = (await self.workers.function(name)).spec
         strip: tuple[str, ...] = ()
         if spec.auth == "key":
             self.invoker.authorize(request, name)

@@ -41,13 +41,15 @@ from .config import Settings
 from .errors import FaasError, FunctionNotFound, GatewayTimeout, QueueUnavailable
 from .invoke import Invoker
 from .lifecycle import Lifecycle
+from .provider import Function
 from .proxy import HOP_BY_HOP
 from .spec import FunctionSpec
 
 # End-to-end latency: from the 202 to the final answer (retries included).
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
-# How long a function's spec (its queue settings) is read from the engine for.
-SPEC_TTL = 5.0
+# How long a function read from the engine is taken as current: an enqueue and
+# a call each cost an engine call otherwise (~50 calls/s on a busy engine).
+FUNCTION_TTL = 2.0
 # A not-yet-due retry delivered this close to its time is made now.
 EARLY = 0.05
 GAUGE_INTERVAL = 5.0
@@ -164,7 +166,7 @@ class Workers:
         self.in_flight: dict[str, Call] = {}
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._specs: dict[str, tuple[float, FunctionSpec | None]] = {}
+        self._functions: dict[str, tuple[float, Function]] = {}
         self._client = httpx.AsyncClient(timeout=settings.callback_timeout, follow_redirects=False)
 
     # --- running -------------------------------------------------------------
@@ -235,15 +237,20 @@ class Workers:
                 running.add(task)
                 task.add_done_callback(running.discard)
 
+    async def function(self, name: str, serving: bool = False) -> Function:
+        """`name` as read from the engine within FUNCTION_TTL; `serving`: read anew
+        unless it had a ready replica then (a wake must see the engine's state)."""
+        at, fn = self._functions.get(name, (0.0, None))
+        if fn is None or time.monotonic() - at > FUNCTION_TTL or (serving and not fn.addresses):
+            fn = await run_in_threadpool(self.lifecycle.get, name)
+            self._functions[name] = (time.monotonic(), fn)
+        return fn
+
     async def _spec(self, name: str) -> FunctionSpec | None:
-        at, spec = self._specs.get(name, (0.0, None))
-        if time.monotonic() - at > SPEC_TTL:
-            try:
-                spec = (await run_in_threadpool(self.lifecycle.get, name)).spec
-            except FaasError:
-                spec = None
-            self._specs[name] = (time.monotonic(), spec)
-        return spec
+        try:
+            return (await self.function(name)).spec
+        except FaasError:
+            return None
 
     async def _limit(self, name: str) -> int:
         spec = await self._spec(name)
@@ -281,7 +288,7 @@ class Workers:
         """One attempt at `call`: through the sync cold path, waking the function."""
         began = time.monotonic()
         try:
-            function = await run_in_threadpool(self.lifecycle.get, call.function)
+            function = await self.function(call.function, serving=True)
         except FunctionNotFound as exc:
             return Outcome(status=404, body=exc.message.encode(), error=exc.message)
         except FaasError as exc:
@@ -296,6 +303,7 @@ class Workers:
         except (GatewayTimeout, TimeoutError):
             outcome = Outcome(error=f"no answer within {limit:g}s" if limit else "timed out")
         except FaasError as exc:
+            self._functions.pop(call.function, None)  # it may have moved: read it anew
             outcome = Outcome(error=exc.message)
         outcome.seconds = time.monotonic() - began
         return outcome
