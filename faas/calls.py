@@ -174,6 +174,12 @@ def check_callback(
     return url
 
 
+def engine_hosts(docker_host: str | None) -> tuple[str, ...]:
+    """The engine's host when it is reached over TCP (DOCKER_HOST=tcp://...)."""
+    parts = urlsplit(docker_host or "")
+    return (parts.hostname,) if parts.scheme in ("tcp", "http", "https") and parts.hostname else ()
+
+
 def _addresses(host: str, port: int, strict: bool = True) -> list[str]:
     try:
         return [ipaddress.ip_address(host.strip("[]")).compressed]

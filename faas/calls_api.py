@@ -77,7 +77,8 @@ class CallsApi:
             strip = labels.KEY_HEADERS  # a key is never stored in the queue
         callback = request.headers.get("x-callback-url")
         if callback is not None:
-            await run_in_threadpool(check_callback, callback, self.workers.callback_allow)
+            allow, engine = self.workers.callback_allow, self.workers.engine_hosts
+            await run_in_threadpool(check_callback, callback, allow, engine)
         limit = self.settings.async_max_body_bytes
         if spec.limits.max_body_bytes:
             limit = min(limit, spec.limits.max_body_bytes)

@@ -19,6 +19,7 @@ again: at least once, with the same X-Call-Id.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from starlette.types import Message, Receive, Scope
 
 from . import egress, labels
 from .broker import Broker, Stored, received, settle
-from .calls import Backoff, Call, check_callback, retryable
+from .calls import Backoff, Call, check_callback, engine_hosts, retryable
 from .config import Settings
 from .errors import FaasError, FunctionNotFound, GatewayTimeout, QueueUnavailable
 from .invoke import Invoker
@@ -163,6 +164,7 @@ class Workers:
         self.metrics = metrics
         self.backoff = Backoff(settings.async_backoff, settings.async_max_backoff)
         self.callback_allow = egress.parse_allow(settings.callback_allow)
+        self.engine_hosts = engine_hosts(os.environ.get("DOCKER_HOST"))
         self.in_flight: dict[str, Call] = {}
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -371,7 +373,9 @@ class Workers:
             headers.append(("X-Function-Error", outcome.error[:500].replace("\n", " ")))
         for attempt in range(1, self.settings.async_max_attempts + 1):
             try:
-                await run_in_threadpool(check_callback, call.callback, self.callback_allow)
+                await run_in_threadpool(
+                    check_callback, call.callback, self.callback_allow, self.engine_hosts
+                )
             except FaasError as exc:
                 logger.warning("callback of call {} refused: {}", call.id, exc.message)
                 self.metrics.callbacks.labels("refused").inc()

@@ -11,6 +11,7 @@ from faas.calls import (
     Call,
     async_call_id,
     check_callback,
+    engine_hosts,
     queued_headers,
     retryable,
 )
@@ -120,3 +121,9 @@ def test_a_public_address_is_fine_unless_the_engine_is_there() -> None:
     assert check_callback("https://93.184.215.14/hook", ())
     with pytest.raises(InvalidCallback):
         check_callback("https://93.184.215.14/hook", (), refused_hosts=["93.184.215.14"])
+
+
+def test_the_engine_is_refused_when_reached_over_tcp() -> None:
+    assert engine_hosts("tcp://203.0.113.9:2376") == ("203.0.113.9",)
+    assert engine_hosts("unix:///var/run/docker.sock") == ()
+    assert engine_hosts(None) == ()
