@@ -33,6 +33,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -40,13 +41,15 @@ from nats.js.api import (
 
 from .calls import CALL_HEADER, Call
 from .config import Settings
-from .errors import CallNotFound, ProviderError, QueueUnavailable
+from .errors import CallNotFound, ProviderError, QueueFull, QueueUnavailable
 
 # The embedded server's largest message: the largest async body (a setting)
 # plus the request's headers must fit.
 MAX_PAYLOAD = 64 << 20
 # How long a pull waits for messages before it asks again.
 PULL_WAIT = 5.0
+# JetStream's error code for a publish refused by a full stream (discard new).
+STREAM_FULL = 10077
 # A deduplication window for enqueues with the same call id (a client's retry).
 DUPLICATE_WINDOW = 120.0
 
@@ -94,9 +97,10 @@ class Stored:
 class Broker:
     """A connection to NATS and the two streams of one namespace."""
 
-    def __init__(self, url: str, namespace: str, ack_wait: float) -> None:
+    def __init__(self, url: str, namespace: str, ack_wait: float, max_bytes: int = 1 << 30) -> None:
         self.url = url
         self.ack_wait = ack_wait
+        self.max_bytes = max_bytes
         token = namespace.upper().replace("-", "_")
         self.calls_stream = f"FAAS_{token}_CALLS"
         self.dead_stream = f"FAAS_{token}_DEAD"
@@ -132,27 +136,42 @@ class Broker:
         except (OSError, nats.errors.Error) as exc:
             raise QueueUnavailable(f"cannot reach NATS at {self.url}: {exc!r}") from exc
         self._nc, self._js = nc, nc.jetstream()
+        try:
+            await self._make_streams()
+        except QueueUnavailable:
+            await nc.close()
+            self._nc = self._js = None
+            raise
+
+    async def _make_streams(self) -> None:
         async with self._mapped("make the streams"):
+            # A full queue refuses new calls; full dead letters drop their oldest.
             await self._ensure_stream(
-                self.calls_stream, f"{self.prefix}.call.>", RetentionPolicy.WORK_QUEUE
+                self.calls_stream, "call", RetentionPolicy.WORK_QUEUE, DiscardPolicy.NEW
             )
             await self._ensure_stream(
-                self.dead_stream, f"{self.prefix}.dead.>", RetentionPolicy.LIMITS
+                self.dead_stream, "dead", RetentionPolicy.LIMITS, DiscardPolicy.OLD
             )
 
-    async def _ensure_stream(self, name: str, subject: str, retention: RetentionPolicy) -> None:
+    async def _ensure_stream(
+        self, name: str, kind: str, retention: RetentionPolicy, discard: DiscardPolicy
+    ) -> None:
         config = StreamConfig(
             name=name,
-            subjects=[subject],
+            subjects=[f"{self.prefix}.{kind}.>"],
             retention=retention,
             storage=StorageType.FILE,
             duplicate_window=DUPLICATE_WINDOW,
             max_msg_size=-1,
+            max_bytes=self.max_bytes,
+            discard=discard,
         )
         try:
             await self.js.stream_info(name)
         except nats.js.errors.NotFoundError:
             await self.js.add_stream(config)
+        else:
+            await self.js.update_stream(config)  # a changed FAAS_ASYNC_MAX_QUEUE_BYTES
 
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
@@ -182,8 +201,14 @@ class Broker:
         headers = {CALL_HEADER: call.encode()}
         if new:
             headers["Nats-Msg-Id"] = call.id
-        async with self._mapped("store the call"):
+        try:
             await self.js.publish(self.subject(call.function, call.id, dead), body, headers=headers)
+        except nats.js.errors.APIError as exc:
+            if "maximum bytes" in str(exc.description) or exc.err_code == STREAM_FULL:
+                raise QueueFull(f"the queue holds {self.max_bytes} bytes already") from exc
+            raise QueueUnavailable(f"NATS ({self.url}) could not store the call: {exc!r}") from exc
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            raise QueueUnavailable(f"NATS ({self.url}) could not store the call: {exc!r}") from exc
 
     # --- consuming --------------------------------------------------------------
 
@@ -213,11 +238,20 @@ class Broker:
         except nats.errors.Error as exc:
             raise QueueUnavailable(f"NATS ({self.url}) could not fetch: {exc!r}") from exc
 
-    async def functions(self) -> list[str]:
-        """The functions with a consumer: those that ever had a call queued."""
+    async def functions(self, queued: bool = False) -> list[str]:
+        """The functions with a consumer (those that ever had a call queued), and
+        with `queued` those with calls in the queue (a consumer may not exist yet)."""
         async with self._mapped("list the consumers"):
             infos = await self.js.consumers_info(self.calls_stream)
-        return sorted(i.name.removeprefix("fn-") for i in infos if i.name.startswith("fn-"))
+            subjects = {}
+            if queued:
+                info = await self.js.stream_info(
+                    self.calls_stream, subjects_filter=f"{self.prefix}.call.>"
+                )
+                subjects = info.state.subjects or {}
+        names = {i.name.removeprefix("fn-") for i in infos if i.name.startswith("fn-")}
+        names |= {subject.split(".")[-2] for subject in subjects}
+        return sorted(names)
 
     async def depth(self, function: str) -> int:
         """Calls queued for `function`, delivered or not (in flight, waiting to retry)."""

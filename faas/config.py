@@ -229,6 +229,12 @@ class Settings(BaseSettings):
         le=32 << 20,
         description="Largest body of an asynchronous call, 413 above (it is stored in NATS).",
     )
+    async_max_queue_bytes: int = Field(
+        1 << 30,
+        ge=1 << 20,
+        description="Bytes the queue of asynchronous calls may hold (all functions); a call "
+        "past it is refused with 429. The dead letters hold as much, dropping their oldest.",
+    )
     async_concurrency: int = Field(
         10,
         ge=1,

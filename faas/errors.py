@@ -18,6 +18,7 @@
     ├── ProviderError(reason)             the engine failed or is unreachable
     ├── InvalidCallback(url, reason)      an X-Callback-Url refused (400)
     ├── QueueUnavailable(reason)          NATS unreachable (503)
+    ├── QueueFull(reason)                 the async queue is full (429)
     ├── CallNotFound(call_id)             no such queued or failed async call (404)
     ├── CallInFlight(call_id)             an async call being made cannot be changed (409)
     └── ApiError(status, message)         the management API refused (client side)
@@ -215,6 +216,10 @@ class InvalidCallback(FaasError):
 
 class QueueUnavailable(FaasError):
     """NATS (the queue of asynchronous calls) is unreachable or refused (503)."""
+
+
+class QueueFull(FaasError):
+    """The queue of asynchronous calls holds FAAS_ASYNC_MAX_QUEUE_BYTES already (429)."""
 
 
 class CallNotFound(FaasError):

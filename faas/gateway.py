@@ -48,6 +48,7 @@ from .errors import (
     NoRoom,
     PayloadTooLarge,
     ProviderError,
+    QueueFull,
     QueueUnavailable,
     RegistryUnreachable,
     TooManyRequests,
@@ -86,6 +87,7 @@ STATUS: dict[type[FaasError], int] = {
     GatewayTimeout: 504,
     InvalidCallback: 400,
     QueueUnavailable: 503,
+    QueueFull: 429,
     CallNotFound: 404,
     CallInFlight: 409,
 }
@@ -154,7 +156,9 @@ def build_app(
     api = ManagementApi(lifecycle, scaler, autoscaler, keys, settings)
     invoker = Invoker(lifecycle, scaler, keys, token, settings, throttle, proxy)
     openfaas = OpenFaasApi(lifecycle, scaler, autoscaler, settings, token, throttle, invoker.proxy)
-    broker = broker or Broker(settings.nats, settings.namespace, settings.async_ack_wait)
+    broker = broker or Broker(
+        settings.nats, settings.namespace, settings.async_ack_wait, settings.async_max_queue_bytes
+    )
     metrics = AsyncMetrics(lifecycle.metrics.registry)
     workers = Workers(broker, invoker, lifecycle, settings, metrics)
     calls = CallsApi(invoker, workers, settings.namespace)

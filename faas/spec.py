@@ -61,7 +61,7 @@ RESERVED_NAMES = frozenset(
         # Asynchronous calls (faas/calls_api.py) and their Traefik router
         "async-function", "calls", "retry", "faas-async",
         # The compose stack's services (docker-compose.yml)
-        "manager", "docker-proxy-traefik", "docker-proxy-manager", "egress",
+        "manager", "docker-proxy-traefik", "docker-proxy-manager", "egress", "nats",
     }
 )  # fmt: skip
 

@@ -183,10 +183,12 @@ class Workers:
                 logger.warning("{}; trying again", exc)
                 await asyncio.sleep(1.0)
         logger.info("asynchronous calls: NATS at {}", self.broker.url)
+        queued = True  # at first, calls queued by a gateway that died before it subscribed
         while True:
             try:
-                for name in await self.broker.functions():
+                for name in await self.broker.functions(queued):
                     self.ensure(name)
+                queued = False
                 await self._gauge()
             except QueueUnavailable as exc:
                 logger.warning("{}", exc)
