@@ -198,6 +198,17 @@ def test_a_failing_call_is_retried_then_dead_lettered(queued: Stack, receiver: R
     wait_for(lambda: len(calls_of(queued, name)) == 1, 10, "the call settled")
     (failed,) = calls_of(queued, name)
     assert (failed["id"], failed["state"], failed["attempts"]) == (always, "failed", 3)
+    metrics = requests.get(f"{queued.direct}/metrics", timeout=10).text
+    for line in (
+        f'faas_async_enqueued_total{{function="{name}"}} 2.0',
+        f'faas_async_attempts_total{{function="{name}",outcome="ok"}} 1.0',
+        f'faas_async_attempts_total{{function="{name}",outcome="failed"}} 5.0',
+        f'faas_async_retries_total{{function="{name}"}} 4.0',
+        f'faas_async_dead_letters_total{{function="{name}"}} 1.0',
+        f'faas_async_latency_seconds_count{{function="{name}"}} 2.0',
+        'faas_async_callbacks_total{outcome="sent"}',
+    ):
+        assert line in metrics, line
     assert failed["last_status"] == 500
     code, out, err = cli(queued, "calls", name)
     assert code == 0, err
