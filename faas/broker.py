@@ -229,6 +229,13 @@ class Broker:
                 config=config,
             )
 
+    async def unsubscribe(self, sub: JetStreamContext.PullSubscription) -> None:
+        """Forget a pull subscription (the durable consumer stays)."""
+        try:
+            await sub.unsubscribe()
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            logger.debug("NATS: unsubscribe: {!r}", exc)
+
     async def fetch(self, sub: JetStreamContext.PullSubscription, batch: int) -> list[Msg]:
         """Up to `batch` messages; [] when none came within PULL_WAIT."""
         try:

@@ -19,6 +19,7 @@ again: at least once, with the same X-Call-Id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -167,7 +168,7 @@ class Workers:
         self.engine_hosts = engine_hosts(os.environ.get("DOCKER_HOST"))
         self.in_flight: dict[str, Call] = {}
         self._loops: dict[str, asyncio.Task[None]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # attempts and settlements
         self._functions: dict[str, tuple[float, Function]] = {}
         self._client = httpx.AsyncClient(timeout=settings.callback_timeout, follow_redirects=False)
 
@@ -227,19 +228,24 @@ class Workers:
     async def _consume(self, name: str) -> None:
         sub = await self.broker.subscribe(name)
         running: set[asyncio.Task[None]] = set()
-        while True:
-            limit = await self._limit(name)
-            while len(running) >= limit:
-                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for msg in await self.broker.fetch(sub, limit - len(running)):
-                stored = received(msg)
-                wait = stored.call.not_before - time.time()
-                if wait > EARLY:  # a retry whose backoff has not passed
-                    await settle(msg, "nak", wait)
-                    continue
-                task = asyncio.create_task(self._attempt(msg, stored))
-                running.add(task)
-                task.add_done_callback(running.discard)
+        try:
+            while True:
+                limit = await self._limit(name)
+                while len(running) >= limit:
+                    await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for msg in await self.broker.fetch(sub, limit - len(running)):
+                    stored = received(msg)
+                    wait = stored.call.not_before - time.time()
+                    if wait > EARLY:  # a retry whose backoff has not passed
+                        await settle(msg, "nak", wait)
+                        continue
+                    task = asyncio.create_task(self._attempt(msg, stored))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                    self._tasks.add(task)  # for close()
+                    task.add_done_callback(self._tasks.discard)
+        finally:
+            await self.broker.unsubscribe(sub)
 
     async def function(self, name: str, serving: bool = False) -> Function:
         """`name` as read from the engine within FUNCTION_TTL; `serving`: read anew
@@ -274,9 +280,11 @@ class Workers:
         try:
             with logger.contextualize(call_id=call.id):
                 outcome = await self.make(call, stored.body)
-        except BaseException:
+        except BaseException:  # the gateway stops: the call goes back at once
             beat.cancel()
             self.in_flight.pop(call.id, None)
+            with contextlib.suppress(BaseException):
+                await settle(msg, "nak")
             raise
         task = asyncio.create_task(self._settle(msg, stored, outcome, beat))
         self._tasks.add(task)
