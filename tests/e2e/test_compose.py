@@ -150,7 +150,7 @@ def test_compose_stack(stack: Stack) -> None:
     )
     assert modes == {
         "traefik": "host", "manager": "host", "prometheus": "host", "egress": "host",
-        "docker-proxy-traefik": "none", "docker-proxy-manager": "none",
+        "nats": "host", "docker-proxy-traefik": "none", "docker-proxy-manager": "none",
     }  # fmt: skip
     (container,) = docker(
         "ps", "-q", "--filter", f"label=faas.namespace={stack.namespace}",
