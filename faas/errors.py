@@ -19,6 +19,11 @@
     ├── WakeFailed(name, reason, cause)   a stopped function did not start for a request
     ├── NoRoom(name, needed, free)        another replica would not fit into the host's memory
     ├── ProviderError(reason)             the engine failed or is unreachable
+    ├── InvalidCallback(url, reason)      an X-Callback-Url refused (400)
+    ├── QueueUnavailable(reason)          NATS unreachable (503)
+    ├── QueueFull(reason)                 the async queue is full (429)
+    ├── CallNotFound(call_id)             no such queued or failed async call (404)
+    ├── CallInFlight(call_id)             an async call being made cannot be changed (409)
     └── ApiError(status, message)         the management API refused (client side)
 
 Foreign exceptions (Docker SDK, HTTP clients) are translated into these at the
@@ -225,3 +230,42 @@ class NoRoom(FaasError):
 
     def detail(self) -> object:
         return {"function": self.name, "needed_bytes": self.needed, "free_bytes": self.free}
+
+
+class InvalidCallback(FaasError):
+    """An X-Callback-Url the platform will not call (malformed, or refused: SSRF) (400)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"X-Callback-Url {url!r}: {reason}")
+        self.url = url
+        self.reason = reason
+
+    def detail(self) -> object:
+        return {"field": "X-Callback-Url", "reason": self.reason}
+
+
+class QueueUnavailable(FaasError):
+    """NATS (the queue of asynchronous calls) is unreachable or refused (503)."""
+
+
+class QueueFull(FaasError):
+    """The queue of asynchronous calls holds FAAS_ASYNC_MAX_QUEUE_BYTES already (429)."""
+
+
+class CallNotFound(FaasError):
+    """No queued or failed asynchronous call has this id (404)."""
+
+    def __init__(self, call_id: str) -> None:
+        super().__init__(f"no queued or failed call {call_id!r}")
+        self.call_id = call_id
+
+    def detail(self) -> object:
+        return {"call": self.call_id}
+
+
+class CallInFlight(FaasError):
+    """The call is being made right now: it cannot be dropped or retried (409)."""
+
+    def __init__(self, call_id: str) -> None:
+        super().__init__(f"call {call_id!r} is in flight; try again when it has ended")
+        self.call_id = call_id

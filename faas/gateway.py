@@ -28,10 +28,14 @@ from starlette.routing import Route
 from . import auth
 from .api import ManagementApi
 from .autoscaler import Autoscaler
+from .broker import Broker
+from .calls_api import CallsApi
 from .config import Settings
 from .docker_provider import DockerProvider
 from .errors import (
     BuildFailed,
+    CallInFlight,
+    CallNotFound,
     DeployFailed,
     FaasError,
     Forbidden,
@@ -39,10 +43,13 @@ from .errors import (
     FunctionNotFound,
     GatewayTimeout,
     ImageNotFound,
+    InvalidCallback,
     InvalidSpec,
     NoRoom,
     PayloadTooLarge,
     ProviderError,
+    QueueFull,
+    QueueUnavailable,
     RegistryUnreachable,
     SecretExists,
     SecretInUse,
@@ -62,6 +69,7 @@ from .sampler import Sampler
 from .scaler import Scaler
 from .throttle import Throttle, client_address
 from .traefik import Drains, TraefikRouter
+from .worker import AsyncMetrics, Workers
 
 # One table from error type to HTTP status.
 STATUS: dict[type[FaasError], int] = {
@@ -83,6 +91,11 @@ STATUS: dict[type[FaasError], int] = {
     ProviderError: 503,
     WakeFailed: 503,
     GatewayTimeout: 504,
+    InvalidCallback: 400,
+    QueueUnavailable: 503,
+    QueueFull: 429,
+    CallNotFound: 404,
+    CallInFlight: 409,
 }
 
 # How long a caller should wait before retrying after a failed wake.
@@ -140,6 +153,7 @@ def build_app(
     scaler: Scaler | None = None,
     sampler: Sampler | None = None,
     proxy: Proxy | None = None,
+    broker: Broker | None = None,
 ) -> Starlette:
     settings = settings or Settings()
     scaler = scaler or Scaler(lifecycle, settings.scale_interval)
@@ -148,14 +162,21 @@ def build_app(
     api = ManagementApi(lifecycle, scaler, autoscaler, keys, settings)
     invoker = Invoker(lifecycle, scaler, keys, token, settings, throttle, proxy)
     openfaas = OpenFaasApi(lifecycle, scaler, autoscaler, settings, token, throttle, invoker.proxy)
+    broker = broker or Broker(
+        settings.nats, settings.namespace, settings.async_ack_wait, settings.async_max_queue_bytes
+    )
+    metrics = AsyncMetrics(lifecycle.metrics.registry)
+    workers = Workers(broker, invoker, lifecycle, settings, metrics)
+    calls = CallsApi(invoker, workers, settings.namespace)
     routes = [
         Route("/api/v1/healthz", api.healthz, methods=["GET"]),
         # Unguarded on the gateway's own (loopback) port; through Traefik only with the token.
         Route("/metrics", api.prometheus, methods=["GET"]),
         *(
             Route(r.path, admin(token, throttle, r.endpoint), methods=sorted(r.methods or ()))
-            for r in api.routes()
+            for r in [*api.routes(), *calls.admin_routes()]
         ),
+        *calls.invoke_routes(),
         # Before the invoker's: /function/{name}.{namespace} would match /function/{name}.
         *openfaas.routes(),
         *invoker.routes(),
@@ -172,7 +193,11 @@ def build_app(
             await lifecycle.recover()
         except FaasError as exc:
             logger.warning("could not look for unfinished starts: {}", exc)
-        tasks = [asyncio.create_task(scaler.run()), asyncio.create_task(autoscaler.run())]
+        tasks = [
+            asyncio.create_task(scaler.run()),
+            asyncio.create_task(autoscaler.run()),
+            asyncio.create_task(workers.run()),
+        ]
         if sampler is not None:
             tasks.append(asyncio.create_task(sampler.run()))
         try:
@@ -180,6 +205,7 @@ def build_app(
         finally:
             for task in tasks:
                 task.cancel()
+            await workers.close()
             await invoker.close()
 
     handlers: dict[int | type[Exception], Callable[[Request, Exception], Awaitable[Response]]]

@@ -23,6 +23,7 @@ from .config import Settings
 from .errors import Forbidden, FunctionNotFound, PayloadTooLarge, Unauthorized
 from .keys import Keys, presented_key
 from .lifecycle import Lifecycle
+from .provider import Function
 from .proxy import Proxy
 from .scaler import Scaler
 from .spec import NAME_RE, FunctionSpec, check_name
@@ -135,6 +136,15 @@ class Invoker:
         prefix = labels.function_path(name)
         raw = request.scope.get("raw_path") or request.url.path.encode()
         path = raw[len(prefix) :].decode("latin-1") or "/"
+        return await self.forward(function, request, path, rid, strip)
+
+    async def forward(
+        self, function: Function, request: Request, path: str, rid: str, strip: tuple[str, ...]
+    ) -> Response:
+        """Wake `function` if need be and send it `request` at `path`: the one way the
+        gateway calls a function (cold requests here, asynchronous calls in faas/worker.py)."""
+        name = function.spec.name
+        prefix = labels.function_path(name)
         arrived = time.monotonic()
         address, waited = await self.lifecycle.address(function)
         self.scaler.begin(name)

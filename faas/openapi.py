@@ -20,6 +20,36 @@ _KEY = {
     },
 }
 
+_CALL = {
+    "type": "object",
+    "required": ["id", "function", "state", "attempts"],
+    "properties": {
+        "id": {"type": "string"},
+        "function": {"type": "string"},
+        "state": {"enum": ["queued", "in-flight", "waiting", "failed"]},
+        "method": {"type": "string"},
+        "path": {"type": "string"},
+        "attempts": {"type": "integer"},
+        "last_error": {"type": ["string", "null"]},
+        "last_status": {"type": ["integer", "null"]},
+        "enqueued": {"type": "number"},
+        "not_before": {"type": ["number", "null"]},
+        "callback": {"type": ["string", "null"]},
+    },
+}
+_CALLS = {
+    "type": "object",
+    "properties": {
+        "function": {"type": "string"},
+        "queued": {"type": "integer"},
+        "calls": {"type": "array", "items": _CALL},
+    },
+}
+_ENQUEUED = {
+    "type": "object",
+    "properties": {"call_id": {"type": "string"}, "function": {"type": "string"}},
+}
+
 
 def _responses(ok: str, schema: Mapping[str, object] | None, *errors: int) -> dict[str, object]:
     out: dict[str, object] = {
@@ -75,6 +105,8 @@ def document() -> dict[str, object]:
     spec_ref = {"$ref": "#/components/schemas/FunctionSpec"}
     fn_ref = {"$ref": "#/components/schemas/Function"}
     name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    call_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    sub_path = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
     body = {"required": True, "content": {"application/json": {"schema": spec_ref}}}
     spec_schema = FunctionSpec.model_json_schema()
     function_schema = {
@@ -267,6 +299,48 @@ def document() -> dict[str, object]:
                     }
                     for method in AUTH_METHODS
                 },
+            },
+            "/api/v1/functions/{name}/calls": {
+                "parameters": [
+                    name,
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                ],
+                "get": {
+                    "summary": "Asynchronous calls: queued, in flight, waiting to retry, failed",
+                    "responses": _responses("200", _CALLS, 422, 503),
+                },
+            },
+            "/api/v1/calls/{id}/retry": {
+                "parameters": [call_id],
+                "post": {
+                    "summary": "Queue a failed call again (attempts anew), or a waiting one now",
+                    "responses": _responses("202", _CALL, 404, 409, 422, 503),
+                },
+            },
+            "/api/v1/calls/{id}": {
+                "parameters": [call_id],
+                "delete": {
+                    "summary": "Drop a queued or failed call",
+                    "responses": _responses("204", None, 404, 409, 422, 503),
+                },
+            },
+            **{
+                path: {
+                    "parameters": params,
+                    **{
+                        method: {
+                            "summary": "Queue a call of the function (202 + X-Call-Id); "
+                            "public, or its invoke key (docs/async.md)",
+                            "security": [],
+                            "responses": _responses("202", _ENQUEUED, 400, 403, 404, 413, 503),
+                        }
+                        for method in AUTH_METHODS
+                    },
+                }
+                for path, params in (
+                    ("/api/v1/async-function/{name}", [name]),
+                    ("/api/v1/async-function/{name}/{path}", [name, sub_path]),
+                )
             },
             "/api/v1/metrics": {
                 "get": {

@@ -93,7 +93,9 @@ FIELD_NAMES = {
 SECRET_FIELDS = frozenset({"name", "namespace", "value", "rawValue"})
 # Spec fields OpenFaaS cannot express: an update through this API keeps them
 # as they are (an invoke-key function must not turn public on `faas-cli deploy`).
-KEPT_ON_UPDATE = ("port", "command", "runtime", "gpus", "auth", "cap_add", "limits", "concurrency")
+KEPT_ON_UPDATE = (
+    "port", "command", "runtime", "gpus", "auth", "cap_add", "limits", "concurrency", "queue",
+)  # fmt: skip
 
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
 _UNITS = {

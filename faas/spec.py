@@ -60,8 +60,10 @@ RESERVED_NAMES = frozenset(
         "keys", "auth", "logs", "scale", "build", "pull", "load", "secrets",
         # The OpenFaaS API's routes (faas/openfaas.py) and its Traefik router
         "system", "scale-function", "info", "namespaces", "faas-system",
+        # Asynchronous calls (faas/calls_api.py) and their Traefik router
+        "async-function", "calls", "retry", "faas-async",
         # The compose stack's services (docker-compose.yml)
-        "manager", "docker-proxy-traefik", "docker-proxy-manager", "egress",
+        "manager", "docker-proxy-traefik", "docker-proxy-manager", "egress", "nats",
     }
 )  # fmt: skip
 
@@ -166,6 +168,20 @@ class Limits(BaseModel):
     )
 
 
+class Queue(BaseModel):
+    """How its asynchronous calls are made; unset ones take the platform defaults
+    (FAAS_ASYNC_CONCURRENCY, FAAS_ASYNC_MAX_ATTEMPTS)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    concurrency: int | None = Field(
+        None, ge=1, le=10_000, description="Asynchronous calls in flight at once."
+    )
+    max_attempts: int | None = Field(
+        None, ge=1, le=100, description="Attempts before a call goes to the dead letters."
+    )
+
+
 class FunctionSpec(BaseModel):
     """A function: an image plus how to run and route it."""
 
@@ -241,6 +257,8 @@ class FunctionSpec(BaseModel):
         if len(set(value)) > MAX_SECRETS_PER_FUNCTION:
             raise ValueError(f"at most {MAX_SECRETS_PER_FUNCTION} secrets")
         return sorted(set(value))
+
+    queue: Queue = Field(default_factory=Queue)
 
     @field_validator("cap_add")
     @classmethod

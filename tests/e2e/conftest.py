@@ -86,9 +86,9 @@ class Stack:
         self.namespace = f"e2e{suffix}"
         self.network = f"faas-{self.namespace}"
         # Traefik, the manager and Prometheus listen on these in the host's namespace.
-        ports = free_ports(5)
+        ports = free_ports(7)
         self.http_port, self.https_port, self.api_port, self.prometheus_port = ports[:4]
-        self.gateway_port = ports[4]
+        self.gateway_port, self.nats_port, self.nats_monitor_port = ports[4:]
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.compose = [*compose, "-p", self.project, "-f", str(COMPOSE_FILE)]
         self.env = {
@@ -100,6 +100,8 @@ class Stack:
             "FAAS_HTTPS_PORT": str(self.https_port),
             "FAAS_TRAEFIK_API_PORT": str(self.api_port),
             "FAAS_GATEWAY_PORT": str(self.gateway_port),
+            "FAAS_NATS_PORT": str(self.nats_port),
+            "FAAS_NATS_MONITOR_PORT": str(self.nats_monitor_port),
             "FAAS_STOP_TIMEOUT": "3",
             "FAAS_ACCESS_LOG": "true",
             "COMPOSE_PROFILES": "monitoring",

@@ -116,6 +116,17 @@ def test_compose_stack(stack: Stack) -> None:
         time.sleep(0.2)
     assert json.loads(cli(stack, "invoke", NAME, "/cli", "-d", "x"))["path"] == "/cli"
 
+    # An asynchronous call, queued in the `nats` service and made by the manager.
+    got = requests.post(f"{stack.url}/async-function/{NAME}/later", data=b"job", timeout=30)
+    assert got.status_code == 202, got.text
+    made = f'faas_async_attempts_total{{function="{NAME}",outcome="ok"}} 1.0'
+    deadline = time.monotonic() + 30
+    while made not in stack.api("GET", "/metrics").text or (
+        stack.api("GET", f"/functions/{NAME}/calls").json()["calls"] != []
+    ):
+        assert time.monotonic() < deadline, "the async call was not made (and acknowledged)"
+        time.sleep(0.2)
+
     # Isolation, tried from inside the function: its network has no member but
     # functions and lets none reach another; the manager listens on the host's
     # loopback, the socket proxies on Unix sockets in volumes of their own.
@@ -139,7 +150,7 @@ def test_compose_stack(stack: Stack) -> None:
     )
     assert modes == {
         "traefik": "host", "manager": "host", "prometheus": "host", "egress": "host",
-        "docker-proxy-traefik": "none", "docker-proxy-manager": "none",
+        "nats": "host", "docker-proxy-traefik": "none", "docker-proxy-manager": "none",
     }  # fmt: skip
     (container,) = docker(
         "ps", "-q", "--filter", f"label=faas.namespace={stack.namespace}",

@@ -75,12 +75,14 @@ class Stack:
         self.http_port = free_port()
         self.gateway_port = free_port()
         self.traefik_api_port = free_port()
+        self.nats_port = free_port()
         self.env = {
             **os.environ,
             "FAAS_NAMESPACE": self.namespace,
             "FAAS_STATE_DIR": str(state_dir),
             "FAAS_GATEWAY_PORT": str(self.gateway_port),
             "FAAS_TRAEFIK_API_PORT": str(self.traefik_api_port),
+            "FAAS_NATS_PORT": str(self.nats_port),
             "FAAS_READY_TIMEOUT": "8",
             "FAAS_STOP_TIMEOUT": "3",
             "FAAS_SCALE_INTERVAL": "0.3",

@@ -39,7 +39,7 @@ def own(engine: docker.DockerClient, state_dir: Path) -> Iterator[Stack]:
 
 
 def children(stack: Stack) -> dict[str, int]:
-    """`faas up`'s children by name (traefik, gateway), read from /proc."""
+    """`faas up`'s children by name (traefik, gateway, nats), read from /proc."""
     assert stack.process is not None
     pid = stack.process.pid
     found = {}
@@ -49,8 +49,11 @@ def children(stack: Stack) -> dict[str, int]:
         except FileNotFoundError:
             continue  # gone since
         name = (
-            "gateway" if b"uvicorn" in argv else "traefik" if argv[0].endswith(b"traefik") else ""
-        )
+            "gateway" if b"uvicorn" in argv
+            else "traefik" if argv[0].endswith(b"traefik")
+            else "nats" if argv[0].endswith(b"nats-server")
+            else ""
+        )  # fmt: skip
         if name:
             found[name] = int(child)
     return found

@@ -1,0 +1,129 @@
+"""The pure rules of asynchronous calls: the record, retries, backoff, callback URLs."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from faas.calls import (
+    Backoff,
+    Call,
+    async_call_id,
+    check_callback,
+    engine_hosts,
+    queued_headers,
+    retryable,
+)
+from faas.egress import parse_allow
+from faas.errors import InvalidCallback
+
+
+def test_a_call_round_trips_through_its_header() -> None:
+    call = Call(
+        id="abc",
+        function="fn",
+        method="PUT",
+        path="/a b/ü",
+        query="x=1&y=%20",
+        headers=[("X-A", "1"), ("X-A", "2"), ("Content-Type", "text/plain; charset=\u00e9")],
+        enqueued=1.5,
+        callback="https://example.com/hook",
+    )
+    text = call.encode()
+    assert text.isascii()
+    assert "\n" not in text
+    assert Call.decode(text) == call
+    again = call.retried("HTTP 503", 503, 9.0)
+    assert (again.attempts, again.last_error, again.last_status, again.not_before) == (
+        1,
+        "HTTP 503",
+        503,
+        9.0,
+    )
+    assert Call.decode(again.encode()) == again
+
+
+def test_the_call_id_is_the_callers_only_when_it_can_name_a_subject() -> None:
+    assert async_call_id("my-id_1") == "my-id_1"
+    for bad in ("a.b", "a*", "a>b", "", "x" * 129, None):
+        new = async_call_id(bad)
+        assert new != bad
+        assert len(new) == 32
+
+
+def test_queued_headers_drop_hop_by_hop_the_platforms_and_stripped_ones() -> None:
+    raw = [
+        (b"Connection", b"keep-alive"),
+        (b"Content-Length", b"3"),
+        (b"X-Call-Id", b"abc"),
+        (b"X-Callback-Url", b"http://x"),
+        (b"Authorization", b"Bearer k"),
+        (b"X-Kept", b"\xe9"),
+    ]
+    assert queued_headers(raw, ()) == [("Authorization", "Bearer k"), ("X-Kept", "é")]
+    assert queued_headers(raw, ("Authorization",)) == [("X-Kept", "é")]
+
+
+@pytest.mark.parametrize(
+    ("status", "again"),
+    [(429, True), (500, True), (503, True), (200, False), (400, False), (404, False)],
+)
+def test_429_and_5xx_are_retried_other_answers_are_final(status: int, again: bool) -> None:
+    assert retryable(status) is again
+
+
+def test_backoff_doubles_with_jitter_up_to_its_ceiling() -> None:
+    backoff = Backoff(1.0, 10.0, random.Random(7))  # noqa: S311 - jitter, not secrets
+    for attempts, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 10.0), (30, 10.0)]:
+        delays = [backoff.delay(attempts) for _ in range(200)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert max(delays) - min(delays) > ceiling / 4  # jittered, not fixed
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/hook",  # loopback
+        "http://[::1]:8080/hook",
+        "http://169.254.169.254/latest/meta-data",  # link-local: cloud metadata
+        "http://10.0.0.5/hook",  # private: the function network, the engine's bridges
+        "http://172.17.0.1:2375/containers/json",  # the engine on its bridge
+        "http://0.0.0.0/",
+        "http://localhost:8081/api/v1/functions",  # the platform itself, by name
+    ],
+)
+def test_callbacks_to_the_platform_loopback_link_local_or_private_are_refused(url: str) -> None:
+    with pytest.raises(InvalidCallback) as info:
+        check_callback(url, ())
+    assert "FAAS_CALLBACK_ALLOW" in info.value.reason
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://example.com/", "http:///path", "not a url", "http://x:99999/", "/relative"]
+)
+def test_malformed_callback_urls_are_refused(url: str) -> None:
+    with pytest.raises(InvalidCallback):
+        check_callback(url, ())
+
+
+def test_the_allow_list_opens_addresses_and_ports() -> None:
+    allow = parse_allow("127.0.0.1/32:8000-8100, 10.1.0.0/16")
+    assert check_callback("http://127.0.0.1:8050/x", allow) == "http://127.0.0.1:8050/x"
+    assert check_callback("http://10.1.2.3/x", allow)
+    with pytest.raises(InvalidCallback):
+        check_callback("http://127.0.0.1:9000/x", allow)  # not that port
+    with pytest.raises(InvalidCallback):
+        check_callback("http://10.2.0.1/x", allow)
+
+
+def test_a_public_address_is_fine_unless_the_engine_is_there() -> None:
+    assert check_callback("https://93.184.215.14/hook", ())
+    with pytest.raises(InvalidCallback):
+        check_callback("https://93.184.215.14/hook", (), refused_hosts=["93.184.215.14"])
+
+
+def test_the_engine_is_refused_when_reached_over_tcp() -> None:
+    assert engine_hosts("tcp://203.0.113.9:2376") == ("203.0.113.9",)
+    assert engine_hosts("unix:///var/run/docker.sock") == ()
+    assert engine_hosts(None) == ()
