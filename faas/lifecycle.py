@@ -5,7 +5,17 @@
     wake      single-flight: one start however many requests wait; drained
               until the container answers
     scale_down  drain -> stop -> unrouted -> undrain
+    pause     drain -> pause (cgroup freezer); the drain stays while it is paused, so
+              the proxy never sends a request to a frozen container (it would hang)
+    resume    single-flight as a wake: unpause -> answers -> undrain; the requests that
+              came meanwhile are forwarded by the gateway itself
     remove    retire every instance, wait until unrouted
+
+A paused function leaves the paused tier by a resume, a stop (at its idle
+timeout, or when more than FAAS_MAX_PAUSED are paused: the one paused the
+longest), a deploy or a removal; each thaws it first, and releases its drain
+once the proxy no longer routes to the frozen container. The gateway holds the
+paused functions' drains in `_paused`, rebuilt from the engine at its start.
 
 Blocking sequences hold a per-function lock and run in worker threads; the
 async layer (`wake`, `scale_down`, `address`) coordinates the requests that
@@ -98,6 +108,9 @@ class Lifecycle:
         self.metrics = metrics or Metrics()
         self.probe = probe
         self.starts: Counter[str] = Counter()  # wakes per function since the gateway started
+        self.resumes: Counter[str] = Counter()  # ... and resumes from the paused tier
+        # Paused functions whose drain this gateway holds -> when they were paused (monotonic).
+        self._paused: dict[str, float] = {}
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
         self._waking: dict[str, asyncio.Future[Function]] = {}
@@ -171,7 +184,9 @@ class Lifecycle:
                 self._restore_route(current)
                 raise
             if current:
+                self._thaw(current)
                 self._replace(spec, addresses, [i.id for i in current])
+            self._release(spec.name)
             logger.info("deployed {} ({}) at {}", spec.name, spec.image, ", ".join(addresses))
             return self.get(spec.name)
 
@@ -211,10 +226,12 @@ class Lifecycle:
             found = self.provider.instances(name)
             if not found:
                 raise FunctionNotFound(name)
+            self._thaw(found)
             for instance in found:
                 self._retire(instance.id)
             if self.router is not None:
                 self.router.unrouted(name)
+            self._release(name)
             logger.info("removed {}", name)
 
     def start(self, name: str, times: StartTimes | None = None) -> Function:
@@ -223,8 +240,12 @@ class Lifecycle:
             return self._start_serving(name, times)
 
     def _start_serving(self, name: str, times: StartTimes | None) -> Function:
-        """`start`, the function's lock held."""
-        instance = self._serving(name)
+        """`start` (or resume, when paused), the function's lock held."""
+        found = self._found(name)
+        paused = [i for i in found if i.state is State.PAUSED]
+        if paused:
+            return self._resume(name, paused, times or StartTimes())
+        instance = serving(found)
         if instance.state is State.INVALID:
             raise DeployFailed(name, instance.reason, Cause.INVALID)
         # The proxy routes a container as soon as it runs, before it
@@ -255,10 +276,17 @@ class Lifecycle:
             return self.get(name)
 
     def stop(self, name: str) -> None:
-        """Stop every running instance behind a drain: requests that arrive
-        meanwhile go to the gateway, which waits, then wakes the function.
+        """Stop every running (or paused) instance behind a drain: requests that
+        arrive meanwhile go to the gateway, which waits, then wakes the function.
         One stopped instance stays (the next wake starts it); the others go."""
-        with self._lock(name), self._drained(name):
+        with self._lock(name):
+            self._stop(name)
+
+    def _stop(self, name: str) -> None:
+        """`stop`, the function's lock held."""
+        with self._drained(name):
+            found = self.provider.instances(name)
+            self._thaw(found)  # SIGTERM reaches a frozen process only once it is thawed
             found = self.provider.instances(name)
             keep = serving(found) if found else None
             for instance in found:
@@ -269,6 +297,85 @@ class Lifecycle:
                     self._retire(instance.id)
             if self.router is not None:
                 self.router.unrouted(name)
+            self._release(name)
+
+    def pause(self, name: str) -> Function:
+        """Freeze the running replicas of `name`, memory kept, behind a drain that
+        stays until it leaves the paused tier; then, if more than FAAS_MAX_PAUSED
+        functions are paused, stop the ones paused the longest."""
+        with self._lock(name):
+            running = _ready(self._found(name))
+            if running:
+                self._pause(name, running)
+        self._evict()
+        return self.get(name)
+
+    def _pause(self, name: str, running: builtins.list[Instance]) -> None:
+        held = name in self._paused
+        self._paused[name] = time.monotonic()
+        try:
+            if self.router is not None and not held:
+                # Wait for it: a request the proxy sent to a frozen container would hang.
+                self.router.drain(name)
+            for instance in running:
+                self.provider.pause(instance.id)
+        except BaseException:
+            with contextlib.suppress(FaasError):
+                self._thaw(self.provider.instances(name))
+            self._release(name)
+            raise
+        logger.info("paused {} ({} replicas)", name, len(running))
+
+    def _evict(self) -> None:
+        """Stop the functions paused the longest, beyond FAAS_MAX_PAUSED."""
+        for name in policy.evictions(self._paused, self.settings.max_paused):
+            with self._lock(name):
+                if name not in self._paused:  # resumed or stopped meanwhile
+                    continue
+                self._stop(name)
+            self.metrics.scale_downs.labels("evicted").inc()
+            self.metrics.scale_events.labels("down", "evicted").inc()
+            logger.info(
+                "stopped {}: paused the longest, beyond FAAS_MAX_PAUSED={}",
+                name,
+                self.settings.max_paused,
+            )
+
+    def _resume(self, name: str, paused: builtins.list[Instance], times: StartTimes) -> Function:
+        """Thaw the paused replicas; once they answer, the proxy may route to them
+        again (the gateway forwards whatever the drain sent it meanwhile)."""
+        began = time.monotonic()
+        for instance in paused:
+            self.provider.unpause(instance.id)
+        times.started = time.monotonic() - began
+        try:
+            for instance in paused:
+                # A thawed server answers at once: probe first, ask the engine only if not.
+                address, path = instance.address, instance.spec.health_path
+                if not (address and self.probe(address, path)):
+                    self._wait_ready(instance.spec, instance.id, times)
+        except DeployFailed:
+            for instance in paused:
+                self._stop_failed(name, instance.id)
+            self._release(name)
+            raise
+        times.ready = time.monotonic() - began - times.started
+        self._release(name)
+        return self.get(name)
+
+    def _thaw(self, instances: Iterable[Instance]) -> None:
+        for instance in instances:
+            if instance.state is State.PAUSED:
+                self.provider.unpause(instance.id)
+
+    def _release(self, name: str) -> None:
+        """The function left the paused tier: drop the drain its pause held."""
+        if self._paused.pop(name, None) is not None and self.router is not None:
+            self.router.undrain(name)
+
+    def paused(self) -> builtins.list[str]:
+        """The functions this gateway holds paused."""
+        return sorted(self._paused)
 
     def scale_to(self, name: str, replicas: int, reason: str = "explicit") -> Function:
         """Run exactly `replicas` (>= 1) ready instances of `name`.
@@ -501,8 +608,22 @@ class Lifecycle:
     async def recover(self) -> builtins.list[str]:
         """At the gateway's start: finish, behind a drain, the starts of running
         functions that do not answer yet; returns their names."""
+        try:
+            functions = await run_in_threadpool(self.list)
+        except FaasError:
+            if self.router is not None:
+                self.router.drain_only(())
+            raise
+        # The paused functions' drains, rebuilt from the engine (the gateway may have
+        # crashed while they were paused); when each was paused is unknown now.
+        now = time.monotonic()
+        self._paused = {f.spec.name: now for f in functions if f.state is State.PAUSED}
+        if self.router is not None:
+            self.router.drain_only(list(self._paused))
+        if self._paused:
+            logger.info("paused: {}", ", ".join(sorted(self._paused)))
         unfinished = []
-        for fn in await run_in_threadpool(self.list):
+        for fn in functions:
             name = fn.spec.name
             if fn.state is not State.RUNNING or not fn.address or name in self._waking:
                 continue
@@ -524,6 +645,7 @@ class Lifecycle:
     async def _wake(self, name: str) -> Function:
         began = time.monotonic()
         times = StartTimes()
+        resuming = name in self._paused
         try:
             fn = await run_in_threadpool(self.start, name, times)
         except DeployFailed as exc:
@@ -533,15 +655,22 @@ class Lifecycle:
         except ProviderError:
             self.metrics.wake_failures.labels(Cause.ENGINE).inc()
             raise
+        took = (time.monotonic() - began) * 1000
+        if resuming:
+            self.resumes[name] += 1
+            self.metrics.resumes.labels(name).inc()
+            logger.info("resumed {} in {:.0f} ms", name, took)
+            return fn
         self.starts[name] += 1
         self.metrics.wakes.labels(name).inc()
         self.metrics.wake_phase.labels("start").observe(times.started)
         self.metrics.wake_phase.labels("ready").observe(times.ready)
-        logger.info("woke {} in {:.0f} ms", name, (time.monotonic() - began) * 1000)
+        logger.info("woke {} in {:.0f} ms", name, took)
         return fn
 
-    async def scale_down(self, name: str, reason: str = "explicit") -> None:
-        """Stop `name` without failing a request that arrives meanwhile.
+    async def scale_down(self, name: str, reason: str = "explicit", *, pause: bool = False) -> None:
+        """Stop (or `pause`) `name` without failing a request that arrives meanwhile:
+        such requests wait, then wake (or resume) it.
 
         `reason` ("idle" or "explicit") labels the scale-down metric."""
         if name in self._draining:
@@ -550,6 +679,10 @@ class Lifecycle:
         done = asyncio.Event()
         self._draining[name] = done
         try:
+            if pause:
+                await run_in_threadpool(self.pause, name)
+                self.metrics.pauses.labels(reason).inc()
+                return
             await run_in_threadpool(self.stop, name)
             self.metrics.scale_downs.labels(reason).inc()
             self.metrics.scale_events.labels("down", reason).inc()

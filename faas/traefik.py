@@ -169,8 +169,12 @@ class Drains:
             self._write()
 
     def clear(self) -> None:
+        self.only(())
+
+    def only(self, names: Iterable[str]) -> None:
+        """Drain exactly `names`, once each, in one write."""
         with self._lock:
-            self.names.clear()
+            self.names = Counter(set(names))
             self._write()
 
     def _write(self) -> None:
@@ -238,6 +242,10 @@ class TraefikRouter:
     def undrain(self, name: str) -> None:
         if self.drains is not None:
             self.drains.discard(name)
+
+    def drain_only(self, names: Collection[str]) -> None:
+        if self.drains is not None:
+            self.drains.only(names)
 
     def _servers(self, name: str) -> list[str] | None:
         """The service's server URLs, or None while Traefik has no such service."""

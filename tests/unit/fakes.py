@@ -106,6 +106,15 @@ class FakeProvider:
         if instance_id in self.items:
             self._set(instance_id, state=State.STOPPED, address=None, reason="scaled to zero")
 
+    def pause(self, instance_id: str) -> None:
+        self.calls.append(("pause", instance_id))
+        self._set(instance_id, state=State.PAUSED)
+
+    def unpause(self, instance_id: str) -> None:
+        self.calls.append(("unpause", instance_id))
+        if self.items[instance_id].state is State.PAUSED:
+            self._set(instance_id, state=State.RUNNING)
+
     def remove(self, instance_id: str) -> None:
         self.calls.append(("remove", instance_id))
         self.items.pop(instance_id, None)
@@ -190,6 +199,10 @@ class FakeRouter:
     def undrain(self, name: str) -> None:
         self.events.append(("undrain", name))
         self.drains[name] -= 1
+
+    def drain_only(self, names: Collection[str]) -> None:
+        self.events.append(("drain_only", ",".join(sorted(names))))
+        self.drains = Counter(set(names))
 
     def request_counts(self) -> dict[str, float]:
         return dict(self.counts)
