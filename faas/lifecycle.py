@@ -194,7 +194,13 @@ class Lifecycle:
         """Create and start one more instance of `spec` (recorded in `started`); its address."""
         instance = self.provider.create(spec)
         started.append(instance)
-        return self._start_and_wait(spec, instance.id)
+        # The gateway forwards the function's drained traffic (while it was paused or
+        # stopped, say) to its running instances: not to this one before it listens.
+        self._unready.add(instance.id)
+        try:
+            return self._start_and_wait(spec, instance.id)
+        finally:
+            self._unready.discard(instance.id)
 
     def _ensure_image(self, image: str) -> None:
         found = self.provider.image_labels(image)
