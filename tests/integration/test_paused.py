@@ -127,10 +127,10 @@ def test_stop_deploy_and_remove_of_a_paused_function(
 
     pause(stack, name)
     (old,) = stack.containers(engine, name)
-    assert stack.deploy(name, env={"NEW": "1"}).status_code == 200
+    assert stack.deploy(name, env={"ECHO_NEW": "1"}).status_code == 200
     assert state(stack, name) == "running"
     assert [c.id for c in stack.containers(engine, name)] != [old.id]
-    assert stack.invoke(name).json()["env"]["NEW"] == "1"
+    assert stack.invoke(name).json()["env"]["ECHO_NEW"] == "1"
     undrained(stack, name)
 
     pause(stack, name)

@@ -30,7 +30,7 @@ MISSING = "faas/missing:latest"  # an image no registry has
 
 
 class FakeProvider:
-    """Instances in a dict. `gate`, when set, blocks every start until it is set."""
+    """Instances in a dict. `gate`, when set, blocks every start (and unpause) until it is set."""
 
     def __init__(self) -> None:
         self.items: dict[str, Instance] = {}
@@ -112,6 +112,8 @@ class FakeProvider:
 
     def unpause(self, instance_id: str) -> None:
         self.calls.append(("unpause", instance_id))
+        if self.gate is not None:
+            assert self.gate.wait(5), "the test never opened the gate"
         if self.items[instance_id].state is State.PAUSED:
             self._set(instance_id, state=State.RUNNING)
 
