@@ -171,7 +171,16 @@ def deploy(
         typer.Option(min=1, help="Target requests in flight per replica (default 10)."),
     ] = None,
     idle_timeout: Annotated[
-        int | None, typer.Option(min=1, help="Seconds without traffic before it scales to zero.")
+        int | None,
+        typer.Option(min=0, help="Seconds without traffic before it scales to zero; 0: never."),
+    ] = None,
+    pause_timeout: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Seconds without traffic before it is paused (memory kept, resumes in tens "
+            "of ms); 0: never. Default: FAAS_PAUSE_TIMEOUT.",
+        ),
     ] = None,
     runtime: Annotated[
         str | None, typer.Option(help="OCI runtime: runc, crun, runsc, kata, nvidia...")
@@ -201,6 +210,7 @@ def deploy(
     flags = {
         "name": name, "port": port, "health_path": health_path, "min_scale": min_scale,
         "max_scale": max_scale, "concurrency": concurrency, "idle_timeout": idle_timeout,
+        "pause_timeout": pause_timeout,
         "runtime": runtime, "gpus": _parse_gpus(gpus),
         "command": shlex.split(command) if command else None,
         "auth": auth, "read_only": read_only, "cap_add": cap_add or None,

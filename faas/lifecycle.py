@@ -73,6 +73,8 @@ Probe = Callable[[str, str], bool]
 # then every this many, to notice a crash (or learn the address).
 INSPECT_EVERY = 10
 PROBE_PAUSE = 0.01
+# Pause attempts per instance (the engine's freezer can time out under load).
+PAUSE_ATTEMPTS = 3
 
 
 def http_probe(address: str, path: str) -> bool:
@@ -325,13 +327,26 @@ class Lifecycle:
                 # Wait for it: a request the proxy sent to a frozen container would hang.
                 self.router.drain(name)
             for instance in running:
-                self.provider.pause(instance.id)
+                self._freeze(instance.id)
         except BaseException:
             with contextlib.suppress(FaasError):
                 self._thaw(self.provider.instances(name))
             self._release(name)
             raise
         logger.info("paused {} ({} replicas)", name, len(running))
+
+    def _freeze(self, instance_id: str) -> None:
+        """Pause one instance; try again when the freezer gives up: runc fails with
+        "unable to freeze" when the cgroup does not settle in time, as on a busy host."""
+        for attempt in range(PAUSE_ATTEMPTS):
+            try:
+                self.provider.pause(instance_id)
+                return
+            except ProviderError as exc:
+                if attempt == PAUSE_ATTEMPTS - 1:
+                    raise
+                logger.info("pause of {} failed, trying again: {}", instance_id[:12], exc)
+                time.sleep(0.05)
 
     def _evict(self) -> None:
         """Stop the functions paused the longest, beyond FAAS_MAX_PAUSED."""
