@@ -177,19 +177,24 @@ class Lifecycle:
             current = self.provider.instances(spec.name)
             count = min(max(len(live(current)), spec.min_scale, 1), spec.max_scale)
             new: builtins.list[Instance] = []
-            try:
-                addresses = [self._start_new(spec, new) for _ in range(count)]
-                if self.router is not None:
-                    self.router.routed(spec, addresses)
-            except BaseException:
-                for instance in new:
-                    self._discard(instance.id)
-                self._restore_route(current)
-                raise
-            if current:
-                self._thaw(current)
-                self._replace(spec, addresses, [i.id for i in current])
-            self._release(spec.name)
+            # An update under traffic: the proxy routes each new instance as soon as it
+            # runs, before it listens (its retries do not cover a POST, and a slow start
+            # outlasts them), so the gateway takes the traffic meanwhile and forwards it
+            # to the instances that answer, as for a scale-up.
+            with self._drained(spec.name) if current else contextlib.nullcontext():
+                try:
+                    addresses = [self._start_new(spec, new) for _ in range(count)]
+                    if self.router is not None:
+                        self.router.routed(spec, addresses)
+                except BaseException:
+                    for instance in new:
+                        self._discard(instance.id)
+                    self._restore_route(current)
+                    raise
+                if current:
+                    self._thaw(current)
+                    self._replace(spec, addresses, [i.id for i in current])
+                self._release(spec.name)
             logger.info("deployed {} ({}) at {}", spec.name, spec.image, ", ".join(addresses))
             return self.get(spec.name)
 
