@@ -355,7 +355,7 @@ class Lifecycle:
 
     def _evict(self) -> None:
         """Stop the functions paused the longest, beyond FAAS_MAX_PAUSED."""
-        for name in policy.evictions(self._paused, self.settings.max_paused):
+        for name in policy.evictions(dict(self._paused), self.settings.max_paused):
             with self._lock(name):
                 if name not in self._paused:  # resumed or stopped meanwhile
                     continue
