@@ -505,6 +505,15 @@ def scale(
     typer.echo(f"{name}: {function['state']}, {_replicas(function)} replicas")
 
 
+@app.command()
+@reports_errors
+def pause(name: Annotated[str, typer.Argument(help="Function name.")]) -> None:
+    """Pause a running function now: its memory kept, its next request resumes it in tens
+    of ms; it is stopped at its idle timeout (see docs/scaling.md)."""
+    function = Connection.client().pause(name)
+    typer.echo(f"{name}: {function['state']}")
+
+
 keys_app = typer.Typer(help="Invoke keys of `--auth key` functions.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 

@@ -55,7 +55,7 @@ def test_a_paused_function_answers_its_next_requests_resumed_once(
 ) -> None:
     with stack.deployed("paused", env={"ECHO_X": "1"}) as name:
         assert stack.invoke(name).status_code == 200
-        assert pause(stack, name).json()["state"] == "paused"
+        assert cli(stack, "pause", name)[:2] == (0, f"{name}: paused\n")
         (container,) = stack.containers(engine, name)
         container.reload()
         assert container.status == "paused"
