@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -163,3 +164,18 @@ def test_an_idle_function_is_paused_then_stopped(
     clock.now += 30  # 100 s since its last traffic
     assert idle() == [("a", Step.STOP)]
     assert QUIET_WINDOW > 10
+
+
+def test_a_secret_update_replaces_a_paused_function_the_provider_cannot_reach(
+    provider: FakeProvider, router: FakeRouter, tmp_path: Path
+) -> None:
+    life = lifecycle(provider, router, state_dir=tmp_path)
+    provider.live_secrets = False
+    life.secrets.create("db", b"1")
+    old = life.deploy(spec("f", secrets=["db"])).container_id
+    life.pause("f")
+    assert life.update_secret("db", b"2") == ["f"]
+    fn = life.get("f")
+    assert (fn.state, fn.container_id != old) == (State.RUNNING, True)
+    assert provider.mounted == {"f": {"db": b"2"}}
+    assert router.drains["f"] == 0
