@@ -42,6 +42,7 @@ BURST = int(os.environ.get("BENCH_BURST", "100"))
 RUNTIME_RUNS = int(os.environ.get("BENCH_RUNTIME_RUNS", "10"))
 POPULATIONS = [int(n) for n in os.environ.get("BENCH_POPULATIONS", "0,100,500").split(",")]
 API_CALLS = int(os.environ.get("BENCH_API_CALLS", "10"))
+TIER_RUNS = int(os.environ.get("BENCH_TIER_RUNS", "20"))
 
 
 def free_port() -> int:
@@ -235,6 +236,50 @@ class Bench:
             "proxied by the gateway",
         )
 
+    def tiers(self) -> None:
+        """First byte from paused vs stopped vs warm, interleaved run by run (each
+        request on a new connection, as a caller's first): successful ones only."""
+        self.call("PUT", "/functions/tier", json={"image": IMAGE})
+        url = f"{self.base}/function/tier/"
+        samples: dict[str, list[float]] = {"paused": [], "stopped": [], "warm": []}
+        failed = 0
+        for _ in range(TIER_RUNS):
+            for tier in ("paused", "stopped", "warm"):
+                if tier == "paused":
+                    self.call("POST", "/functions/tier/pause")
+                elif tier == "stopped":
+                    self.call("POST", "/functions/tier/scale", json={"replicas": 0})
+                sent = time.perf_counter()
+                response = requests.get(url, timeout=30, stream=True)
+                ttfb = time.perf_counter() - sent
+                response.close()
+                if response.status_code == 200:
+                    samples[tier].append(ttfb)
+                else:
+                    failed += 1
+        note = f"n={TIER_RUNS} each, interleaved, new connection; {failed} non-200"
+        p50 = {tier: statistics.median(got) for tier, got in samples.items()}
+        for tier in ("paused", "stopped", "warm"):
+            got = samples[tier]
+            self.row(f"first byte from {tier}", ms(p50[tier]), ms(pct(got, 0.9)), note)
+        self.row("  ratio paused / stopped", f"{p50['paused'] / p50['stopped']:.2f}x", "",
+                 "median/median")  # fmt: skip
+        self.row("  ratio paused / warm", f"{p50['paused'] / p50['warm']:.2f}x", "",
+                 "median/median")  # fmt: skip
+        container = container_id(self.namespace, "tier")
+        requests.get(url, timeout=30)
+        self.call("POST", "/functions/tier/pause")
+        sent = time.time()
+        start = time.perf_counter()
+        with ThreadPoolExecutor(BURST) as pool:
+            codes = list(pool.map(lambda i: requests.get(f"{url}{i}", timeout=60).status_code,
+                                  range(BURST)))  # fmt: skip
+        wall = time.perf_counter() - start
+        self.row(f"{BURST} concurrent requests to a paused function", ms(wall), "",
+                 f"wall time; {count_events(container, sent, 'unpause')} unpause(s), "
+                 f"{sum(1 for c in codes if c != 200)} non-200")  # fmt: skip
+        self.call("DELETE", "/functions/tier")
+
     def runtimes(self) -> None:
         """Cold start per OCI runtime registered with the engine."""
         info = subprocess.run(
@@ -413,7 +458,17 @@ def count_events(container: str, since: float, event: str) -> int:
 
 def main() -> None:
     """All steps, or those named in BENCH_ONLY (`replicas`: the table of bench/replicas.py)."""
-    default = ["warm", "deploy", "cold", "burst", "runtimes", "population", "replicas", "async"]
+    default = [
+        "warm",
+        "deploy",
+        "cold",
+        "burst",
+        "tiers",
+        "runtimes",
+        "population",
+        "replicas",
+        "async",
+    ]
     names = os.environ["BENCH_ONLY"].split(",") if os.environ.get("BENCH_ONLY") else default
     if set(names) - {"replicas", "async"}:
         table = platform([n for n in names if n not in ("replicas", "async")])

@@ -71,6 +71,7 @@ class ManagementApi:
             Route("/api/v1/functions/{name}", self.delete_function, methods=["DELETE"]),
             Route("/api/v1/functions/{name}/logs", self.logs, methods=["GET"]),
             Route("/api/v1/functions/{name}/scale", self.scale, methods=["POST"]),
+            Route("/api/v1/functions/{name}/pause", self.pause, methods=["POST"]),
             Route("/api/v1/functions/{name}/build", self.build, methods=["POST"]),
             Route("/api/v1/functions/{name}/keys", self.create_key, methods=["POST"]),
             Route("/api/v1/keys/{kid}", self.revoke_key, methods=["DELETE"]),
@@ -177,6 +178,15 @@ class ManagementApi:
             raise InvalidSpec("replicas", 'send {"replicas": n}, n from 0 to its max_scale')
         function = await run_in_threadpool(self.lifecycle.get, name)
         await self.autoscaler.scale(function, replicas)
+        function = await run_in_threadpool(self.lifecycle.get, name)
+        return JSONResponse(function.to_json())
+
+    async def pause(self, request: Request) -> Response:
+        """Pause a running function now (the paused tier): its memory is kept, the
+        next request resumes it; it is stopped at its idle timeout."""
+        name = check_name(request.path_params["name"])
+        await run_in_threadpool(self.lifecycle.get, name)  # 404 before anything else
+        await self.lifecycle.scale_down(name, pause=True)
         function = await run_in_threadpool(self.lifecycle.get, name)
         return JSONResponse(function.to_json())
 

@@ -171,7 +171,16 @@ def deploy(
         typer.Option(min=1, help="Target requests in flight per replica (default 10)."),
     ] = None,
     idle_timeout: Annotated[
-        int | None, typer.Option(min=1, help="Seconds without traffic before it scales to zero.")
+        int | None,
+        typer.Option(min=0, help="Seconds without traffic before it scales to zero; 0: never."),
+    ] = None,
+    pause_timeout: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Seconds without traffic before it is paused (memory kept, resumes in tens "
+            "of ms); 0: never. Default: FAAS_PAUSE_TIMEOUT.",
+        ),
     ] = None,
     runtime: Annotated[
         str | None, typer.Option(help="OCI runtime: runc, crun, runsc, kata, nvidia...")
@@ -209,6 +218,7 @@ def deploy(
     flags = {
         "name": name, "port": port, "health_path": health_path, "min_scale": min_scale,
         "max_scale": max_scale, "concurrency": concurrency, "idle_timeout": idle_timeout,
+        "pause_timeout": pause_timeout,
         "runtime": runtime, "gpus": _parse_gpus(gpus),
         "command": shlex.split(command) if command else None,
         "auth": auth, "read_only": read_only, "cap_add": cap_add or None,
@@ -504,6 +514,15 @@ def scale(
     function's min_scale (at least 1) and max_scale."""
     function = Connection.client().scale(name, replicas)
     typer.echo(f"{name}: {function['state']}, {_replicas(function)} replicas")
+
+
+@app.command()
+@reports_errors
+def pause(name: Annotated[str, typer.Argument(help="Function name.")]) -> None:
+    """Pause a running function now: its memory kept, its next request resumes it in tens
+    of ms; it is stopped at its idle timeout (see docs/scaling.md)."""
+    function = Connection.client().pause(name)
+    typer.echo(f"{name}: {function['state']}")
 
 
 keys_app = typer.Typer(help="Invoke keys of `--auth key` functions.", no_args_is_help=True)

@@ -51,6 +51,9 @@ class Client:
         response = self._call("POST", f"/functions/{name}/scale", json={"replicas": replicas})
         return cast(JSON, response.json())
 
+    def pause(self, name: str) -> JSON:
+        return cast(JSON, self._call("POST", f"/functions/{name}/pause").json())
+
     def _events(self, response: requests.Response) -> Iterator[JSON]:
         for line in response.iter_lines():
             if line:

@@ -96,6 +96,20 @@ class Settings(BaseSettings):
     scale_interval: float = Field(
         5.0, gt=0, description="Seconds between checks for idle functions to scale to zero."
     )
+    pause_timeout: int = Field(
+        60,
+        ge=0,
+        description="Seconds without traffic before a scale-to-zero function is paused "
+        "(cgroup freezer: its memory kept, the next request resumes it in tens of ms), for "
+        "functions that set no pause_timeout; it is stopped at its idle_timeout. Only when "
+        "shorter than the idle_timeout; 0: no paused tier.",
+    )
+    max_paused: int = Field(
+        10,
+        ge=0,
+        description="Functions that may be paused at once (they keep their memory); pausing "
+        "one more stops the one paused the longest. 0: no paused tier.",
+    )
     autoscale_interval: float = Field(
         1.0, gt=0, description="Seconds between the autoscaler's reads of the load."
     )

@@ -109,7 +109,7 @@ class DockerProvider:
         if invalid:
             state, reason = State.INVALID, invalid
         address = None
-        if state is State.RUNNING:
+        if state in (State.RUNNING, State.PAUSED):
             nets = summary.get("NetworkSettings", {}).get("Networks", {})
             ip = nets.get(self.settings.function_network, {}).get("IPAddress")
             address = f"{ip}:{spec.port}" if ip else None
@@ -139,6 +139,8 @@ class DockerProvider:
             reason = _exit_reason(st)
         elif st["Status"] == "running":
             state, reason = State.RUNNING, ""
+        elif st["Status"] == "paused":
+            state, reason = State.PAUSED, "paused while idle"
         else:
             state, reason = State.STARTING, ""
         ip = attrs["NetworkSettings"]["Networks"].get(self.settings.function_network, {})
@@ -148,7 +150,7 @@ class DockerProvider:
             spec=spec,
             state=state,
             created=_parse_time(attrs["Created"]),
-            address=f"{ip}:{spec.port}" if ip and state is State.RUNNING else None,
+            address=f"{ip}:{spec.port}" if ip and state in (State.RUNNING, State.PAUSED) else None,
             reason=reason,
             oom_killed=bool(st.get("OOMKilled")),
         )
@@ -326,6 +328,18 @@ class DockerProvider:
         with _engine_errors(), contextlib.suppress(docker.errors.NotFound):
             self.client.api.stop(instance_id, timeout=int(timeout))
 
+    def pause(self, instance_id: str) -> None:
+        with _engine_errors():
+            self.client.api.pause(instance_id)
+
+    def unpause(self, instance_id: str) -> None:
+        with _engine_errors():
+            try:
+                self.client.api.unpause(instance_id)
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # "is not paused": what we wanted
+                    raise
+
     def remove(self, instance_id: str) -> None:
         with _engine_errors(), contextlib.suppress(docker.errors.NotFound):
             self.client.api.remove_container(instance_id, force=True)
@@ -493,6 +507,8 @@ def _state(summary: dict[str, Any]) -> tuple[State, str]:
     status = summary["State"]
     if status == "running":
         return State.RUNNING, ""
+    if status == "paused":
+        return State.PAUSED, "paused while idle"
     if status in ("created", "restarting"):
         return State.STARTING, ""
     if status == "exited":

@@ -228,8 +228,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     configure_logging(settings.log_level, settings.log_format)
     router: Router | None = None
     if settings.traefik_api:
+        # Its drains are rebuilt at the start (Lifecycle.recover): the paused functions'.
         drains = Drains(settings.dynamic_dir)
-        drains.clear()  # a drain left by a crash would keep traffic on the gateway
         router = TraefikRouter(settings.traefik_api, settings.ready_timeout, drains)
     provider: Provider = DockerProvider(settings)
     lifecycle = Lifecycle(provider, router, settings)

@@ -5,10 +5,20 @@
     wake      single-flight: one start however many requests wait; drained
               until the container answers
     scale_down  drain -> stop -> unrouted -> undrain
+    pause     drain -> pause (cgroup freezer); the drain stays while it is paused, so
+              the proxy never sends a request to a frozen container (it would hang)
+    resume    single-flight as a wake: unpause -> answers -> undrain; the requests that
+              came meanwhile are forwarded by the gateway itself
     remove    retire every instance, wait until unrouted
     secrets   a function's secrets exist before anything is made; the provider
               mounts them; a new value reaches the running instances (or they
               are replaced); a secret in use cannot be removed
+
+A paused function leaves the paused tier by a resume, a stop (at its idle
+timeout, or when more than FAAS_MAX_PAUSED are paused: the one paused the
+longest), a deploy or a removal; each thaws it first, and releases its drain
+once the proxy no longer routes to the frozen container. The gateway holds the
+paused functions' drains in `_paused`, rebuilt from the engine at its start.
 
 Blocking sequences hold a per-function lock and run in worker threads; the
 async layer (`wake`, `scale_down`, `address`) coordinates the requests that
@@ -29,6 +39,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Coroutine, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from loguru import logger
 from starlette.concurrency import run_in_threadpool
@@ -69,6 +80,8 @@ Probe = Callable[[str, str], bool]
 # then every this many, to notice a crash (or learn the address).
 INSPECT_EVERY = 10
 PROBE_PAUSE = 0.01
+# Pause attempts per instance (the engine's freezer can time out under load).
+PAUSE_ATTEMPTS = 3
 
 
 def http_probe(address: str, path: str) -> bool:
@@ -111,6 +124,9 @@ class Lifecycle:
         self.metrics = metrics or Metrics()
         self.probe = probe
         self.starts: Counter[str] = Counter()  # wakes per function since the gateway started
+        self.resumes: Counter[str] = Counter()  # ... and resumes from the paused tier
+        # Paused functions whose drain this gateway holds -> when they were paused (monotonic).
+        self._paused: dict[str, float] = {}
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
         self._waking: dict[str, asyncio.Future[Function]] = {}
@@ -178,18 +194,25 @@ class Lifecycle:
             old = self.secrets.values(_secrets_of(current), missing_ok=True)
             self.provider.mount_secrets(spec.name, {**old, **values})
             new: builtins.list[Instance] = []
-            try:
-                addresses = [self._start_new(spec, new) for _ in range(count)]
-                if self.router is not None:
-                    self.router.routed(spec, addresses)
-            except BaseException:
-                for instance in new:
-                    self._discard(instance.id)
-                self._restore_route(current)
-                self.provider.mount_secrets(spec.name, old)
-                raise
-            if current:
-                self._replace(spec, addresses, [i.id for i in current])
+            # An update under traffic: the proxy routes each new instance as soon as it
+            # runs, before it listens (its retries do not cover a POST, and a slow start
+            # outlasts them), so the gateway takes the traffic meanwhile and forwards it
+            # to the instances that answer, as for a scale-up.
+            with self._drained(spec.name) if current else contextlib.nullcontext():
+                try:
+                    addresses = [self._start_new(spec, new) for _ in range(count)]
+                    if self.router is not None:
+                        self.router.routed(spec, addresses)
+                except BaseException:
+                    for instance in new:
+                        self._discard(instance.id)
+                    self._restore_route(current)
+                    self.provider.mount_secrets(spec.name, old)
+                    raise
+                if current:
+                    self._thaw(current)
+                    self._replace(spec, addresses, [i.id for i in current])
+                self._release(spec.name)
             self.provider.mount_secrets(spec.name, values)
             logger.info("deployed {} ({}) at {}", spec.name, spec.image, ", ".join(addresses))
             return self.get(spec.name)
@@ -241,7 +264,8 @@ class Lifecycle:
                     continue
                 values = self.secrets.values(spec.secrets, missing_ok=True)
                 seen = self.provider.mount_secrets(name, values)
-            if not seen and live(found):
+            # A paused function is replaced too: its thawed processes would read the old value.
+            if not seen and (live(found) or any(i.state is State.PAUSED for i in found)):
                 self.deploy(spec)
             names.append(name)
         logger.info("updated secret {} (used by {})", secret, ", ".join(names) or "none")
@@ -299,11 +323,13 @@ class Lifecycle:
             found = self.provider.instances(name)
             if not found:
                 raise FunctionNotFound(name)
+            self._thaw(found)
             for instance in found:
                 self._retire(instance.id)
             self.provider.mount_secrets(name, {})
             if self.router is not None:
                 self.router.unrouted(name)
+            self._release(name)
             logger.info("removed {}", name)
 
     def start(self, name: str, times: StartTimes | None = None) -> Function:
@@ -312,8 +338,12 @@ class Lifecycle:
             return self._start_serving(name, times)
 
     def _start_serving(self, name: str, times: StartTimes | None) -> Function:
-        """`start`, the function's lock held."""
-        instance = self._serving(name)
+        """`start` (or resume, when paused), the function's lock held."""
+        found = self._found(name)
+        paused = [i for i in found if i.state is State.PAUSED]
+        if paused:
+            return self._resume(name, found, times or StartTimes())
+        instance = serving(found)
         if instance.state is State.INVALID:
             raise DeployFailed(name, instance.reason, Cause.INVALID)
         self._remount(instance.spec)
@@ -345,10 +375,17 @@ class Lifecycle:
             return self.get(name)
 
     def stop(self, name: str) -> None:
-        """Stop every running instance behind a drain: requests that arrive
-        meanwhile go to the gateway, which waits, then wakes the function.
+        """Stop every running (or paused) instance behind a drain: requests that
+        arrive meanwhile go to the gateway, which waits, then wakes the function.
         One stopped instance stays (the next wake starts it); the others go."""
-        with self._lock(name), self._drained(name):
+        with self._lock(name):
+            self._stop(name)
+
+    def _stop(self, name: str) -> None:
+        """`stop`, the function's lock held."""
+        with self._drained(name):
+            found = self.provider.instances(name)
+            self._thaw(found)  # SIGTERM reaches a frozen process only once it is thawed
             found = self.provider.instances(name)
             keep = serving(found) if found else None
             for instance in found:
@@ -359,6 +396,102 @@ class Lifecycle:
                     self._retire(instance.id)
             if self.router is not None:
                 self.router.unrouted(name)
+            self._release(name)
+
+    def pause(self, name: str) -> Function:
+        """Freeze the running replicas of `name`, memory kept, behind a drain that
+        stays until it leaves the paused tier; then, if more than FAAS_MAX_PAUSED
+        functions are paused, stop the ones paused the longest."""
+        with self._lock(name):
+            running = _ready(self._found(name))
+            if running:
+                self._pause(name, running)
+        self._evict()
+        return self.get(name)
+
+    def _pause(self, name: str, running: builtins.list[Instance]) -> None:
+        held = name in self._paused
+        self._paused[name] = time.monotonic()
+        try:
+            if self.router is not None and not held:
+                # Wait for it: a request the proxy sent to a frozen container would hang.
+                self.router.drain(name)
+            for instance in running:
+                self._freeze(instance.id)
+        except BaseException:
+            with contextlib.suppress(FaasError):
+                self._thaw(self.provider.instances(name))
+            self._release(name)
+            raise
+        logger.info("paused {} ({} replicas)", name, len(running))
+
+    def _freeze(self, instance_id: str) -> None:
+        """Pause one instance; try again when the freezer gives up: runc fails with
+        "unable to freeze" when the cgroup does not settle in time, as on a busy host."""
+        for attempt in range(PAUSE_ATTEMPTS):
+            try:
+                self.provider.pause(instance_id)
+                return
+            except ProviderError as exc:
+                if attempt == PAUSE_ATTEMPTS - 1:
+                    raise
+                logger.info("pause of {} failed, trying again: {}", instance_id[:12], exc)
+                time.sleep(0.05)
+
+    def _evict(self) -> None:
+        """Stop the functions paused the longest, beyond FAAS_MAX_PAUSED."""
+        for name in policy.evictions(dict(self._paused), self.settings.max_paused):
+            with self._lock(name):
+                if name not in self._paused:  # resumed or stopped meanwhile
+                    continue
+                self._stop(name)
+            self.metrics.scale_downs.labels("evicted").inc()
+            self.metrics.scale_events.labels("down", "evicted").inc()
+            logger.info(
+                "stopped {}: paused the longest, beyond FAAS_MAX_PAUSED={}",
+                name,
+                self.settings.max_paused,
+            )
+
+    def _resume(self, name: str, found: builtins.list[Instance], times: StartTimes) -> Function:
+        """Thaw the paused replicas; once they answer, the proxy may route to them
+        again (the gateway forwards whatever the drain sent it meanwhile)."""
+        paused = [i for i in found if i.state is State.PAUSED]
+        began = time.monotonic()
+        for instance in paused:
+            self.provider.unpause(instance.id)
+        times.started = time.monotonic() - began
+        try:
+            for instance in paused:
+                # A thawed server answers at once: probe first, ask the engine only if not.
+                address, path = instance.address, instance.spec.health_path
+                if not (address and self.probe(address, path)):
+                    self._wait_ready(instance.spec, instance.id, times)
+        except DeployFailed:
+            for instance in paused:
+                self._stop_failed(name, instance.id)
+            self._release(name)
+            raise
+        times.ready = time.monotonic() - began - times.started
+        self._release(name)
+        # What the engine would list now, without asking it (a list costs the wait ~5 ms).
+        thawed = {i.id for i in paused}
+        now = [replace(i, state=State.RUNNING) if i.id in thawed else i for i in found]
+        return function_of(now)
+
+    def _thaw(self, instances: Iterable[Instance]) -> None:
+        for instance in instances:
+            if instance.state is State.PAUSED:
+                self.provider.unpause(instance.id)
+
+    def _release(self, name: str) -> None:
+        """The function left the paused tier: drop the drain its pause held."""
+        if self._paused.pop(name, None) is not None and self.router is not None:
+            self.router.undrain(name)
+
+    def paused(self) -> builtins.list[str]:
+        """The functions this gateway holds paused."""
+        return sorted(self._paused)
 
     def scale_to(self, name: str, replicas: int, reason: str = "explicit") -> Function:
         """Run exactly `replicas` (>= 1) ready instances of `name`.
@@ -592,8 +725,22 @@ class Lifecycle:
     async def recover(self) -> builtins.list[str]:
         """At the gateway's start: finish, behind a drain, the starts of running
         functions that do not answer yet; returns their names."""
+        try:
+            functions = await run_in_threadpool(self.list)
+        except FaasError:
+            if self.router is not None:
+                self.router.drain_only(())
+            raise
+        # The paused functions' drains, rebuilt from the engine (the gateway may have
+        # crashed while they were paused); when each was paused is unknown now.
+        now = time.monotonic()
+        self._paused = {f.spec.name: now for f in functions if f.state is State.PAUSED}
+        if self.router is not None:
+            self.router.drain_only(list(self._paused))
+        if self._paused:
+            logger.info("paused: {}", ", ".join(sorted(self._paused)))
         unfinished = []
-        for fn in await run_in_threadpool(self.list):
+        for fn in functions:
             name = fn.spec.name
             if fn.state is not State.RUNNING or not fn.address or name in self._waking:
                 continue
@@ -615,6 +762,7 @@ class Lifecycle:
     async def _wake(self, name: str) -> Function:
         began = time.monotonic()
         times = StartTimes()
+        resuming = name in self._paused
         try:
             fn = await run_in_threadpool(self.start, name, times)
         except DeployFailed as exc:
@@ -624,15 +772,22 @@ class Lifecycle:
         except ProviderError:
             self.metrics.wake_failures.labels(Cause.ENGINE).inc()
             raise
+        took = (time.monotonic() - began) * 1000
+        if resuming:
+            self.resumes[name] += 1
+            self.metrics.resumes.labels(name).inc()
+            logger.info("resumed {} in {:.0f} ms", name, took)
+            return fn
         self.starts[name] += 1
         self.metrics.wakes.labels(name).inc()
         self.metrics.wake_phase.labels("start").observe(times.started)
         self.metrics.wake_phase.labels("ready").observe(times.ready)
-        logger.info("woke {} in {:.0f} ms", name, (time.monotonic() - began) * 1000)
+        logger.info("woke {} in {:.0f} ms", name, took)
         return fn
 
-    async def scale_down(self, name: str, reason: str = "explicit") -> None:
-        """Stop `name` without failing a request that arrives meanwhile.
+    async def scale_down(self, name: str, reason: str = "explicit", *, pause: bool = False) -> None:
+        """Stop (or `pause`) `name` without failing a request that arrives meanwhile:
+        such requests wait, then wake (or resume) it.
 
         `reason` ("idle" or "explicit") labels the scale-down metric."""
         if name in self._draining:
@@ -641,6 +796,10 @@ class Lifecycle:
         done = asyncio.Event()
         self._draining[name] = done
         try:
+            if pause:
+                await run_in_threadpool(self.pause, name)
+                self.metrics.pauses.labels(reason).inc()
+                return
             await run_in_threadpool(self.stop, name)
             self.metrics.scale_downs.labels(reason).inc()
             self.metrics.scale_events.labels("down", reason).inc()

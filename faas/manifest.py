@@ -5,7 +5,7 @@
     port, command, health_path, runtime, gpus               # as in the API
     secrets = ["db"]                                        # read at /var/openfaas/secrets/db
     [env]        KEY = "value"
-    [scaling]    min_scale, max_scale, concurrency, idle_timeout
+    [scaling]    min_scale, max_scale, concurrency, idle_timeout, pause_timeout
     [resources]  memory, cpus, pids, ulimits
 
 Paths are relative to the manifest's folder. Validation of the values themselves is
@@ -23,7 +23,7 @@ from .spec import FunctionSpec
 
 # The scaling fields sit in their own [scaling] table; every other spec field
 # is a top-level key (derived from the model, so a new field needs no edit here).
-SCALING_KEYS = frozenset({"min_scale", "max_scale", "concurrency", "idle_timeout"})
+SCALING_KEYS = frozenset({"min_scale", "max_scale", "concurrency", "idle_timeout", "pause_timeout"})
 SPEC_KEYS = frozenset(FunctionSpec.model_fields) - SCALING_KEYS
 SOURCE_KEYS = frozenset({"build", "lang"})
 

@@ -111,7 +111,17 @@ class Metrics:
             "faas_wake_failures", "Failed wakes by cause.", ["cause"], registry=r
         )
         self.scale_downs = Counter(
-            "faas_scale_downs", "Scale-downs to zero by reason.", ["reason"], registry=r
+            "faas_scale_downs",
+            "Scale-downs to zero (stopped) by reason (idle, explicit, evicted: beyond "
+            "FAAS_MAX_PAUSED).",
+            ["reason"],
+            registry=r,
+        )
+        self.pauses = Counter(
+            "faas_pauses", "Functions paused (the paused tier) by reason.", ["reason"], registry=r
+        )
+        self.resumes = Counter(
+            "faas_resumes", "Resumes from the paused tier by function.", ["function"], registry=r
         )
         self.scale_events = Counter(
             "faas_scale_events",

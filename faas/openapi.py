@@ -217,6 +217,14 @@ def document() -> dict[str, object]:
                     "responses": _responses("200", fn_ref, 404, 422, 503),
                 },
             },
+            "/api/v1/functions/{name}/pause": {
+                "parameters": [name],
+                "post": {
+                    "summary": "Pause a running function now (memory kept; the next request "
+                    "resumes it)",
+                    "responses": _responses("200", fn_ref, 404, 503),
+                },
+            },
             "/api/v1/functions/{name}/build": {
                 "parameters": [
                     name,

@@ -9,6 +9,7 @@ shows the limits in force). The engine only answers what it alone knows
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from . import labels
 from .config import Settings
@@ -149,3 +150,23 @@ def _go_seconds(raw: str) -> int:
         )
     hours, minutes, seconds = (int(g or 0) for g in match.groups())
     return hours * 3600 + minutes * 60 + seconds
+
+
+def idle_tiers(spec: FunctionSpec, settings: Settings) -> tuple[int, int]:
+    """Seconds without traffic before `spec` is paused, and before it is stopped
+    (0: never). A pause only where it comes before the stop, or there is no stop;
+    FAAS_MAX_PAUSED=0 turns the paused tier off everywhere."""
+    pause = settings.pause_timeout if spec.pause_timeout is None else spec.pause_timeout
+    stop = spec.idle_timeout
+    if not settings.max_paused or (stop and pause >= stop):
+        pause = 0
+    return pause, stop
+
+
+def evictions(paused: Mapping[str, float], bound: int) -> list[str]:
+    """The paused functions to stop so that at most `bound` stay paused: the ones
+    paused the longest (`paused`: name -> when it was paused), oldest first. A
+    paused function has served nothing since it was paused, so this is the least
+    recently used."""
+    oldest_first = sorted(paused, key=lambda name: (paused[name], name))
+    return oldest_first[: max(len(oldest_first) - bound, 0)]

@@ -26,6 +26,7 @@ class State(enum.StrEnum):
     RUNNING = "running"
     STOPPED = "stopped"
     STARTING = "starting"
+    PAUSED = "paused"  # frozen by the engine (cgroup freezer): memory kept, resumes in ms
     FAILED = "failed"
     INVALID = "invalid"  # its labels do not describe a valid function (hand-made, older version)
 
@@ -38,7 +39,7 @@ class Instance:
     spec: FunctionSpec  # for an INVALID instance, only name and image are meaningful
     state: State
     created: datetime
-    address: str | None = None  # "ip:port" on the function network, when running
+    address: str | None = None  # "ip:port" on the function network, when running or paused
     reason: str = ""  # why it is failed, stopped or invalid, when known
     oom_killed: bool = False  # the engine's flag: its last exit was an OOM kill
 
@@ -165,6 +166,12 @@ class Router(Protocol):
 
     def undrain(self, name: str) -> None: ...
 
+    def drain_only(self, names: Collection[str]) -> None:
+        """Drain exactly `names` (without waiting), forgetting every other drain: at
+        the gateway's start, a drain left by a crash would keep a function off the
+        warm path, and a paused function must stay drained."""
+        ...
+
     def request_counts(self) -> dict[str, float]:
         """Requests served so far per proxy service (`faas.labels.service_name`)."""
         ...
@@ -218,6 +225,14 @@ class Provider(Protocol):
 
     def stop(self, instance_id: str, timeout: float) -> None:
         """SIGTERM, then SIGKILL after `timeout` seconds; a gone instance is no error."""
+        ...
+
+    def pause(self, instance_id: str) -> None:
+        """Freeze every process of the running instance (its memory stays)."""
+        ...
+
+    def unpause(self, instance_id: str) -> None:
+        """Thaw a paused instance; a running one is no error."""
         ...
 
     def remove(self, instance_id: str) -> None:

@@ -57,7 +57,7 @@ RESERVED_NAMES = frozenset(
         "api", "dashboard", "ping", "prometheus", "rest", "noop", "acme-http",
         # The gateway's routes (/metrics, /function/..., /api/v1/...)
         "metrics", "function", "healthz", "openapi", "stats", "functions", "images",
-        "keys", "auth", "logs", "scale", "build", "pull", "load", "secrets",
+        "keys", "auth", "logs", "scale", "pause", "build", "pull", "load", "secrets",
         # The OpenFaaS API's routes (faas/openfaas.py) and its Traefik router
         "system", "scale-function", "info", "namespaces", "faas-system",
         # Asynchronous calls (faas/calls_api.py) and their Traefik router
@@ -217,7 +217,18 @@ class FunctionSpec(BaseModel):
         "when the average in flight is above it, removes them when below.",
     )
     idle_timeout: int = Field(
-        300, ge=1, le=7 * 24 * 3600, description="Seconds without traffic before scaling to zero."
+        300,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="Seconds without traffic before scaling to zero (stopped); 0: never "
+        "(a paused function then stays paused, unless the paused tier is full).",
+    )
+    pause_timeout: int | None = Field(
+        None,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="Seconds without traffic before pausing (memory kept, resumes in tens "
+        "of ms), when shorter than idle_timeout; 0: never paused; unset: FAAS_PAUSE_TIMEOUT.",
     )
     runtime: str | None = Field(
         None, description="OCI runtime registered with the engine (runc, crun, runsc, kata...)."

@@ -148,18 +148,28 @@ class Drains:
     waits until Traefik serves it, stops the container, and removes the router
     once Traefik has forgotten the container. The file is derived, not state:
     `faas up` clears it on start.
+
+    Each write gives the drain routers a higher priority than the last (the time
+    in ms): a drain is in force once Traefik shows its router with at least the
+    priority of the write that added it. Seeing the router alone is not enough:
+    an undrain and a drain soon after leave the router listed until Traefik
+    reloads the file, and a pause waiting only for that froze a container that
+    the proxy was about to route to again (the request then hung).
     """
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / "drains.yml"
         # Counted: a wake and an update may drain the same function at once.
         self.names: Counter[str] = Counter()
+        self.priority = DRAIN_PRIORITY  # of the last write
         self._lock = threading.Lock()
 
-    def add(self, name: str) -> None:
+    def add(self, name: str) -> int:
+        """Drain `name` (once more); the priority its router is in force with."""
         with self._lock:
             self.names[name] += 1
             self._write()
+            return self.priority
 
     def discard(self, name: str) -> None:
         with self._lock:
@@ -169,18 +179,23 @@ class Drains:
             self._write()
 
     def clear(self) -> None:
+        self.only(())
+
+    def only(self, names: Iterable[str]) -> None:
+        """Drain exactly `names`, once each, in one write."""
         with self._lock:
-            self.names.clear()
+            self.names = Counter(set(names))
             self._write()
 
     def _write(self) -> None:
+        self.priority = max(self.priority + 1, DRAIN_PRIORITY + time.time_ns() // 1_000_000)
         if not self.names:
             self.path.unlink(missing_ok=True)
             return
         routers = {
             drain_router(name): {
                 "rule": labels.function_rule(name),
-                "priority": DRAIN_PRIORITY,
+                "priority": self.priority,
                 "entryPoints": [labels.ENTRYPOINT],
                 "service": "faas-gateway",
             }
@@ -231,13 +246,17 @@ class TraefikRouter:
     def drain(self, name: str, *, wait: bool = True) -> None:
         if self.drains is None:
             return
-        self.drains.add(name)
+        priority = self.drains.add(name)
         if wait:
-            self.wait_router(f"{drain_router(name)}@file")
+            self.wait_router(f"{drain_router(name)}@file", priority)
 
     def undrain(self, name: str) -> None:
         if self.drains is not None:
             self.drains.discard(name)
+
+    def drain_only(self, names: Collection[str]) -> None:
+        if self.drains is not None:
+            self.drains.only(names)
 
     def _servers(self, name: str) -> list[str] | None:
         """The service's server URLs, or None while Traefik has no such service."""
@@ -270,17 +289,20 @@ class TraefikRouter:
         except ProviderError as exc:
             raise DeployFailed(spec.name, exc.message, Cause.ROUTE) from exc
 
-    def router_live(self, router: str) -> bool:
-        """True once Traefik serves the router (`name@provider`)."""
+    def router_live(self, router: str, priority: int = 0) -> bool:
+        """True once Traefik serves the router (`name@provider`), with at least `priority`."""
         try:
             response = self.session.get(f"{self.api_url}/api/http/routers/{router}", timeout=2)
         except requests.RequestException as exc:
             raise ProviderError(f"Traefik API unreachable at {self.api_url}") from exc
-        return response.status_code == 200 and response.json().get("status") == "enabled"
+        if response.status_code != 200:
+            return False
+        found = response.json()
+        return found.get("status") == "enabled" and int(found.get("priority", 0)) >= priority
 
-    def wait_router(self, router: str) -> None:
+    def wait_router(self, router: str, priority: int = 0) -> None:
         deadline = time.monotonic() + self.timeout
-        while not self.router_live(router):
+        while not self.router_live(router, priority):
             if time.monotonic() > deadline:
                 raise ProviderError(f"Traefik did not load router {router} in {self.timeout:g}s")
             time.sleep(0.02)

@@ -30,7 +30,7 @@ MISSING = "faas/missing:latest"  # an image no registry has
 
 
 class FakeProvider:
-    """Instances in a dict. `gate`, when set, blocks every start until it is set."""
+    """Instances in a dict. `gate`, when set, blocks every start (and unpause) until it is set."""
 
     def __init__(self) -> None:
         self.items: dict[str, Instance] = {}
@@ -114,6 +114,17 @@ class FakeProvider:
         self.calls.append(("stop", instance_id))
         if instance_id in self.items:
             self._set(instance_id, state=State.STOPPED, address=None, reason="scaled to zero")
+
+    def pause(self, instance_id: str) -> None:
+        self.calls.append(("pause", instance_id))
+        self._set(instance_id, state=State.PAUSED)
+
+    def unpause(self, instance_id: str) -> None:
+        self.calls.append(("unpause", instance_id))
+        if self.gate is not None:
+            assert self.gate.wait(5), "the test never opened the gate"
+        if self.items[instance_id].state is State.PAUSED:
+            self._set(instance_id, state=State.RUNNING)
 
     def remove(self, instance_id: str) -> None:
         self.calls.append(("remove", instance_id))
@@ -199,6 +210,10 @@ class FakeRouter:
     def undrain(self, name: str) -> None:
         self.events.append(("undrain", name))
         self.drains[name] -= 1
+
+    def drain_only(self, names: Collection[str]) -> None:
+        self.events.append(("drain_only", ",".join(sorted(names))))
+        self.drains = Counter(set(names))
 
     def request_counts(self) -> dict[str, float]:
         return dict(self.counts)

@@ -159,10 +159,14 @@ def test_rollout_replaces_the_old_instance_behind_a_drain(
     old = life.deploy(parse_spec({"name": "a", "image": "faas/echo:latest"}))
     new = life.deploy(parse_spec({"name": "a", "image": "faas/echo:latest", "env": {"V": "2"}}))
     assert [i.id for i in provider.instances("a")] == [new.container_id]
+    # Drained from the new one's start (the proxy would route it before it listens)
+    # until the proxy balances over the new one alone.
     assert router.events[1:] == [
+        ("drain", "a"),
         ("routed", "a", new.address, ""),
         ("drain", "a"),
         ("routed", "a", new.address, "only"),
+        ("undrain", "a"),
         ("undrain", "a"),
     ]
     stop_old = provider.calls.index(("stop", old.container_id))
@@ -179,7 +183,8 @@ def test_rollout_keeps_the_old_instance_when_the_new_one_fails_readiness(
     assert failed.value.logs == "the last lines"
     (kept,) = provider.instances("a")
     assert (kept.id, kept.state) == (old.container_id, State.RUNNING)
-    assert router.events[-1] == ("routed", "a", old.address, "only")  # its route restored
+    # Its route restored, then the drain the new one started behind goes.
+    assert router.events[-2:] == [("routed", "a", old.address, "only"), ("undrain", "a")]
 
 
 def test_rollout_keeps_the_old_instance_when_the_route_never_comes(
@@ -270,7 +275,8 @@ def test_a_start_cut_by_a_gateway_crash_is_finished_behind_a_drain(
     assert unfinished == ["a"]
     assert address == instance.address
     assert waited is not None
-    assert router.events == [("drain", "a"), ("undrain", "a")]
+    # No drain is left from before the restart (none was paused), then the start's own.
+    assert router.events == [("drain_only", ""), ("drain", "a"), ("undrain", "a")]
     assert provider.count("start") == 1  # only `add`'s: nothing was started again
 
 
@@ -280,7 +286,7 @@ def test_recover_leaves_answering_functions_alone(
     provider.add("a", State.RUNNING)
     provider.add("b")
     assert asyncio.run(life.recover()) == []
-    assert router.events == []
+    assert router.events == [("drain_only", "")]  # no drain left over from before
 
 
 def test_a_cut_start_that_never_answers_is_stopped(

@@ -10,7 +10,7 @@ import pytest
 from faas import labels
 from faas.provider import Instance, State
 from faas.sampler import Sampler
-from faas.scaler import QUIET_WINDOW, Scaler
+from faas.scaler import QUIET_WINDOW, Scaler, Step
 from faas.spec import FunctionSpec, parse_spec
 
 from .conftest import Clock
@@ -23,7 +23,8 @@ def scaler(provider: FakeProvider, router: FakeRouter, clock: Clock) -> Scaler:
 
 
 def idle(scaler: Scaler) -> list[str]:
-    return asyncio.run(scaler.idle())
+    """The functions due for a stop (the idle checks of the stopped tier)."""
+    return [name for name, step in asyncio.run(scaler.idle()) if step is Step.STOP]
 
 
 def spec(name: str, timeout: int = 60, min_scale: int = 0) -> FunctionSpec:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +120,23 @@ def test_functions_dial_fast_and_the_unreached_plugin_is_wired(tmp_path: Path) -
     source = tmp_path / "up" / "traefik" / traefik.PLUGINS / "src" / "faas" / "unreached"
     assert (source / "unreached.go").is_file()
     assert (source / ".traefik.yml").is_file()
+
+
+def test_each_drain_write_raises_the_priority_a_drain_waits_for(tmp_path: Path) -> None:
+    drains = traefik.Drains(tmp_path)
+
+    def routers() -> dict[str, dict[str, object]]:
+        return dict(json.loads(drains.path.read_text())["http"]["routers"])
+
+    first = drains.add("a")
+    assert routers()[traefik.drain_router("a")]["priority"] == first
+    assert first > traefik.DRAIN_PRIORITY
+    drains.discard("a")
+    assert not drains.path.exists()
+    second = drains.add("a")  # Traefik may still show the first router: not enough
+    assert second > first
+    drains.only(["b", "b", "c"])
+    assert sorted(routers()) == [traefik.drain_router("b"), traefik.drain_router("c")]
+    assert drains.names == {"b": 1, "c": 1}
+    drains.clear()
+    assert not drains.path.exists()
