@@ -15,6 +15,7 @@ class to HTTP status, applied by Starlette's exception handlers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -25,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import auth
+from . import auth, traefik
 from .api import ManagementApi
 from .autoscaler import Autoscaler
 from .config import Settings
@@ -195,7 +196,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_format)
     router: Router | None = None
+    keys = Keys.from_settings(settings)
     if settings.traefik_api:
+        keys.publish = functools.partial(traefik.publish_keys, settings)
+        keys.publish(keys.revoked())
         drains = Drains(settings.dynamic_dir)
         drains.clear()  # a drain left by a crash would keep traffic on the gateway
         router = TraefikRouter(settings.traefik_api, settings.ready_timeout, drains)
@@ -205,4 +209,4 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifecycle, lifecycle.metrics, settings.stats_interval, settings.stats_concurrency
     )
     token = auth.admin_token(settings)
-    return build_app(lifecycle, token, Keys.from_settings(settings), settings, sampler=sampler)
+    return build_app(lifecycle, token, keys, settings, sampler=sampler)

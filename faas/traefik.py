@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
+import os
 import re
 import shutil
 import string
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import requests
 
-from . import labels
+from . import auth, labels
 from .config import Settings, host_port, local_host
 from .errors import Cause, DeployFailed, ProviderError
 from .provider import Traffic
@@ -134,6 +136,42 @@ def render_config(settings: Settings) -> Path:
     install_plugins(out)
     Drains(settings.dynamic_dir).clear()
     return out / "traefik.yml"
+
+
+# The invoke key middleware (the local plugin faas/keys, named by each key
+# function's router: faas/labels.py) is declared in its own dynamic file, which
+# the gateway rewrites when a key is revoked. The plugin reads the signing
+# secret from a copy in Traefik's working directory (<state dir>/traefik, the
+# same place under `faas up` and compose), readable by Traefik's group in the
+# compose stack (docker-compose.yml), never from the configuration: Traefik's
+# API shows middlewares' configuration.
+KEYS_FILE = "keys.yml"
+SECRET_COPY = "signing-key"  # noqa: S105 - a file name
+
+
+def publish_keys(settings: Settings, revoked: Collection[str]) -> None:
+    """Write the secret's copy for Traefik, then the middleware with the revoked kids."""
+    workdir = settings.state_dir.resolve() / "traefik"
+    workdir.mkdir(parents=True, exist_ok=True)
+    copy = workdir / SECRET_COPY
+    secret = auth.secret_file(settings.signing_key_file)
+    tmp = copy.with_name(f".{copy.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    os.chmod(tmp, 0o640)  # whatever the umask
+    tmp.replace(copy)
+    config = {
+        "secretFile": SECRET_COPY,  # relative to Traefik's working directory
+        "authUrl": settings.forward_auth_url.rstrip("/"),
+        "failureWindow": math.ceil(settings.auth_failure_window),
+        "revoked": sorted(revoked),
+    }
+    middleware = {"keys": {"plugin": {"keys": config}}}
+    settings.dynamic_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # JSON is YAML.
+    text = json.dumps({"http": {"middlewares": middleware}}, indent=1)
+    write_whole(settings.dynamic_dir / KEYS_FILE, text)
 
 
 DRAIN_PRIORITY = 100_000
