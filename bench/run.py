@@ -4,8 +4,9 @@ Starts its own `faas up` (own namespace, free ports), prints one markdown
 table, writes it to bench/results.md and removes everything it created.
 Figures are medians (and p90) over repeated runs on this machine; they are
 for the docs, not for CI assertions. Then bench/replicas.py (its own `faas up`)
-measures replicas and autoscaling into bench/results-replicas.md; BENCH_ONLY
-picks steps, e.g. BENCH_ONLY=warm,replicas.
+measures replicas and autoscaling into bench/results-replicas.md, and
+bench/warmpath.py the warm path's budget into bench/results-warmpath.md;
+BENCH_ONLY picks steps, e.g. BENCH_ONLY=warm,replicas,warmpath.
 """
 
 from __future__ import annotations
@@ -43,10 +44,27 @@ POPULATIONS = [int(n) for n in os.environ.get("BENCH_POPULATIONS", "0,100,500").
 API_CALLS = int(os.environ.get("BENCH_API_CALLS", "10"))
 
 
+# BENCH_PORTS=18400-18499: ports from that range only (beside other tenants'
+# fixed ranges); BENCH_NAMESPACE: the namespace, instead of a random one.
+PORTS = os.environ.get("BENCH_PORTS", "")
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    low, _, high = PORTS.partition("-")
+    candidates = range(int(low), int(high) + 1) if PORTS else [0]
+    for port in candidates:
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = int(s.getsockname()[1])
+            _handed_out.add(port)
+            return port
+    raise AssertionError(f"no free port in {PORTS}")
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -61,7 +79,7 @@ def ms(seconds: float) -> str:
 class Bench:
     def __init__(self, settings: dict[str, str] | None = None) -> None:
         """`faas up` in a namespace of its own; `settings` (FAAS_* variables) override."""
-        self.namespace = "bench" + secrets.token_hex(3)
+        self.namespace = os.environ.get("BENCH_NAMESPACE") or "bench" + secrets.token_hex(3)
         self.port = free_port()
         env = {
             **os.environ,
@@ -410,17 +428,23 @@ def count_events(container: str, since: float, event: str) -> int:
 
 
 def main() -> None:
-    """All steps, or those named in BENCH_ONLY (`replicas`: the table of bench/replicas.py)."""
-    default = ["warm", "deploy", "cold", "burst", "runtimes", "population", "replicas"]
+    """All steps, or those named in BENCH_ONLY (`replicas`, `warmpath`: the tables of
+    bench/replicas.py and bench/warmpath.py)."""
+    default = ["warm", "deploy", "cold", "burst", "runtimes", "population", "replicas", "warmpath"]
     names = os.environ["BENCH_ONLY"].split(",") if os.environ.get("BENCH_ONLY") else default
-    if set(names) - {"replicas"}:
-        table = platform([n for n in names if n != "replicas"])
+    own = [n for n in names if n not in ("replicas", "warmpath")]
+    if own:
+        table = platform(own)
         if names == default:  # a partial run must not replace the full table
             Path(__file__).with_name("results.md").write_text(table + "\n")
     if "replicas" in names:
         import replicas  # imports this module: at call time, not at import time
 
         replicas.main()
+    if "warmpath" in names:
+        import warmpath
+
+        warmpath.main()
 
 
 def platform(names: list[str]) -> str:

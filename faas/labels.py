@@ -95,11 +95,6 @@ def read_spec(labels: dict[str, str]) -> tuple[FunctionSpec, str]:
         return stand_in, reason
 
 
-# The middleware (a local plugin, traefik/plugins-local/src/faas/unreached)
-# that answers 502 instead of 504 when Traefik got no connection to the
-# container, e.g. one that has just died.
-UNREACHED = "unreached@file"
-
 # Headers that carry an invoke key; removed before a request reaches a function.
 KEY_HEADERS = ("Authorization", "X-Faas-Key")
 # The middleware (a local plugin, traefik/plugins-local/src/faas/keys) that
@@ -144,16 +139,17 @@ def traefik_labels(spec: FunctionSpec, network: str) -> dict[str, str]:
 
     Names are validated against ^[a-z][a-z0-9-]*$ before they get here, so
     nothing in the rule comes from user input unescaped. Middlewares run in
-    order: abuse limits, the key check, body size, 502 for an unreachable
-    container (the `unreached` plugin, declared in traefik/gateway.yml), retry,
-    prefix strip.
+    order: abuse limits, the key check, body size, retry, prefix strip. The
+    web entrypoint's own middleware (the callid plugin) comes before them all:
+    the X-Call-Id, and 502 rather than 504 for a container Traefik could not
+    connect to.
     """
     router = router_name(spec.name)
     path = function_path(spec.name)
     limits, limit_out = limit_labels(spec)
     auth = auth_labels(spec)
     body, body_out = body_limit_labels(spec)
-    chain = [*limits, *auth, *body, UNREACHED, f"{router}-retry", f"{router}-strip"]
+    chain = [*limits, *auth, *body, f"{router}-retry", f"{router}-strip"]
     return {
         **limit_out,
         **body_out,

@@ -60,8 +60,8 @@ def test_traefik_labels_route_the_function_path_only() -> None:
     assert rule == "Path(`/function/hello`) || PathPrefix(`/function/hello/`)"
     assert got["traefik.http.middlewares.fn-hello-strip.stripprefix.prefixes"] == "/function/hello"
     chain = got["traefik.http.routers.fn-hello.middlewares"].split(",")
-    # 502 for an unreachable container sees the last retry's answer.
-    assert chain == ["unreached@file", "fn-hello-retry", "fn-hello-strip"]
+    # The entrypoint's callid plugin (502 for an unreachable container) is outermost.
+    assert chain == ["fn-hello-retry", "fn-hello-strip"]
     assert got["traefik.http.middlewares.fn-hello-retry.retry.attempts"] == "3"
     assert got["traefik.http.services.fn-hello.loadbalancer.server.port"] == "9000"
     assert got["traefik.http.routers.fn-hello.entrypoints"] == "web"
@@ -71,8 +71,7 @@ def test_key_functions_get_the_key_plugin_and_nothing_else() -> None:
     spec = FunctionSpec(name="hello", image="echo", auth="key")
     got = labels.traefik_labels(spec, "net")
     chain = got["traefik.http.routers.fn-hello.middlewares"].split(",")
-    # The key check's own request to the gateway (refusals only) is outside `unreached`.
-    assert chain == ["keys@file", "unreached@file", "fn-hello-retry", "fn-hello-strip"]
+    assert chain == ["keys@file", "fn-hello-retry", "fn-hello-strip"]
     # Declared once in the dynamic configuration: no secret, path or URL in labels.
     assert not any("keys" in k or "forwardauth" in k or "nokey" in k for k in got)
     public = labels.traefik_labels(FunctionSpec(name="hello", image="echo"), "net")

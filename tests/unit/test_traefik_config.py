@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from faas import labels, traefik
+from faas import traefik
 from faas.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,20 +102,26 @@ def test_latency_buckets_fit_functions(tmp_path: Path) -> None:
         assert buckets[-1] >= 60
 
 
-def test_functions_dial_fast_and_the_unreached_plugin_is_wired(tmp_path: Path) -> None:
-    """Both modes: a 100 ms dial timeout for functions, the `unreached` plugin
-    declared, its middleware defined where function labels point, its source shipped."""
+def test_functions_dial_fast_and_the_plugins_are_wired(tmp_path: Path) -> None:
+    """Both modes: a 250 ms dial timeout for functions; the callid plugin (call ids,
+    and 502 for an unreachable backend) on the web entrypoint and the keys plugin
+    declared, their source shipped; `unreached@file`, which older functions' labels
+    name, still defined."""
     up = yaml.safe_load(traefik.render_config(settings(tmp_path / "up")).read_text())
     values = traefik.compose_values(settings(tmp_path), 443)
     compose = rendered(ROOT / "traefik" / "compose.yml", values, tmp_path)
     for static in (up, compose):
         assert static["serversTransport"]["forwardingTimeouts"]["dialTimeout"] == "250ms"
         plugins = static["experimental"]["localPlugins"]
-        assert plugins["unreached"] == {"moduleName": "faas/unreached"}
+        assert plugins == {
+            "callid": {"moduleName": "faas/callid"},
+            "keys": {"moduleName": "faas/keys"},
+        }
+        assert static["entryPoints"]["web"]["http"]["middlewares"] == ["callid@file"]
     gateway = rendered(ROOT / "traefik" / "gateway.yml", values, tmp_path)
-    name, provider = labels.UNREACHED.split("@")
-    assert provider == "file"
-    assert gateway["http"]["middlewares"][name] == {"plugin": {"unreached": {}}}
-    source = tmp_path / "up" / "traefik" / traefik.PLUGINS / "src" / "faas" / "unreached"
-    assert (source / "unreached.go").is_file()
-    assert (source / ".traefik.yml").is_file()
+    assert gateway["http"]["middlewares"]["callid"] == {"plugin": {"callid": {}}}
+    assert gateway["http"]["middlewares"]["unreached"] == {"headers": {}}
+    for plugin in ("callid", "keys"):
+        source = tmp_path / "up" / "traefik" / traefik.PLUGINS / "src" / "faas" / plugin
+        assert (source / f"{plugin}.go").is_file()
+        assert (source / ".traefik.yml").is_file()

@@ -38,6 +38,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -63,7 +64,21 @@ type keys struct {
 	config  *Config
 	secret  []byte // nil: every request goes to the gateway
 	revoked map[string]bool
+	// Keys whose signature checked out, so a client's next request with the
+	// same key costs a map lookup instead of an HMAC (interpreted code is slow).
+	signed  sync.Map // key -> signedKey
+	nSigned int64    // entries in signed, atomically
 }
+
+// signedKey is what a well-signed key says; scope, expiry and revocation are
+// checked at every request.
+type signedKey struct {
+	kid      string
+	function string
+	expires  int64 // Unix seconds; 0: never
+}
+
+const maxSigned = 10000
 
 // The clients the gateway refused lately, and until when their requests go
 // to it. Package state: Traefik builds new middlewares at every configuration
@@ -71,6 +86,7 @@ type keys struct {
 var (
 	suspectsMu sync.Mutex
 	suspects   = map[string]time.Time{}
+	nSuspects  int64 // len(suspects), read without the lock
 	lastClean  time.Time
 	client     = &http.Client{Timeout: 30 * time.Second}
 )
@@ -94,13 +110,12 @@ func New(_ context.Context, next http.Handler, config *Config, _ string) (http.H
 
 func (k *keys) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	name := functionName(req.URL.Path)
-	address := clientKey(req.RemoteAddr)
-	if name != "" && !suspect(address) && k.valid(name, presented(req.Header)) {
+	if k.allowed(name, presented(req.Header)) && !suspect(req.RemoteAddr) {
 		dropKeys(req.Header)
 		k.next.ServeHTTP(rw, req)
 		return
 	}
-	k.askGateway(rw, req, name, address)
+	k.askGateway(rw, req, name)
 }
 
 // functionName is <name> of /function/<name>[/...].
@@ -132,32 +147,58 @@ func dropKeys(h http.Header) {
 	h.Del("X-Faas-Key")
 }
 
-// valid is true when `key` may invoke `function` (faas/keys.py, Keys.check).
-func (k *keys) valid(function, key string) bool {
-	if key == "" || len(key) > maxKeyChars {
+// allowed is true when `key` may invoke `function` (faas/keys.py, Keys.check).
+func (k *keys) allowed(function, key string) bool {
+	if key == "" || function == "" {
 		return false
+	}
+	sk, ok := k.lookup(key)
+	if !ok {
+		return false
+	}
+	if sk.function != function || k.revoked[sk.kid] {
+		return false
+	}
+	return sk.expires == 0 || sk.expires > time.Now().Unix()
+}
+
+// lookup is what a well-signed key says; ok is false for any other key.
+func (k *keys) lookup(key string) (signedKey, bool) {
+	found, ok := k.signed.Load(key)
+	if ok {
+		return found.(signedKey), true
+	}
+	return k.verify(key)
+}
+
+// verify checks a key's form and signature, and remembers a good one.
+func (k *keys) verify(key string) (signedKey, bool) {
+	if k.secret == nil || len(key) > maxKeyChars {
+		return signedKey{}, false
 	}
 	parts := strings.Split(key, ".")
-	if len(parts) != 5 || parts[0] != "fk1" || parts[2] != function {
-		return false
-	}
-	if k.secret == nil {
-		return false
+	if len(parts) != 5 || parts[0] != "fk1" {
+		return signedKey{}, false
 	}
 	cut := strings.LastIndexByte(key, '.')
 	mac := hmac.New(sha256.New, k.secret)
 	mac.Write([]byte(key[:cut]))
 	want := base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
 	if !hmac.Equal([]byte(want), []byte(key[cut+1:])) {
-		return false
+		return signedKey{}, false
 	}
+	sk := signedKey{kid: parts[1], function: parts[2]}
 	if parts[3] != "0" {
 		expires, err := strconv.ParseInt(parts[3], 10, 64)
-		if err != nil || expires <= time.Now().Unix() {
-			return false
+		if err != nil || expires <= 0 {
+			return signedKey{}, false
 		}
+		sk.expires = expires
 	}
-	return !k.revoked[parts[1]]
+	if atomic.AddInt64(&k.nSigned, 1) <= maxSigned {
+		k.signed.Store(key, sk)
+	}
+	return sk, true
 }
 
 // clientKey is the address the gateway's throttle counts a client under: an
@@ -178,11 +219,21 @@ func clientKey(remote string) string {
 	return (&net.IPNet{IP: ip.Mask(mask), Mask: mask}).String()
 }
 
-func suspect(address string) bool {
+// suspect is true while the gateway wants to see the client's requests.
+func suspect(remote string) bool {
+	if atomic.LoadInt64(&nSuspects) == 0 {
+		return false
+	}
+	address := clientKey(remote)
 	suspectsMu.Lock()
 	defer suspectsMu.Unlock()
 	until, ok := suspects[address]
-	return ok && time.Now().Before(until)
+	if ok && !time.Now().Before(until) {
+		delete(suspects, address)
+		atomic.StoreInt64(&nSuspects, int64(len(suspects)))
+		return false
+	}
+	return ok
 }
 
 // refused notes that the gateway refused `client`: its requests go to the
@@ -206,6 +257,7 @@ func (k *keys) refused(address string, retryAfter string) {
 	if len(suspects) < maxSuspects {
 		suspects[address] = now.Add(wait)
 	}
+	atomic.StoreInt64(&nSuspects, int64(len(suspects)))
 }
 
 // Headers of the gateway's answer not to copy to the caller's.
@@ -214,8 +266,10 @@ var hopHeaders = map[string]bool{"Connection": true, "Content-Length": true, "Tr
 // askGateway does what forwardAuth did for every request: a GET of
 // <authUrl>/<name> with the caller's headers; a 2xx lets the request on
 // (without its key headers), anything else is the caller's answer.
-func (k *keys) askGateway(rw http.ResponseWriter, req *http.Request, name, address string) {
-	check, err := http.NewRequestWithContext(req.Context(), http.MethodGet, k.config.AuthURL+"/"+name, nil)
+func (k *keys) askGateway(rw http.ResponseWriter, req *http.Request, name string) {
+	// Not the request's context: the callid middleware traces that one's
+	// connections, and a connection to the gateway is none to the function.
+	check, err := http.NewRequest(http.MethodGet, k.config.AuthURL+"/"+name, nil)
 	if err != nil || name == "" {
 		http.Error(rw, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
 		return
@@ -246,7 +300,7 @@ func (k *keys) askGateway(rw http.ResponseWriter, req *http.Request, name, addre
 		k.next.ServeHTTP(rw, req)
 		return
 	}
-	k.refused(address, answer.Header.Get("Retry-After"))
+	k.refused(clientKey(req.RemoteAddr), answer.Header.Get("Retry-After"))
 	for key, values := range answer.Header {
 		if !hopHeaders[key] {
 			rw.Header()[key] = values
