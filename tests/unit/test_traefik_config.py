@@ -120,7 +120,7 @@ def test_functions_dial_fast_and_the_plugins_are_wired(tmp_path: Path) -> None:
         assert static["entryPoints"]["web"]["http"]["middlewares"] == ["callid@file"]
     gateway = rendered(ROOT / "traefik" / "gateway.yml", values, tmp_path)
     assert gateway["http"]["middlewares"]["callid"] == {"plugin": {"callid": {}}}
-    assert gateway["http"]["middlewares"]["unreached"] == {"headers": {}}
+    assert set(gateway["http"]["middlewares"]["unreached"]) == {"headers"}
     for plugin in ("callid", "keys"):
         source = tmp_path / "up" / "traefik" / traefik.PLUGINS / "src" / "faas" / plugin
         assert (source / f"{plugin}.go").is_file()
