@@ -164,7 +164,11 @@ def publish_keys(settings: Settings, revoked: Collection[str]) -> None:
     config = {
         "secretFile": SECRET_COPY,  # relative to Traefik's working directory
         "authUrl": settings.forward_auth_url.rstrip("/"),
-        "failureWindow": math.ceil(settings.auth_failure_window),
+        # How long a client the gateway refused is sent to it again (its
+        # throttle's window); 0 with the throttle off.
+        "failureWindow": math.ceil(settings.auth_failure_window)
+        if settings.auth_max_failures
+        else 0,
         "revoked": sorted(revoked),
     }
     middleware = {"keys": {"plugin": {"keys": config}}}

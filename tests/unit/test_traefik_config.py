@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from faas import traefik
+from faas import labels, traefik
 from faas.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,3 +126,33 @@ def test_functions_dial_fast_and_the_plugins_are_wired(tmp_path: Path) -> None:
         source = tmp_path / "up" / "traefik" / traefik.PLUGINS / "src" / "faas" / plugin
         assert (source / f"{plugin}.go").is_file()
         assert (source / ".traefik.yml").is_file()
+
+
+def test_the_key_plugin_gets_a_copy_of_the_secret_and_the_revoked_kids(tmp_path: Path) -> None:
+    """The middleware's configuration (shown by Traefik's API) names the secret's
+    file, relative to Traefik's working directory, never the secret itself."""
+    s = settings(tmp_path / "state", auth_url="http://127.0.0.1:9/api/v1/auth/")
+    traefik.publish_keys(s, {"0123456789ab", "ba9876543210"})
+    secret = s.signing_key_file.read_text().strip()
+    copy = s.state_dir / "traefik" / traefik.SECRET_COPY
+    assert copy.read_text().strip() == secret
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o640  # Traefik's group reads it (compose)
+    text = (s.dynamic_dir / traefik.KEYS_FILE).read_text()
+    assert secret not in text
+    declared = yaml.safe_load(text)["http"]["middlewares"]["keys"]
+    assert declared == {
+        "plugin": {
+            "keys": {
+                "secretFile": "signing-key",
+                "authUrl": "http://127.0.0.1:9/api/v1/auth",
+                "failureWindow": 60,
+                "revoked": ["0123456789ab", "ba9876543210"],
+            }
+        }
+    }
+    assert labels.KEYS == "keys@file"
+    # With the throttle off the plugin never holds back a refused client.
+    traefik.publish_keys(settings(tmp_path / "state", auth_max_failures=0), set())
+    again = yaml.safe_load((s.dynamic_dir / traefik.KEYS_FILE).read_text())
+    assert again["http"]["middlewares"]["keys"]["plugin"]["keys"]["failureWindow"] == 0
+    assert copy.read_text().strip() == secret  # the same secret, not a new one

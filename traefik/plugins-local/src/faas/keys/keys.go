@@ -16,7 +16,8 @@
 // The gateway's throttle refuses even a right key from a locked-out client.
 // This middleware learns of lockouts from the gateway's answers: after any
 // refusal, a client's requests all go to the gateway for `failureWindow`
-// seconds (the throttle's window) or its Retry-After, whichever is longer.
+// seconds (the throttle's window; 0 when it is off) or its Retry-After,
+// whichever is longer.
 //
 // The secret is read from `secretFile` when Traefik builds the middleware;
 // until it exists every request goes to the gateway. The revoked kids come in
@@ -242,6 +243,9 @@ func (k *keys) refused(address string, retryAfter string) {
 	wait := time.Duration(k.config.FailureWindow) * time.Second
 	if secs, err := strconv.Atoi(retryAfter); err == nil && time.Duration(secs)*time.Second > wait {
 		wait = time.Duration(secs) * time.Second
+	}
+	if wait <= 0 {
+		return // the throttle is off
 	}
 	now := time.Now()
 	suspectsMu.Lock()
