@@ -191,6 +191,12 @@ async def _not_allowed(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": f"method {request.method} not allowed", "detail": None}, 405)
 
 
+def _publish_keys(settings: Settings, router: TraefikRouter, revoked: frozenset[str]) -> None:
+    """Give Traefik's key check the revoked kids, and wait until it uses them."""
+    traefik.publish_keys(settings, revoked)
+    router.wait_revoked(revoked)
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """The app uvicorn serves: settings from FAAS_*, the Docker provider."""
     settings = settings or Settings()
@@ -198,11 +204,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     router: Router | None = None
     keys = Keys.from_settings(settings)
     if settings.traefik_api:
-        keys.publish = functools.partial(traefik.publish_keys, settings)
-        keys.publish(keys.revoked())
         drains = Drains(settings.dynamic_dir)
         drains.clear()  # a drain left by a crash would keep traffic on the gateway
         router = TraefikRouter(settings.traefik_api, settings.ready_timeout, drains)
+        traefik.publish_keys(settings, keys.revoked())
+        keys.publish = functools.partial(_publish_keys, settings, router)
     provider: Provider = DockerProvider(settings)
     lifecycle = Lifecycle(provider, router, settings)
     sampler = Sampler(

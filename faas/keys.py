@@ -62,6 +62,7 @@ class Keys:
         # Told the revoked kids after each revocation: Traefik's key check
         # (faas/traefik.py, publish_keys) takes them from its configuration.
         self.publish = publish
+        self._publishing = threading.Lock()  # one publication at a time, in order
         self._revoked_file = revoked_file
         self._clock = clock
         self._lock = threading.Lock()
@@ -113,7 +114,8 @@ class Keys:
                 os.fsync(f.fileno())
             self._revoked_stamp = None
         if self.publish is not None:
-            self.publish(self.revoked())
+            with self._publishing:
+                self.publish(self.revoked())
 
     def revoked(self) -> frozenset[str]:
         """The revoked kids, re-read only when the file changes (several gateways may share it)."""

@@ -327,6 +327,24 @@ class TraefikRouter:
                 raise ProviderError(f"Traefik did not load router {router} in {self.timeout:g}s")
             time.sleep(0.02)
 
+    def wait_revoked(self, kids: Collection[str]) -> None:
+        """Return once Traefik's key check has the revoked `kids` in force (its API shows
+        the configuration of the handlers it serves with): a revocation then holds
+        from the next request, as the gateway's own check."""
+        url = f"{self.api_url}/api/http/middlewares/{labels.KEYS}"
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                response = self.session.get(url, timeout=2)
+            except requests.RequestException as exc:
+                raise ProviderError(f"Traefik API unreachable at {self.api_url}") from exc
+            config = response.json().get("plugin", {}).get("keys", {}) if response.ok else {}
+            if set(kids) <= set(config.get("revoked") or ()):
+                return
+            if time.monotonic() > deadline:
+                raise ProviderError(f"Traefik did not load the revocation in {self.timeout:g}s")
+            time.sleep(0.02)
+
     def metrics_text(self) -> str:
         """Traefik's Prometheus exposition (served on its internal entrypoint)."""
         try:

@@ -296,7 +296,7 @@ def test_traefik_checks_valid_keys_itself_and_learns_revocations(
     stack: Stack, keyed: tuple[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A valid key passes Traefik's keys plugin without a word to the gateway; a
-    revocation reaches the plugin through its configuration within a second."""
+    revocation holds from the next request after the API answered."""
     name, _ = keyed
     assert scale(stack, name, 1) == "running"
     issued = new_key(stack, name)
@@ -308,13 +308,12 @@ def test_traefik_checks_valid_keys_itself_and_learns_revocations(
         assert "x-faas-key" not in got.json()["headers"]
     assert key_checks(stack) == before  # not one request went to the gateway
     revoked_at = time.monotonic()
+    # The API answers once Traefik's key check has the revocation in force.
     assert stack.api("DELETE", f"/keys/{issued['kid']}").status_code == 204
-    wait_for(lambda: stack.invoke(name, "/ok", headers=headers).status_code == 403, 5,
-             "Traefik to refuse the revoked key")  # fmt: skip
     took = time.monotonic() - revoked_at
     with capsys.disabled():
-        print(f"\nrevocation -> 403 through Traefik: {took * 1000:.0f} ms")
-    assert took < 1.0
+        print(f"\nrevocation -> in force in Traefik: {took * 1000:.0f} ms")
+    assert took < 2.0
     got = stack.invoke(name, "/ok", headers=headers)
     assert (got.status_code, got.json()["error"]) == (403, f"key {issued['kid']} has been revoked")
     assert key_checks(stack).get("refused", 0) > before.get("refused", 0)
