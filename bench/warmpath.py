@@ -37,8 +37,8 @@ from faas.config import Settings
 
 IMAGE = os.environ.get("FAAS_ECHO_IMAGE", "faas/echo:latest")
 CLIENTS = int(os.environ.get("BENCH_CLIENTS", "16"))
-SECONDS = int(os.environ.get("BENCH_WARMPATH_SECONDS", "5"))
-ROUNDS = int(os.environ.get("BENCH_WARMPATH_ROUNDS", "3"))
+SECONDS = int(os.environ.get("BENCH_WARMPATH_SECONDS", "4"))
+ROUNDS = int(os.environ.get("BENCH_WARMPATH_ROUNDS", "5"))
 RESULTS = Path(__file__).resolve().parent / "results-warmpath.md"
 PINNED = {"min_scale": 1, "max_scale": 1}  # the autoscaler must not add a replica mid-run
 # A limit no run reaches: the middleware's cost, not its effect.
@@ -49,8 +49,9 @@ UNREACHED_RATE = 1_000_000
 VARIANTS: dict[str, list[str]] = {
     "bare": [],
     "call id and 502 (callid plugin)": ["callid@file"],
-    "retry": ["retry"],
+    "retry (3 attempts)": ["retry"],
     "rate limit": ["rate"],
+    "rate limit at the old default (1000/s, burst 2000)": ["rate1000"],
     "in-flight limit": ["inflight"],
     "strip prefix": ["strip"],
     "key: forwardAuth to the gateway": ["forwardauth", "nokey"],
@@ -231,6 +232,7 @@ def variants_config(address: str, gateway: str) -> dict[str, object]:
     middlewares = {
         "retry": {"retry": {"attempts": 3, "initialInterval": "50ms"}},
         "rate": {"rateLimit": {"average": UNREACHED_RATE, "burst": UNREACHED_RATE}},
+        "rate1000": {"rateLimit": {"average": 1000, "burst": 2000}},
         "inflight": {"inFlightReq": {"amount": 100_000}},
         "strip": {"stripPrefix": {"prefixes": ["/function/kf"]}},
         "forwardauth": {"forwardAuth": {"address": f"{gateway}/api/v1/auth/kf"}},
