@@ -133,8 +133,8 @@ func functionName(path string) string {
 
 // presented is the key a caller sent: X-Faas-Key, else Authorization: Bearer.
 func presented(h http.Header) string {
-	if key := strings.TrimSpace(h.Get("X-Faas-Key")); key != "" {
-		return key
+	if key := h.Get("X-Faas-Key"); key != "" {
+		return strings.TrimSpace(key) // "" for spaces only: no key, as in faas/keys.py
 	}
 	scheme, value, _ := strings.Cut(h.Get("Authorization"), " ")
 	if strings.EqualFold(scheme, "bearer") {
