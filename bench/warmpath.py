@@ -14,6 +14,10 @@ BENCH_WARMPATH_ROUNDS):
    variant the successful requests per second and the CPU that Traefik spent
    per successful request (its /proc/<pid>/stat), against the bare route.
 
+All of it in one alternation: each round runs the three of (1) back to back and
+every variant of (2), in an order rotated from round to round, so that other
+tenants of the machine weigh on all of them alike.
+
 Writes bench/results-warmpath.md; removes everything it created.
 """
 
@@ -115,42 +119,64 @@ class WarmPath:
         self.address = str(bench.call("GET", "/functions/pub")["address"])
         self.traefik_pid = child_pid(bench.up.pid, b"traefik")
 
-    def platform(self) -> None:
-        """Direct vs through Traefik, public vs key, all with the default limits."""
-        runs: dict[str, list[Sample]] = {"direct": [], "public": [], "key": []}
+    def run(self) -> None:
+        """All measures in one alternation: each round runs the platform's three
+        (direct, public, key; back to back, so their ratios compare runs a few seconds
+        apart) and every variant on the second Traefik, in an order rotated per round."""
+        with tempfile.TemporaryDirectory(prefix="faas-bench-warmpath-") as state:
+            process, url = self.probe_traefik(Path(state))
+            try:
+                platform, variants = self.alternate(url, process.pid)
+            finally:
+                process.terminate()
+                process.wait(10)
+        self.platform_rows(platform)
+        self.variant_rows(variants)
+
+    def alternate(
+        self, url: str, pid: int
+    ) -> tuple[dict[str, list[Sample]], dict[str, list[Sample]]]:
+        platform: dict[str, list[Sample]] = {"direct": [], "public": [], "key": []}
         targets = {
             "direct": (f"http://{self.address}/", {}),
             "public": (f"{self.bench.base}/function/pub/", {}),
             "key": (f"{self.bench.base}/function/kf/", {"X-Faas-Key": self.key}),
         }
-        order = list(runs)
+        variants: dict[str, list[Sample]] = {name: [] for name in VARIANTS}
+        units = ["platform", *VARIANTS]
         for i in range(ROUNDS):
-            for name in order[i % 3 :] + order[: i % 3]:
-                url, headers = targets[name]
-                runs[name].append(measure(url, headers, self.traefik_pid))
-        d, p, k = (per_second(runs[n]) for n in order)
-        note = f"{CLIENTS} connections, {SECONDS} s, 2xx only, median of {ROUNDS}, runs alternated"
+            shift = i * len(units) // max(ROUNDS, 1)
+            for unit in units[shift:] + units[:shift]:
+                if unit == "platform":
+                    order = list(platform)
+                    for name in order[i % 3 :] + order[: i % 3]:
+                        target, headers = targets[name]
+                        platform[name].append(measure(target, headers, self.traefik_pid))
+                    continue
+                headers = {"X-Variant": variant_id(unit)}
+                if unit in KEYED:
+                    headers["X-Faas-Key"] = self.key
+                sample = measure(url, headers, pid)
+                assert sample.ok > 0, f"{unit}: no 2xx answer"
+                variants[unit].append(sample)
+        return platform, variants
+
+    def platform_rows(self, runs: dict[str, list[Sample]]) -> None:
+        d, p, k = (per_second(runs[n]) for n in ("direct", "public", "key"))
+        note = f"{CLIENTS} connections, {SECONDS} s, 2xx only, median of {ROUNDS}"
         self.row("straight to the container", f"{d:.0f} req/s", note)
         self.row("through Traefik, public function", f"{p:.0f} req/s",
-                 f"Traefik {statistics.median(s.cpu_per_ok_us for s in runs['public']):.0f} "
-                 "µs CPU per request")  # fmt: skip
+                 f"Traefik {cpu(runs['public']):.0f} µs CPU per request")  # fmt: skip
         self.row("through Traefik, key function (valid key)", f"{k:.0f} req/s",
-                 f"Traefik {statistics.median(s.cpu_per_ok_us for s in runs['key']):.0f} "
-                 "µs CPU per request")  # fmt: skip
+                 f"Traefik {cpu(runs['key']):.0f} µs CPU per request")  # fmt: skip
         errors = sum(bad(r) for r in runs.values())
-        self.row("**ratio Traefik / direct**", f"**{p / d:.2f}**", f"target >= 0.8; {errors} "
-                 "non-2xx or socket errors in all runs")  # fmt: skip
-        self.row("**ratio key / public**", f"**{k / p:.2f}**", "target >= 0.7")
+        self.row("**ratio Traefik / direct**", f"**{p / d:.2f}**",
+                 f"target >= 0.8; per round {spread(runs['public'], runs['direct'])}; "
+                 f"{errors} non-2xx or socket errors in all runs")  # fmt: skip
+        self.row("**ratio key / public**", f"**{k / p:.2f}**",
+                 f"target >= 0.7; per round {spread(runs['key'], runs['public'])}")  # fmt: skip
 
-    def middlewares(self) -> None:
-        """Each middleware alone on a router of a second Traefik, against the bare route."""
-        with tempfile.TemporaryDirectory(prefix="faas-bench-warmpath-") as state:
-            process, url = self.probe_traefik(Path(state))
-            try:
-                runs = self.alternate(url, process.pid)
-            finally:
-                process.terminate()
-                process.wait(10)
+    def variant_rows(self, runs: dict[str, list[Sample]]) -> None:
         base_ok, base_cpu = per_second(runs["bare"]), cpu(runs["bare"])
         self.bench.rows.append("")
         self.bench.rows.append(
@@ -164,20 +190,6 @@ class WarmPath:
                 f"| {name} | {got:.0f} | {got / base_ok:.2f} | {used:.0f} | "
                 f"{used - base_cpu:+.0f} µs |"
             )
-
-    def alternate(self, url: str, pid: int) -> dict[str, list[Sample]]:
-        runs: dict[str, list[Sample]] = {name: [] for name in VARIANTS}
-        names = list(VARIANTS)
-        for i in range(ROUNDS):
-            shift = i * len(names) // max(ROUNDS, 1)
-            for name in names[shift:] + names[:shift]:
-                headers = {"X-Variant": variant_id(name)}
-                if name in KEYED:
-                    headers["X-Faas-Key"] = self.key
-                sample = measure(url, headers, pid)
-                assert sample.ok > 0, f"{name}: no 2xx answer"
-                runs[name].append(sample)
-        return runs
 
     def probe_traefik(self, state: Path) -> tuple[subprocess.Popen[bytes], str]:
         """A second Traefik: `faas up`'s static config without the entrypoint's call id,
@@ -222,6 +234,12 @@ def cpu(samples: list[Sample]) -> float:
     return statistics.median(s.cpu_per_ok_us for s in samples)
 
 
+def spread(top: list[Sample], bottom: list[Sample]) -> str:
+    """The lowest and highest of the per-round ratios top/bottom."""
+    ratios = [t.load.ok_per_second / b.load.ok_per_second for t, b in zip(top, bottom, strict=True)]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}"
+
+
 def variant_id(name: str) -> str:
     return "v" + str(list(VARIANTS).index(name))
 
@@ -263,9 +281,7 @@ def main() -> str:
     bench = Bench()
     bench.rows.extend(["| measure | value | notes |", "|---|---|---|"])
     try:
-        warm = WarmPath(bench)
-        warm.platform()
-        warm.middlewares()
+        WarmPath(bench).run()
     finally:
         bench.close()
     table = (
