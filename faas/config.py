@@ -139,9 +139,9 @@ class Settings(BaseSettings):
         "none if unset.",
     )
     # The default must not cap one legitimate caller (a backend behind one
-    # address) below what a replica serves: one echo replica answered 2.4-2.8k
-    # requests/s straight and 1.5-2k/s through Traefik at 16 connections on 2
-    # cores (bench/results-warmpath.md); 1000/s used to answer such a caller 429.
+    # address) below what a replica serves: one echo replica answered 2.3-3.9k
+    # requests/s straight and 0.9-1.6k/s through Traefik at 16 connections on 2
+    # busy cores (bench/results-warmpath.md); 1000/s held such a caller to ~1000/s.
     # 10,000/s leaves room for a faster function or host and still bounds a
     # flood from one address; the in-flight limit bounds its concurrency.
     rate_average: int = Field(
