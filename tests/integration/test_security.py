@@ -307,6 +307,11 @@ def test_traefik_checks_valid_keys_itself_and_learns_revocations(
         assert got.status_code == 200, got.text
         assert "x-faas-key" not in got.json()["headers"]
     assert key_checks(stack) == before  # not one request went to the gateway
+    # A key Traefik has verified (and remembers) still expires on time.
+    short = str(new_key(stack, name, ttl=3)["key"])
+    assert stack.invoke(name, "/ok", headers={"X-Faas-Key": short}).status_code == 200
+    wait_for(lambda: stack.invoke(name, "/ok", headers={"X-Faas-Key": short}).status_code
+             == 403, 6, "the remembered 3 s key to expire")  # fmt: skip
     revoked_at = time.monotonic()
     # The API answers once Traefik's key check has the revocation in force.
     assert stack.api("DELETE", f"/keys/{issued['kid']}").status_code == 204
