@@ -130,8 +130,9 @@ class Settings(BaseSettings):
     default_pids: int = Field(256, ge=16, description="Process limit of a function container.")
     auth_url: str | None = Field(
         None,
-        description="Base URL of the gateway's key check as Traefik reaches it (forwardAuth); "
-        "the function name is appended. Default: http://<gateway host>:<gateway port>/api/v1/auth.",
+        description="Base URL of the gateway's key check as Traefik reaches it (its keys plugin "
+        "asks there about the keys it does not let through itself); the function name is "
+        "appended. Default: http://<gateway host>:<gateway port>/api/v1/auth.",
     )
     allowed_cap_add: str | None = Field(
         None,
