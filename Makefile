@@ -59,7 +59,7 @@ lint: install ## ruff and mypy --strict
 docs: install ## Regenerate docs/configuration.md and docs/cli.md from the code
 	$(BIN)/python -m faas.docgen
 
-bench: install images ## Measure deploy, invoke, cold-start and scaling figures (prints tables)
+bench: install images ## Measure deploy, invoke, cold-start, scaling and warm-path figures (prints tables)
 	bench/deps.sh
 	$(BIN)/python bench/run.py
 

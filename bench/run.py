@@ -5,8 +5,9 @@ table, writes it to bench/results.md and removes everything it created.
 Figures are medians (and p90) over repeated runs on this machine; they are
 for the docs, not for CI assertions. Then bench/replicas.py (its own `faas up`)
 measures replicas and autoscaling into bench/results-replicas.md, and
-bench/async_calls.py asynchronous calls into bench/results-async.md; BENCH_ONLY
-picks steps, e.g. BENCH_ONLY=warm,replicas,async.
+bench/async_calls.py asynchronous calls into bench/results-async.md,
+bench/warmpath.py the warm path's budget into bench/results-warmpath.md; BENCH_ONLY picks
+steps, e.g. BENCH_ONLY=warm,replicas,async,warmpath.
 """
 
 from __future__ import annotations
@@ -45,10 +46,27 @@ API_CALLS = int(os.environ.get("BENCH_API_CALLS", "10"))
 TIER_RUNS = int(os.environ.get("BENCH_TIER_RUNS", "20"))
 
 
+# BENCH_PORTS=18400-18499: ports from that range only (beside other tenants'
+# fixed ranges); BENCH_NAMESPACE: the namespace, instead of a random one.
+PORTS = os.environ.get("BENCH_PORTS", "")
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    low, _, high = PORTS.partition("-")
+    candidates = range(int(low), int(high) + 1) if PORTS else [0]
+    for port in candidates:
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = int(s.getsockname()[1])
+            _handed_out.add(port)
+            return port
+    raise AssertionError(f"no free port in {PORTS}")
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -63,7 +81,7 @@ def ms(seconds: float) -> str:
 class Bench:
     def __init__(self, settings: dict[str, str] | None = None) -> None:
         """`faas up` in a namespace of its own; `settings` (FAAS_* variables) override."""
-        self.namespace = "bench" + secrets.token_hex(3)
+        self.namespace = os.environ.get("BENCH_NAMESPACE") or "bench" + secrets.token_hex(3)
         self.port = free_port()
         env = {
             **os.environ,
@@ -457,7 +475,8 @@ def count_events(container: str, since: float, event: str) -> int:
 
 
 def main() -> None:
-    """All steps, or those named in BENCH_ONLY (`replicas`: the table of bench/replicas.py)."""
+    """All steps, or those named in BENCH_ONLY (`replicas`, `async`, `warmpath`: the
+    tables of bench/replicas.py, bench/async_calls.py and bench/warmpath.py)."""
     default = [
         "warm",
         "deploy",
@@ -468,20 +487,27 @@ def main() -> None:
         "population",
         "replicas",
         "async",
+        "warmpath",
     ]
     names = os.environ["BENCH_ONLY"].split(",") if os.environ.get("BENCH_ONLY") else default
-    if set(names) - {"replicas", "async"}:
-        table = platform([n for n in names if n not in ("replicas", "async")])
+    own = [n for n in names if n not in ("replicas", "async", "warmpath")]
+    if own:
+        table = platform(own)
         if names == default:  # a partial run must not replace the full table
             Path(__file__).with_name("results.md").write_text(table + "\n")
+    # Each imports this module: at call time, not at import time.
     if "replicas" in names:
-        import replicas  # imports this module: at call time, not at import time
+        import replicas
 
         replicas.main()
     if "async" in names:
-        import async_calls  # imports this module, as replicas does
+        import async_calls
 
         async_calls.main()
+    if "warmpath" in names:
+        import warmpath
+
+        warmpath.main()
 
 
 def platform(names: list[str]) -> str:

@@ -230,9 +230,7 @@ class DockerProvider:
                     spec.image,
                     name=name,
                     hostname=name,  # one per replica, as a pod's name
-                    labels=labels.container_labels(
-                        spec, s.namespace, s.function_network, s.forward_auth_url
-                    ),
+                    labels=labels.container_labels(spec, s.namespace, s.function_network),
                     environment={**spec.env, "FAAS_FUNCTION_NAME": spec.name},
                     command=spec.command,
                     # The platform probes readiness itself; an image's own

@@ -15,6 +15,7 @@ class to HTTP status, applied by Starlette's exception handlers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -25,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import auth
+from . import auth, traefik
 from .api import ManagementApi
 from .autoscaler import Autoscaler
 from .broker import Broker
@@ -222,19 +223,28 @@ async def _not_allowed(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": f"method {request.method} not allowed", "detail": None}, 405)
 
 
+def _publish_keys(settings: Settings, router: TraefikRouter, revoked: frozenset[str]) -> None:
+    """Give Traefik's key check the revoked kids, and wait until it uses them."""
+    traefik.publish_keys(settings, revoked)
+    router.wait_revoked(revoked)
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """The app uvicorn serves: settings from FAAS_*, the Docker provider."""
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_format)
     router: Router | None = None
+    keys = Keys.from_settings(settings)
     if settings.traefik_api:
         # Its drains are rebuilt at the start (Lifecycle.recover): the paused functions'.
         drains = Drains(settings.dynamic_dir)
         router = TraefikRouter(settings.traefik_api, settings.ready_timeout, drains)
+        traefik.publish_keys(settings, keys.revoked())
+        keys.publish = functools.partial(_publish_keys, settings, router)
     provider: Provider = DockerProvider(settings)
     lifecycle = Lifecycle(provider, router, settings)
     sampler = Sampler(
         lifecycle, lifecycle.metrics, settings.stats_interval, settings.stats_concurrency
     )
     token = auth.admin_token(settings)
-    return build_app(lifecycle, token, Keys.from_settings(settings), settings, sampler=sampler)
+    return build_app(lifecycle, token, keys, settings, sampler=sampler)

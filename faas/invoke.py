@@ -2,8 +2,9 @@
 
 Only requests for a function Traefik cannot route yet come to the cold path
 (`/function/<name>/...`, via the low-priority catch-all or a drain): wake the
-function, forward, stream the answer back. Warm requests never touch Python;
-for `key` functions Traefik asks `check_key` first (forwardAuth).
+function, forward, stream the answer back. Warm requests never touch Python:
+for `key` functions Traefik's keys plugin checks the key itself and asks
+`check_key` only about the rest (no key, a refused one, the admin token).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from starlette.routing import Route
 
 from . import auth, labels
 from .config import Settings
-from .errors import Forbidden, FunctionNotFound, PayloadTooLarge, Unauthorized
+from .errors import FaasError, Forbidden, FunctionNotFound, PayloadTooLarge, Unauthorized
 from .keys import Keys, presented_key
 from .lifecycle import Lifecycle
 from .provider import Function
@@ -94,8 +95,14 @@ class Invoker:
             raise
 
     async def check_key(self, request: Request) -> Response:
-        """Traefik's forwardAuth for `key` functions: 200 lets the request through."""
-        self.authorize(request, check_name(request.path_params["name"]))
+        """Traefik's key check for `key` functions (its keys plugin asks here about the
+        keys it does not let through itself): 200 lets the request through."""
+        try:
+            self.authorize(request, check_name(request.path_params["name"]))
+        except FaasError:
+            self.metrics.key_checks.labels("refused").inc()
+            raise
+        self.metrics.key_checks.labels("allowed").inc()
         return Response(status_code=200)
 
     def _guard(self, request: Request, spec: FunctionSpec) -> tuple[str, ...]:

@@ -52,9 +52,17 @@ class Keys:
     """Issues and checks invoke keys; keeps nothing but a cached revocation list."""
 
     def __init__(
-        self, secret: str, revoked_file: Path, clock: Callable[[], float] = time.time
+        self,
+        secret: str,
+        revoked_file: Path,
+        clock: Callable[[], float] = time.time,
+        publish: Callable[[frozenset[str]], None] | None = None,
     ) -> None:
         self._secret = secret.encode()
+        # Told the revoked kids after each revocation: Traefik's key check
+        # (faas/traefik.py, publish_keys) takes them from its configuration.
+        self.publish = publish
+        self._publishing = threading.Lock()  # one publication at a time, in order
         self._revoked_file = revoked_file
         self._clock = clock
         self._lock = threading.Lock()
@@ -105,6 +113,9 @@ class Keys:
                 f.flush()
                 os.fsync(f.fileno())
             self._revoked_stamp = None
+        if self.publish is not None:
+            with self._publishing:
+                self.publish(self.revoked())
 
     def revoked(self) -> frozenset[str]:
         """The revoked kids, re-read only when the file changes (several gateways may share it)."""

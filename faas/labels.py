@@ -97,13 +97,11 @@ def read_spec(labels: dict[str, str]) -> tuple[FunctionSpec, str]:
         return stand_in, reason
 
 
-# The middleware (a local plugin, traefik/plugins-local/src/faas/unreached)
-# that answers 502 instead of 504 when Traefik got no connection to the
-# container, e.g. one that has just died.
-UNREACHED = "unreached@file"
-
 # Headers that carry an invoke key; removed before a request reaches a function.
 KEY_HEADERS = ("Authorization", "X-Faas-Key")
+# The middleware (a local plugin, traefik/plugins-local/src/faas/keys) that
+# checks invoke keys in Traefik, asking the gateway only about the others.
+KEYS = "keys@file"
 
 
 def limit_labels(spec: FunctionSpec) -> tuple[list[str], dict[str, str]]:
@@ -131,39 +129,31 @@ def body_limit_labels(spec: FunctionSpec) -> tuple[list[str], dict[str, str]]:
     return [f"{router}-body"], {key: str(spec.limits.max_body_bytes)}
 
 
-def auth_labels(spec: FunctionSpec, auth_url: str | None) -> tuple[list[str], dict[str, str]]:
-    """forwardAuth to the gateway for `key` functions, then drop the key headers."""
-    if spec.auth != "key":
-        return [], {}
-    if not auth_url:
-        raise ValueError("a key function needs the gateway's auth URL")
-    router = router_name(spec.name)
-    mw = f"traefik.http.middlewares.{router}"
-    out = {f"{mw}-auth.forwardauth.address": f"{auth_url.rstrip('/')}/{spec.name}"}
-    for header in KEY_HEADERS:
-        # An empty value removes the header (Traefik's headers middleware).
-        out[f"{mw}-nokey.headers.customrequestheaders.{header}"] = ""
-    return [f"{router}-auth", f"{router}-nokey"], out
+def auth_labels(spec: FunctionSpec) -> list[str]:
+    """The key check for `key` functions: the local plugin faas/keys, declared
+    once by the gateway (faas/traefik.py, publish_keys), which also drops the
+    key headers."""
+    return [KEYS] if spec.auth == "key" else []
 
 
-def traefik_labels(spec: FunctionSpec, network: str, auth_url: str | None = None) -> dict[str, str]:
+def traefik_labels(spec: FunctionSpec, network: str) -> dict[str, str]:
     """Route /function/<name>[/...] to the container, with the prefix stripped.
 
     Names are validated against ^[a-z][a-z0-9-]*$ before they get here, so
     nothing in the rule comes from user input unescaped. Middlewares run in
-    order: abuse limits, the key check, body size, 502 for an unreachable
-    container (the `unreached` plugin, declared in traefik/gateway.yml), retry,
-    prefix strip.
+    order: abuse limits, the key check, body size, retry, prefix strip. The
+    web entrypoint's own middleware (the callid plugin) comes before them all:
+    the X-Call-Id, and 502 rather than 504 for a container Traefik could not
+    connect to.
     """
     router = router_name(spec.name)
     path = function_path(spec.name)
     limits, limit_out = limit_labels(spec)
-    auth, auth_out = auth_labels(spec, auth_url)
+    auth = auth_labels(spec)
     body, body_out = body_limit_labels(spec)
-    chain = [*limits, *auth, *body, UNREACHED, f"{router}-retry", f"{router}-strip"]
+    chain = [*limits, *auth, *body, f"{router}-retry", f"{router}-strip"]
     return {
         **limit_out,
-        **auth_out,
         **body_out,
         "traefik.enable": "true",
         "traefik.docker.network": network,
@@ -181,9 +171,7 @@ def traefik_labels(spec: FunctionSpec, network: str, auth_url: str | None = None
     }
 
 
-def container_labels(
-    spec: FunctionSpec, namespace: str, network: str, auth_url: str | None = None
-) -> dict[str, str]:
+def container_labels(spec: FunctionSpec, namespace: str, network: str) -> dict[str, str]:
     """Every label a function container gets; the platform's win over the user's."""
     return {
         **spec.labels,
@@ -191,5 +179,5 @@ def container_labels(
         FUNCTION: spec.name,
         SCHEMA: SCHEMA_VERSION,
         **spec_labels(spec),
-        **traefik_labels(spec, network, auth_url),
+        **traefik_labels(spec, network),
     }

@@ -137,6 +137,13 @@ class Metrics:
             ["function", "reason"],
             registry=r,
         )
+        self.key_checks = Counter(
+            "faas_key_checks",
+            "Invoke keys Traefik asked the gateway about, by outcome (allowed, refused): "
+            "its key plugin asks only about the keys it cannot let through itself.",
+            ["outcome"],
+            registry=r,
+        )
         self.loop_errors = Counter(
             "faas_loop_errors",
             "Failed rounds of a background loop (scaler, sampler); the loop goes on.",

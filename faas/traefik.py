@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
+import os
 import re
 import shutil
 import string
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import requests
 
-from . import labels
+from . import auth, labels
 from .config import Settings, host_port, local_host
 from .errors import Cause, DeployFailed, ProviderError
 from .provider import Traffic
@@ -134,6 +136,46 @@ def render_config(settings: Settings) -> Path:
     install_plugins(out)
     Drains(settings.dynamic_dir).clear()
     return out / "traefik.yml"
+
+
+# The invoke key middleware (the local plugin faas/keys, named by each key
+# function's router: faas/labels.py) is declared in its own dynamic file, which
+# the gateway rewrites when a key is revoked. The plugin reads the signing
+# secret from a copy in Traefik's working directory (<state dir>/traefik, the
+# same place under `faas up` and compose), readable by Traefik's group in the
+# compose stack (docker-compose.yml), never from the configuration: Traefik's
+# API shows middlewares' configuration.
+KEYS_FILE = "keys.yml"
+SECRET_COPY = "signing-key"  # noqa: S105 - a file name
+
+
+def publish_keys(settings: Settings, revoked: Collection[str]) -> None:
+    """Write the secret's copy for Traefik, then the middleware with the revoked kids."""
+    workdir = settings.state_dir.resolve() / "traefik"
+    workdir.mkdir(parents=True, exist_ok=True)
+    copy = workdir / SECRET_COPY
+    secret = auth.secret_file(settings.signing_key_file)
+    tmp = copy.with_name(f".{copy.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    os.chmod(tmp, 0o640)  # whatever the umask
+    tmp.replace(copy)
+    config = {
+        "secretFile": SECRET_COPY,  # relative to Traefik's working directory
+        "authUrl": settings.forward_auth_url.rstrip("/"),
+        # How long a client the gateway refused is sent to it again (its
+        # throttle's window); 0 with the throttle off.
+        "failureWindow": math.ceil(settings.auth_failure_window)
+        if settings.auth_max_failures
+        else 0,
+        "revoked": sorted(revoked),
+    }
+    middleware = {"keys": {"plugin": {"keys": config}}}
+    settings.dynamic_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # JSON is YAML.
+    text = json.dumps({"http": {"middlewares": middleware}}, indent=1)
+    write_whole(settings.dynamic_dir / KEYS_FILE, text)
 
 
 DRAIN_PRIORITY = 100_000
@@ -305,6 +347,24 @@ class TraefikRouter:
         while not self.router_live(router, priority):
             if time.monotonic() > deadline:
                 raise ProviderError(f"Traefik did not load router {router} in {self.timeout:g}s")
+            time.sleep(0.02)
+
+    def wait_revoked(self, kids: Collection[str]) -> None:
+        """Return once Traefik's key check has the revoked `kids` in force (its API shows
+        the configuration of the handlers it serves with): a revocation then holds
+        from the next request, as the gateway's own check."""
+        url = f"{self.api_url}/api/http/middlewares/{labels.KEYS}"
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                response = self.session.get(url, timeout=2)
+            except requests.RequestException as exc:
+                raise ProviderError(f"Traefik API unreachable at {self.api_url}") from exc
+            config = response.json().get("plugin", {}).get("keys", {}) if response.ok else {}
+            if set(kids) <= set(config.get("revoked") or ()):
+                return
+            if time.monotonic() > deadline:
+                raise ProviderError(f"Traefik did not load the revocation in {self.timeout:g}s")
             time.sleep(0.02)
 
     def metrics_text(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import secrets
 import threading
 import time
@@ -284,6 +285,45 @@ def test_keys_on_the_cold_path(stack: Stack, keyed: tuple[str, str]) -> None:
     assert marker not in logs(stack, name)
 
 
+def key_checks(stack: Stack) -> dict[str, float]:
+    """The gateway's count of the keys Traefik asked it about, by outcome."""
+    text = requests.get(f"{stack.direct}/metrics", timeout=10).text
+    found = re.finditer(r'^faas_key_checks_total\{outcome="(\w+)"\} (\S+)$', text, re.MULTILINE)
+    return {m[1]: float(m[2]) for m in found}
+
+
+def test_traefik_checks_valid_keys_itself_and_learns_revocations(
+    stack: Stack, keyed: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A valid key passes Traefik's keys plugin without a word to the gateway; a
+    revocation holds from the next request after the API answered."""
+    name, _ = keyed
+    assert scale(stack, name, 1) == "running"
+    issued = new_key(stack, name)
+    headers = {"X-Faas-Key": str(issued["key"])}
+    before = key_checks(stack)
+    for _ in range(20):
+        got = stack.invoke(name, "/ok", headers=headers)
+        assert got.status_code == 200, got.text
+        assert "x-faas-key" not in got.json()["headers"]
+    assert key_checks(stack) == before  # not one request went to the gateway
+    # A key Traefik has verified (and remembers) still expires on time.
+    short = str(new_key(stack, name, ttl=3)["key"])
+    assert stack.invoke(name, "/ok", headers={"X-Faas-Key": short}).status_code == 200
+    wait_for(lambda: stack.invoke(name, "/ok", headers={"X-Faas-Key": short}).status_code
+             == 403, 6, "the remembered 3 s key to expire")  # fmt: skip
+    revoked_at = time.monotonic()
+    # The API answers once Traefik's key check has the revocation in force.
+    assert stack.api("DELETE", f"/keys/{issued['kid']}").status_code == 204
+    took = time.monotonic() - revoked_at
+    with capsys.disabled():
+        print(f"\nrevocation -> in force in Traefik: {took * 1000:.0f} ms")
+    assert took < 2.0
+    got = stack.invoke(name, "/ok", headers=headers)
+    assert (got.status_code, got.json()["error"]) == (403, f"key {issued['kid']} has been revoked")
+    assert key_checks(stack).get("refused", 0) > before.get("refused", 0)
+
+
 def test_forward_auth_endpoint_itself(stack: Stack, keyed: tuple[str, str]) -> None:
     name, other = keyed
     key = str(new_key(stack, name)["key"])
@@ -484,7 +524,7 @@ def throughput(url: str, headers: dict[str, str], seconds: float = 3, threads: i
     return sum(counts) / (time.monotonic() - started)
 
 
-def test_forward_auth_overhead(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+def test_key_check_overhead(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     public, keyed = fn_name("bpub"), fn_name("bkey")
     off = {"rate_average": 0, "max_in_flight": 0}
     assert stack.deploy(public, min_scale=1, limits=off).status_code == 200
@@ -496,7 +536,7 @@ def test_forward_auth_overhead(stack: Stack, capsys: pytest.CaptureFixture[str])
         with_key = throughput(f"{stack.url}/function/{keyed}/", {"X-Faas-Key": key})
         with capsys.disabled():
             print(
-                f"\nforwardAuth overhead: public {plain:.0f} req/s, key {with_key:.0f} req/s "
+                f"\nkey check overhead: public {plain:.0f} req/s, key {with_key:.0f} req/s "
                 f"({with_key / plain:.2f} of public)"
             )
         assert with_key > 0.1 * plain

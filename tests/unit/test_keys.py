@@ -99,3 +99,13 @@ def test_presented_key() -> None:
     assert presented_key(None, "xyz") == "xyz"
     assert presented_key("Bearer abc", "xyz") == "xyz"
     assert presented_key(None, None) is None
+
+
+def test_each_revocation_is_published(tmp_path: Path) -> None:
+    """Traefik's key check learns the revoked kids from its configuration."""
+    told: list[frozenset[str]] = []
+    keys = Keys("s" * 32, tmp_path / "revoked-keys", publish=told.append)
+    a, b = keys.create("hello", None), keys.create("hello", None)
+    keys.revoke(a.kid)
+    keys.revoke(b.kid)
+    assert told == [frozenset({a.kid}), frozenset({a.kid, b.kid})]

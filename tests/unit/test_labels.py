@@ -60,29 +60,22 @@ def test_traefik_labels_route_the_function_path_only() -> None:
     assert rule == "Path(`/function/hello`) || PathPrefix(`/function/hello/`)"
     assert got["traefik.http.middlewares.fn-hello-strip.stripprefix.prefixes"] == "/function/hello"
     chain = got["traefik.http.routers.fn-hello.middlewares"].split(",")
-    # 502 for an unreachable container sees the last retry's answer.
-    assert chain == ["unreached@file", "fn-hello-retry", "fn-hello-strip"]
+    # The entrypoint's callid plugin (502 for an unreachable container) is outermost.
+    assert chain == ["fn-hello-retry", "fn-hello-strip"]
     assert got["traefik.http.middlewares.fn-hello-retry.retry.attempts"] == "3"
     assert got["traefik.http.services.fn-hello.loadbalancer.server.port"] == "9000"
     assert got["traefik.http.routers.fn-hello.entrypoints"] == "web"
 
 
-def test_key_functions_get_forward_auth_and_lose_the_key_headers() -> None:
+def test_key_functions_get_the_key_plugin_and_nothing_else() -> None:
     spec = FunctionSpec(name="hello", image="echo", auth="key")
-    got = labels.traefik_labels(spec, "net", "http://127.0.0.1:8081/api/v1/auth")
-    mw = "traefik.http.middlewares.fn-hello"
-    assert got[f"{mw}-auth.forwardauth.address"] == "http://127.0.0.1:8081/api/v1/auth/hello"
-    assert got[f"{mw}-nokey.headers.customrequestheaders.Authorization"] == ""
-    assert got[f"{mw}-nokey.headers.customrequestheaders.X-Faas-Key"] == ""
+    got = labels.traefik_labels(spec, "net")
     chain = got["traefik.http.routers.fn-hello.middlewares"].split(",")
-    # The key check's own request to the gateway is outside `unreached`.
-    assert chain == [
-        "fn-hello-auth", "fn-hello-nokey", "unreached@file", "fn-hello-retry", "fn-hello-strip"
-    ]  # fmt: skip
-    public = labels.traefik_labels(FunctionSpec(name="hello", image="echo"), "net", "http://x")
-    assert not any("forwardauth" in k for k in public)
-    with pytest.raises(ValueError, match="auth URL"):
-        labels.traefik_labels(spec, "net")
+    assert chain == ["keys@file", "fn-hello-retry", "fn-hello-strip"]
+    # Declared once in the dynamic configuration: no secret, path or URL in labels.
+    assert not any("keys" in k or "forwardauth" in k or "nokey" in k for k in got)
+    public = labels.traefik_labels(FunctionSpec(name="hello", image="echo"), "net")
+    assert "keys@file" not in public["traefik.http.routers.fn-hello.middlewares"]
 
 
 def test_limits_become_middlewares_before_the_function() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -103,23 +104,29 @@ def test_latency_buckets_fit_functions(tmp_path: Path) -> None:
         assert buckets[-1] >= 60
 
 
-def test_functions_dial_fast_and_the_unreached_plugin_is_wired(tmp_path: Path) -> None:
-    """Both modes: a 100 ms dial timeout for functions, the `unreached` plugin
-    declared, its middleware defined where function labels point, its source shipped."""
+def test_functions_dial_fast_and_the_plugins_are_wired(tmp_path: Path) -> None:
+    """Both modes: a 250 ms dial timeout for functions; the callid plugin (call ids,
+    and 502 for an unreachable backend) on the web entrypoint and the keys plugin
+    declared, their source shipped; `unreached@file`, which older functions' labels
+    name, still defined."""
     up = yaml.safe_load(traefik.render_config(settings(tmp_path / "up")).read_text())
     values = traefik.compose_values(settings(tmp_path), 443)
     compose = rendered(ROOT / "traefik" / "compose.yml", values, tmp_path)
     for static in (up, compose):
         assert static["serversTransport"]["forwardingTimeouts"]["dialTimeout"] == "250ms"
         plugins = static["experimental"]["localPlugins"]
-        assert plugins["unreached"] == {"moduleName": "faas/unreached"}
+        assert plugins == {
+            "callid": {"moduleName": "faas/callid"},
+            "keys": {"moduleName": "faas/keys"},
+        }
+        assert static["entryPoints"]["web"]["http"]["middlewares"] == ["callid@file"]
     gateway = rendered(ROOT / "traefik" / "gateway.yml", values, tmp_path)
-    name, provider = labels.UNREACHED.split("@")
-    assert provider == "file"
-    assert gateway["http"]["middlewares"][name] == {"plugin": {"unreached": {}}}
-    source = tmp_path / "up" / "traefik" / traefik.PLUGINS / "src" / "faas" / "unreached"
-    assert (source / "unreached.go").is_file()
-    assert (source / ".traefik.yml").is_file()
+    assert gateway["http"]["middlewares"]["callid"] == {"plugin": {"callid": {}}}
+    assert set(gateway["http"]["middlewares"]["unreached"]) == {"headers"}
+    for plugin in ("callid", "keys"):
+        source = tmp_path / "up" / "traefik" / traefik.PLUGINS / "src" / "faas" / plugin
+        assert (source / f"{plugin}.go").is_file()
+        assert (source / ".traefik.yml").is_file()
 
 
 def test_each_drain_write_raises_the_priority_a_drain_waits_for(tmp_path: Path) -> None:
@@ -140,3 +147,33 @@ def test_each_drain_write_raises_the_priority_a_drain_waits_for(tmp_path: Path) 
     assert drains.names == {"b": 1, "c": 1}
     drains.clear()
     assert not drains.path.exists()
+
+
+def test_the_key_plugin_gets_a_copy_of_the_secret_and_the_revoked_kids(tmp_path: Path) -> None:
+    """The middleware's configuration (shown by Traefik's API) names the secret's
+    file, relative to Traefik's working directory, never the secret itself."""
+    s = settings(tmp_path / "state", auth_url="http://127.0.0.1:9/api/v1/auth/")
+    traefik.publish_keys(s, {"0123456789ab", "ba9876543210"})
+    secret = s.signing_key_file.read_text().strip()
+    copy = s.state_dir / "traefik" / traefik.SECRET_COPY
+    assert copy.read_text().strip() == secret
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o640  # Traefik's group reads it (compose)
+    text = (s.dynamic_dir / traefik.KEYS_FILE).read_text()
+    assert secret not in text
+    declared = yaml.safe_load(text)["http"]["middlewares"]["keys"]
+    assert declared == {
+        "plugin": {
+            "keys": {
+                "secretFile": "signing-key",
+                "authUrl": "http://127.0.0.1:9/api/v1/auth",
+                "failureWindow": 60,
+                "revoked": ["0123456789ab", "ba9876543210"],
+            }
+        }
+    }
+    assert labels.KEYS == "keys@file"
+    # With the throttle off the plugin never holds back a refused client.
+    traefik.publish_keys(settings(tmp_path / "state", auth_max_failures=0), set())
+    again = yaml.safe_load((s.dynamic_dir / traefik.KEYS_FILE).read_text())
+    assert again["http"]["middlewares"]["keys"]["plugin"]["keys"]["failureWindow"] == 0
+    assert copy.read_text().strip() == secret  # the same secret, not a new one

@@ -1,0 +1,3 @@
+module faas/keys
+
+go 1.22

@@ -1,3 +1,0 @@
-module faas/unreached
-
-go 1.22
