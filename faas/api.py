@@ -97,7 +97,11 @@ class ManagementApi:
         router = self.lifecycle.router
         text = await run_in_threadpool(router.metrics_text) if router else ""
         rows = function_rows(
-            functions, parse_traefik(text), self.lifecycle.starts, self.metrics.snapshot.resources
+            functions,
+            parse_traefik(text),
+            self.lifecycle.starts,
+            self.metrics.snapshot.resources,
+            self.lifecycle.settings.provider,
         )
         return JSONResponse(rows)
 

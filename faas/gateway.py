@@ -57,6 +57,7 @@ from .provider import Provider, Router
 from .proxy import Proxy
 from .sampler import Sampler
 from .scaler import Scaler
+from .swarm_provider import SwarmProvider
 from .throttle import Throttle, client_address
 from .traefik import Drains, TraefikRouter
 
@@ -198,8 +199,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if settings.traefik_api:
         drains = Drains(settings.dynamic_dir)
         drains.clear()  # a drain left by a crash would keep traffic on the gateway
-        router = TraefikRouter(settings.traefik_api, settings.ready_timeout, drains)
-    provider: Provider = DockerProvider(settings)
+        router = TraefikRouter(
+            settings.traefik_api, settings.ready_timeout, drains, settings.provider
+        )
+    provider: Provider = (
+        SwarmProvider(settings) if settings.provider == "swarm" else DockerProvider(settings)
+    )
     lifecycle = Lifecycle(provider, router, settings)
     sampler = Sampler(
         lifecycle, lifecycle.metrics, settings.stats_interval, settings.stats_concurrency

@@ -41,9 +41,10 @@ def function_rule(name: str) -> str:
     return f"Path(`{path}`) || PathPrefix(`{path}/`)"
 
 
-def service_name(name: str) -> str:
-    """The function's service as Traefik names it in its API and metrics."""
-    return f"{router_name(name)}@docker"
+def service_name(name: str, provider: str = "docker") -> str:
+    """The function's service as Traefik names it in its API and metrics; `provider`
+    is Traefik's that reads the labels: `docker`, or `swarm` (FAAS_PROVIDER)."""
+    return f"{router_name(name)}@{provider}"
 
 
 def router_name(name: str) -> str:
@@ -191,3 +192,13 @@ def container_labels(
         **spec_labels(spec),
         **traefik_labels(spec, network, auth_url),
     }
+
+
+def service_labels(
+    spec: FunctionSpec, namespace: str, network: str, auth_url: str | None = None
+) -> dict[str, str]:
+    """Every label a function's Swarm service gets: the container's, with the
+    network named for Traefik's Swarm provider instead of its Docker one."""
+    out = container_labels(spec, namespace, network, auth_url)
+    out["traefik.swarm.network"] = out.pop("traefik.docker.network")
+    return out

@@ -104,7 +104,7 @@ class Scaler:
             seen = self._activity.get(name)
             if seen is None or seen.starts != lc.starts[name]:
                 seen = self._activity[name] = Activity(since=now, starts=lc.starts[name])
-            requests = counts.get(labels.service_name(name), 0.0)
+            requests = counts.get(labels.service_name(name, lc.settings.provider), 0.0)
             if requests != seen.requests or self._proxied[name]:
                 seen.since, seen.requests = now, requests
             timeout = fn.spec.idle_timeout
