@@ -49,6 +49,8 @@ Task = dict[str, Any]
 _STARTING = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready"} | {
     "starting"
 }
+# A task meant to run, or being removed: either holds its slot.
+_LEAVING_SLOT = {"new", "ready", "running", "remove"}
 # How long stop() waits past the grace period for the task to be gone.
 _STOP_SLACK = 15.0
 
@@ -96,7 +98,7 @@ class SwarmProvider(DockerProvider):
     def _service_instance(self, service: dict[str, Any], tasks: builtins.list[Task]) -> Instance:
         spec, invalid = labels.read_spec(service["Spec"].get("Labels") or {})
         replicas = service["Spec"].get("Mode", {}).get("Replicated", {}).get("Replicas", 0)
-        task = _current(tasks)
+        task = _current(tasks, service.get("UpdatedAt", ""))
         state, reason, address = State.STOPPED, "scaled to zero", None
         if replicas:
             state, reason = _task_state(task)
@@ -123,8 +125,8 @@ class SwarmProvider(DockerProvider):
 
     def task_node(self, instance_id: str) -> str | None:
         """The hostname of the node the instance's task runs on (None when none runs)."""
-        task = _current(self._tasks([instance_id])[instance_id])
-        if task is None or task["Status"]["State"] != "running":
+        task = _running(self._tasks([instance_id])[instance_id])
+        if task is None:
             return None
         with _engine_errors():
             node = self._api.inspect_node(task["NodeID"])
@@ -179,8 +181,8 @@ class SwarmProvider(DockerProvider):
 
     def _local_container(self, instance_id: str) -> str | None:
         """The container of the instance's running task, when it runs on this node."""
-        task = _current(self._tasks([instance_id])[instance_id])
-        if task is None or task["Status"]["State"] != "running":
+        task = _running(self._tasks([instance_id])[instance_id])
+        if task is None:
             return None
         with _engine_errors():
             here = self.client.info()["Swarm"]["NodeID"]
@@ -230,7 +232,7 @@ class SwarmProvider(DockerProvider):
         r = spec.resources
         memory = memory_bytes(r.memory or s.default_memory)
         container = ContainerSpec(
-            spec.image,
+            self._pinned(spec.image),
             args=spec.command,
             env={**spec.env, "FAAS_FUNCTION_NAME": spec.name},
             labels={labels.NAMESPACE: s.namespace, labels.FUNCTION: spec.name},
@@ -271,6 +273,19 @@ class SwarmProvider(DockerProvider):
             log_driver=DriverConfig("json-file", {"max-size": "10m", "max-file": "3"}),
         )
 
+    def _pinned(self, image: str) -> str:
+        """`image` with the digest the manager pulled it at, as `docker service create`
+        pins it: every node runs the same image, and a node that has it starts a task
+        without asking the registry again (~1 s per start here)."""
+        if "@" in image or image.startswith("sha256:"):
+            return image
+        found = self._local_image(image)
+        repository = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+        for digest in (found.attrs.get("RepoDigests") or []) if found else []:
+            if digest.startswith(f"{repository}@"):
+                return f"{image}@{digest.split('@', 1)[1]}"
+        return image  # built or loaded here and never pushed: only this node has it
+
     def _set_replicas(self, instance_id: str, replicas: int) -> None:
         for attempt in range(5):
             with _engine_errors():
@@ -294,7 +309,12 @@ class SwarmProvider(DockerProvider):
         self._set_replicas(instance_id, 1)
 
     def stop(self, instance_id: str, timeout: float) -> None:
-        """Scale to 0, and return once no task of it runs (as `docker stop` does)."""
+        """Scale to 0, and return once its task is gone (as `docker stop` returns
+        once the container exited).
+
+        Gone, not just exited: Swarm keeps the slot of a task it is removing, and a
+        scale back to 1 before the task is deleted makes no new task, ever (seen
+        here with 20.10: replicas 1, no task, until the next service update)."""
         try:
             self._set_replicas(instance_id, 0)
         except FunctionNotFound:
@@ -302,7 +322,7 @@ class SwarmProvider(DockerProvider):
         deadline = time.monotonic() + self.settings.stop_timeout + _STOP_SLACK
         while time.monotonic() < deadline:
             tasks = self._tasks([instance_id])[instance_id]
-            if all(t["Status"]["State"] not in _STARTING | {"running"} for t in tasks):
+            if all(t.get("DesiredState") not in _LEAVING_SLOT for t in tasks):
                 return
             time.sleep(0.05)
 
@@ -326,10 +346,26 @@ class SwarmProvider(DockerProvider):
             )
 
 
-def _current(tasks: builtins.list[Task]) -> Task | None:
-    """The task that stands for the service now: the newest one meant to run."""
-    meant = [t for t in tasks if t.get("DesiredState") == "running"] or tasks
+def _current(tasks: builtins.list[Task], since: str = "") -> Task | None:
+    """The task that stands for the service now: the newest one meant to run, else
+    one that failed since the service's last update (`since`: its scale-up; Swarm
+    marks a failed task it does not restart as meant to shut down). None right
+    after a scale-up, before Swarm has made the task."""
+    meant = [t for t in tasks if t.get("DesiredState") in ("running", "ready")]
+    if not meant:
+        after = _parse_time(since) if since else None
+        meant = [
+            t
+            for t in tasks
+            if t["Status"]["State"] in ("failed", "rejected")
+            and (after is None or _parse_time(t["CreatedAt"]) >= after)
+        ]
     return max(meant, key=lambda t: t["CreatedAt"], default=None)
+
+
+def _running(tasks: builtins.list[Task]) -> Task | None:
+    running = [t for t in tasks if t["Status"]["State"] == "running"]
+    return max(running, key=lambda t: t["CreatedAt"], default=None)
 
 
 def _task_state(task: Task | None) -> tuple[State, str]:

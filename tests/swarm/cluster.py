@@ -100,6 +100,8 @@ class Cluster:
     nodes: list[Node] = field(default_factory=list)
     registry_pid: int = 0
     owner: int = field(default_factory=os.getpid)
+    # The daemons and the registry this process started, to reap them.
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
 
     @classmethod
     def new(cls, size: int = 3) -> Cluster:
@@ -217,14 +219,15 @@ class Cluster:
             f"storage: {{filesystem: {{rootdirectory: {root}/data}}, delete: {{enabled: true}}}}\n"
             f"http: {{addr: '{self.registry}'}}\n"
         )
-        log = (root / "registry.log").open("ab")
-        proc = subprocess.Popen(
-            ["docker-registry", "serve", str(config)],
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        with (root / "registry.log").open("ab") as log:
+            proc = subprocess.Popen(
+                ["docker-registry", "serve", str(config)],
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.procs.append(proc)
         self.registry_pid = proc.pid
         self._save()
 
@@ -244,8 +247,9 @@ class Cluster:
         config = node.root / "daemon.json"
         # Its own config file: /etc/docker/daemon.json belongs to the main dockerd.
         config.write_text(json.dumps({"insecure-registries": [self.registry]}))
-        log = (node.root / "dockerd.log").open("ab")
+        # A UTS namespace too, for a hostname of its own: Swarm names nodes by it.
         argv = [
+            "unshare", "--uts", "sh", "-c", f'hostname {node.netns} && exec "$@"', "sh",
             "nsenter", f"--net=/var/run/netns/{node.netns}",
             "dockerd",
             "--config-file", str(config),
@@ -256,10 +260,12 @@ class Cluster:
             "--default-address-pool", f"base={NODE_POOL},size=24",
             "--log-level", "warn",
         ]  # fmt: skip
-        proc = subprocess.Popen(
-            argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-        node.pid = proc.pid  # nsenter execs dockerd: the same process
+        with (node.root / "dockerd.log").open("ab") as log:
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        self.procs.append(proc)
+        node.pid = proc.pid  # sh and nsenter exec dockerd: the same process
         self._save()
 
     def _form_swarm(self) -> None:
@@ -310,6 +316,8 @@ class Cluster:
             _kill_netns(node.netns)  # containers, shims, a dockerd that would not stop
         if self.registry_pid and _alive(self.registry_pid):
             os.kill(self.registry_pid, signal.SIGKILL)
+        for proc in self.procs:
+            proc.wait(10)
         for base in (ROOTS / self.tag, Path("/run") / self.tag):
             _unmount_under(base)
             shutil.rmtree(base, ignore_errors=True)
