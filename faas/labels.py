@@ -201,4 +201,10 @@ def service_labels(
     network named for Traefik's Swarm provider instead of its Docker one."""
     out = container_labels(spec, namespace, network, auth_url)
     out["traefik.swarm.network"] = out.pop("traefik.docker.network")
+    # A task whose node died stays in Swarm's list (and Traefik's) until the
+    # manager declares the node down, ~10 s later: a server that refused or
+    # dropped a connection is left out for a while instead of failing requests.
+    service = f"traefik.http.services.{router_name(spec.name)}.loadbalancer.passivehealthcheck"
+    out[f"{service}.failurewindow"] = "10s"
+    out[f"{service}.maxfailedattempts"] = "1"
     return out

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import requests
 from typer.testing import CliRunner
@@ -118,6 +119,10 @@ class SwarmStack:
         """The real CLI, in process, against this platform: (exit code, stdout, stderr)."""
         result = CliRunner().invoke(app, ["--url", self.url, "--token", self.token, *args])
         return result.exit_code, result.stdout, result.stderr
+
+    def engine_services(self, engine: Any, name: str) -> list[dict[str, Any]]:
+        wanted = [f"faas.namespace={self.namespace}", f"faas.function={name}"]
+        return list(engine.api.services(filters={"label": wanted}))
 
     def services(self, name: str | None = None) -> list[str]:
         wanted = ["--filter", f"label=faas.namespace={self.namespace}"]

@@ -11,7 +11,9 @@ import json
 import threading
 import time
 from collections import Counter
+from typing import Any
 
+import docker
 import pytest
 import requests
 
@@ -27,16 +29,20 @@ def shown(platform: SwarmStack, name: str) -> dict[str, object]:
     return dict(platform.api("GET", f"/functions/{name}").json())
 
 
+def running_tasks(platform: SwarmStack, name: str) -> list[dict[str, Any]]:
+    engine: Any = docker.DockerClient(base_url=platform.manager.socket)
+    services = [s["ID"] for s in platform.engine_services(engine, name)]
+    tasks = engine.api.tasks(filters={"service": services}) if services else []
+    return [
+        t for t in tasks if t["DesiredState"] == "running" and t["Status"]["State"] == "running"
+    ]
+
+
 def task_nodes(platform: SwarmStack, name: str) -> list[str]:
     """The nodes the function's running tasks are on (one per replica)."""
-    nodes = []
-    for service in platform.services(name):
-        out = platform.manager.docker(
-            "service", "ps", "--filter", "desired-state=running",
-            "--format", "{{.Node}} {{.CurrentState}}", service,
-        )  # fmt: skip
-        nodes += [line.split()[0] for line in out.splitlines() if "Running" in line]
-    return sorted(nodes)
+    engine = docker.DockerClient(base_url=platform.manager.socket)
+    hostnames = {n["ID"]: n["Description"]["Hostname"] for n in engine.api.nodes()}
+    return sorted(hostnames[t["NodeID"]] for t in running_tasks(platform, name))
 
 
 def traefik_servers(platform: SwarmStack, name: str) -> list[str]:
@@ -243,7 +249,7 @@ def test_key_auth_on_the_swarm(platform: SwarmStack, echo: str) -> None:
     assert got.status_code == 200, got.text
     try:
         assert platform.invoke(name).status_code == 401
-        assert platform.invoke(name, headers={"X-Faas-Key": "nope"}).status_code == 401
+        assert platform.invoke(name, headers={"X-Faas-Key": "nope"}).status_code == 403
         key = platform.api("POST", f"/functions/{name}/keys", json={}).json()["key"]
         answer = platform.invoke(name, headers={"X-Faas-Key": key})
         assert answer.status_code == 200, answer.text
@@ -281,36 +287,40 @@ def _ok(platform: SwarmStack, path: str) -> bool:
 
 def test_a_worker_lost_under_load(platform: SwarmStack, swarm: Cluster, echo: str) -> None:
     """A worker's dockerd and everything it ran die while 3 replicas serve a constant
-    load: only requests in flight there may fail; Swarm reschedules the task."""
+    load: only requests in flight there may fail; the task moves to a live node."""
     name = fn_name("failover")
     got = platform.api("PUT", f"/functions/{name}", json={"image": echo, "min_scale": 3})
     assert got.status_code == 200, got.text
     victim = swarm.nodes[2]
-    assert victim.netns in task_nodes(platform, name)
+    engine = docker.DockerClient(base_url=platform.manager.socket)
+    victim_id = victim.docker("info", "-f", "{{.Swarm.NodeID}}")
+    lost = {t["ServiceID"] for t in running_tasks(platform, name) if t["NodeID"] == victim_id}
+    assert len(lost) == 1, task_nodes(platform, name)
     with Load(platform, name, clients=4) as load:
         wait_for(lambda: load.served > 50, 20, "load to flow")
         served_before = load.served
         killed = time.monotonic()
         swarm.stop_daemon(victim)
         wait_for(
-            lambda: (
-                len(task_nodes(platform, name)) == 3
-                and victim.netns not in task_nodes(platform, name)
-            ),
+            lambda: len(nodes := task_nodes(platform, name)) == 3 and victim.netns not in nodes,
             90,
-            "Swarm to reschedule the lost task",
+            "three replicas again, none on the lost node",
         )
-        rescheduled = time.monotonic() - killed
+        recovered = time.monotonic() - killed
         served = load.served
-        wait_for(lambda: load.served > served + 50, 20, "load after the rescheduling")
+        wait_for(lambda: load.served > served + 50, 20, "load after the recovery")
+    # Swarm moved the lost task (same service, new node), or the autoscaler
+    # replaced it first (min_scale 3: a new service) while Swarm had not yet.
+    moved = [s for s in lost if s in {t["ServiceID"] for t in running_tasks(platform, name)}]
     last = max((at - killed for at, _ in load.failures), default=0.0)
     print(
-        f"node lost: {len(load.failures)} failed of {load.served - served_before} requests; "
-        f"all 200 again {last:.1f} s after; task rescheduled after {rescheduled:.1f} s; "
-        f"failures: {[f for _, f in load.failures[:5]]}"
+        f"\nnode lost: {len(load.failures)} failed of {load.served - served_before} requests; "
+        f"last failure {last:.1f} s after the loss; 3 replicas again after {recovered:.1f} s "
+        f"({'rescheduled by Swarm' if moved else 'replaced by the autoscaler'}); "
+        f"failures: {[f for _, f in load.failures[:4]]}"
     )
     # Only requests in flight on the lost node may fail (4 clients: at most 4 at once).
     assert len(load.failures) <= 4, load.failures
-    assert all(at >= killed for at, _ in load.failures)
     assert shown(platform, name)["ready_replicas"] == 3
+    assert engine.api.inspect_node(victim_id)["Status"]["State"] == "down"
     platform.api("DELETE", f"/functions/{name}")
