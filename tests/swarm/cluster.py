@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,12 +233,11 @@ class Cluster:
         self._save()
 
         def answers() -> bool:
-            return (
-                subprocess.run(
-                    ["curl", "-sf", f"http://{self.registry}/v2/"], capture_output=True, check=False
-                ).returncode
-                == 0
-            )
+            try:
+                with urllib.request.urlopen(f"http://{self.registry}/v2/", timeout=1):
+                    return True
+            except OSError:
+                return False
 
         _wait(answers, "the registry", 20)
 
