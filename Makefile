@@ -69,5 +69,6 @@ clean: ## Remove the containers, networks, volumes, images and egress rules faas
 	-docker network ls -q --filter label=faas.namespace | xargs -r docker network rm
 	-docker volume ls -q --filter label=faas.namespace | xargs -r docker volume rm
 	-docker images -q --filter label=faas.image | xargs -r docker rmi -f
+	-$(BIN)/python -m tests.swarm.cluster down-stale
 	-iptables -S 2>/dev/null | grep -o 'comment faas-[a-z0-9-]*' | sort -u | sed 's/comment faas-//' \
 		| xargs -r -I{} env FAAS_NAMESPACE={} $(BIN)/python -m faas.egress_guard remove

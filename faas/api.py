@@ -230,7 +230,7 @@ class ManagementApi:
         for block in iter(lambda: context.read(1 << 20), b""):
             digest.update(block)
         context.seek(0)
-        tag = f"faas/{name}:{digest.hexdigest()[:12]}"
+        tag = self.settings.published(f"faas/{name}:{digest.hexdigest()[:12]}")
         is_template = "template" in request.query_params
 
         async def lines() -> AsyncIterator[dict[str, object]]:

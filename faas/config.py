@@ -252,6 +252,13 @@ class Settings(BaseSettings):
     def _strip_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
 
+    def published(self, image: str) -> str:
+        """Where an image built or loaded here is run from: in FAAS_REGISTRY when set
+        (every Swarm node pulls it there), else the engine's own name."""
+        if not self.registry or image.startswith(f"{self.registry}/"):
+            return image
+        return f"{self.registry}/{image}"
+
     @property
     def runtime_allowlist(self) -> frozenset[str] | None:
         if not self.allowed_runtimes:

@@ -22,7 +22,8 @@ import builtins
 import contextlib
 import secrets
 import time
-from typing import Any, cast
+from collections.abc import Iterator
+from typing import IO, Any, cast
 
 import docker.errors
 from docker.types import (
@@ -40,7 +41,7 @@ from docker.types import (
 
 from . import labels
 from .docker_provider import DockerProvider, _engine_errors, _parse_time
-from .errors import FunctionNotFound, InvalidSpec
+from .errors import BuildFailed, FunctionNotFound, InvalidSpec
 from .provider import EngineInfo, Instance, LogStream, State, Usage
 from .spec import FunctionSpec, memory_bytes
 
@@ -273,6 +274,40 @@ class SwarmProvider(DockerProvider):
             log_driver=DriverConfig("json-file", {"max-size": "10m", "max-file": "3"}),
         )
 
+    # -- images: built or loaded on the manager, pushed where the nodes pull ----
+
+    def build(
+        self, context: IO[bytes], tag: str, args: dict[str, str] | None = None
+    ) -> Iterator[str]:
+        yield from super().build(context, tag, args)
+        yield from self._push(tag)
+
+    def load(self, archive: IO[bytes]) -> builtins.list[str]:
+        published = []
+        for image in super().load(archive):
+            target = self.settings.published(image)
+            if target != image and not image.startswith("sha256:"):
+                repository, tag = _split_tag(target)
+                with _engine_errors():
+                    self._api.tag(image, repository, tag)
+            for _ in self._push(target):
+                pass
+            published.append(target)
+        return published
+
+    def _push(self, image: str) -> Iterator[str]:
+        """Push `image` to FAAS_REGISTRY (when it names it), yielding progress lines."""
+        if not self.settings.registry or not image.startswith(f"{self.settings.registry}/"):
+            return
+        repository, tag = _split_tag(image)
+        yield f"pushing {image}\n"
+        with _engine_errors():
+            for event in self._api.push(repository, tag, stream=True, decode=True):
+                if "error" in event:
+                    raise BuildFailed(f"push to {self.settings.registry}: {event['error']}", "")
+                if event.get("status") and "id" not in event:
+                    yield f"{event['status']}\n"
+
     def _pinned(self, image: str) -> str:
         """`image` with the digest the manager pulled it at, as `docker service create`
         pins it: every node runs the same image, and a node that has it starts a task
@@ -361,6 +396,14 @@ def _current(tasks: builtins.list[Task], since: str = "") -> Task | None:
             and (after is None or _parse_time(t["CreatedAt"]) >= after)
         ]
     return max(meant, key=lambda t: t["CreatedAt"], default=None)
+
+
+def _split_tag(image: str) -> tuple[str, str]:
+    last = image.rsplit("/", 1)[-1]
+    if ":" in last:
+        repository, tag = image.rsplit(":", 1)
+        return repository, tag
+    return image, "latest"
 
 
 def _running(tasks: builtins.list[Task]) -> Task | None:

@@ -7,7 +7,9 @@ The node failure runs last: it leaves the swarm with one node down.
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 import threading
 import time
 from collections import Counter
@@ -239,7 +241,8 @@ def test_load_adds_replicas_then_they_go_back_to_one_then_zero(
     assert set(statuses) == {200}, statuses
     wait_for(lambda: shown(platform, name)["ready_replicas"] == 1, 40, "back to one replica")
     wait_for(lambda: shown(platform, name)["state"] == "stopped", 40, "scale to zero")
-    assert len(platform.services(name)) == 1
+    # One service stays, at 0 replicas: the next request starts it.
+    wait_for(lambda: len(platform.services(name)) == 1, 20, "the other replicas removed")
     platform.api("DELETE", f"/functions/{name}")
 
 
@@ -254,6 +257,30 @@ def test_key_auth_on_the_swarm(platform: SwarmStack, echo: str) -> None:
         answer = platform.invoke(name, headers={"X-Faas-Key": key})
         assert answer.status_code == 200, answer.text
         assert "x-faas-key" not in answer.json()["headers"]  # never reaches the function
+    finally:
+        platform.api("DELETE", f"/functions/{name}")
+
+
+def test_a_build_is_pushed_to_the_registry_and_runs_on_a_worker(
+    platform: SwarmStack, swarm: Cluster, echo: str
+) -> None:
+    name = fn_name("built")
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        dockerfile = f"FROM {echo}\nENV BUILT=yes\n".encode()
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+    got = platform.api("POST", f"/functions/{name}/build", data=context.getvalue())
+    assert got.status_code == 200, got.text
+    last = json.loads(got.text.strip().splitlines()[-1])
+    image = str(last.get("image"))
+    assert image.startswith(f"{swarm.registry}/faas/{name}:"), got.text
+    spec = {"image": image, "constraints": ["node.labels.faas.test.node==n3"]}
+    assert platform.api("PUT", f"/functions/{name}", json=spec).status_code == 200
+    try:
+        assert task_nodes(platform, name) == [node(swarm, 2)]  # pulled there
+        assert platform.invoke(name).status_code == 200
     finally:
         platform.api("DELETE", f"/functions/{name}")
 
