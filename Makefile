@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed
 PYTHON  ?= python3
 
 .DEFAULT_GOAL := help
-.PHONY: help install engine runtimes test-deps images stack-images dev up down test unit lint docs bench clean
+.PHONY: help install engine runtimes test-deps images stack-images dev up down test unit lint docs bench bench-swarm clean
 # One recipe at a time: they share one engine and apt's lock, and stack-images
 # packs the prometheus that test-deps installs.
 .NOTPARALLEL:
@@ -62,6 +62,9 @@ docs: install ## Regenerate docs/configuration.md and docs/cli.md from the code
 bench: install images ## Measure deploy, invoke, cold-start and scaling figures (prints tables)
 	bench/deps.sh
 	$(BIN)/python bench/run.py
+
+bench-swarm: install test-deps images ## Cold start, warm latency and scale-up on a 3-node Swarm vs Docker (root)
+	$(BIN)/python bench/swarm.py
 
 clean: ## Remove the containers, networks, volumes, images and egress rules faas created
 	-docker ps -aq --filter label=faas.namespace | xargs -r docker rm -f
