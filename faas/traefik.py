@@ -23,7 +23,11 @@ from .errors import Cause, DeployFailed, ProviderError
 from .provider import Traffic
 from .spec import FunctionSpec
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "traefik"
+# The templates under traefik/ in a checkout; FAAS_TRAEFIK_TEMPLATES where an
+# installed package has them elsewhere (the manager image: deploy/swarm/stack.yml).
+TEMPLATES = Path(
+    os.environ.get("FAAS_TRAEFIK_TEMPLATES") or Path(__file__).resolve().parent.parent / "traefik"
+)
 # Traefik loads local plugins (Go source, run by its interpreter) from this
 # directory under its working directory, and has no setting for another place.
 PLUGINS = "plugins-local"
