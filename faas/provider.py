@@ -38,7 +38,9 @@ class Instance:
     spec: FunctionSpec  # for an INVALID instance, only name and image are meaningful
     state: State
     created: datetime
-    address: str | None = None  # "ip:port" on the function network, when running
+    address: str | None = (
+        None  # "ip:port" on the function network, when running (or starting, if known)
+    )
     reason: str = ""  # why it is failed, stopped or invalid, when known
     oom_killed: bool = False  # the engine's flag: its last exit was an OOM kill
 

@@ -103,7 +103,10 @@ class SwarmProvider(DockerProvider):
         state, reason, address = State.STOPPED, "scaled to zero", None
         if replicas:
             state, reason = _task_state(task)
-            if state is State.RUNNING and task is not None:
+            # The manager allocates the task's address before the node starts it,
+            # and learns that it runs some time after it does (the node reports in
+            # batches): a wake probes the address at once, not after that report.
+            if state in (State.RUNNING, State.STARTING) and task is not None:
                 ip = self._task_ip(task)
                 address = f"{ip}:{spec.port}" if ip else None
         if invalid:

@@ -300,6 +300,13 @@ class Cluster:
         _kill_netns(node.netns)
         _wait(lambda: not _alive(node.pid), f"dockerd of {node.netns} gone", 30)
 
+    def restart_daemon(self, node: Node) -> None:
+        """Stop a node's dockerd gracefully (its containers stop) and start it again."""
+        os.kill(node.pid, signal.SIGTERM)
+        _wait(lambda: not _alive(node.pid), f"dockerd of {node.netns} to stop", 60)
+        self._start_daemon(node)
+        _wait(node.answers, f"dockerd of {node.netns}")
+
     # -- down -----------------------------------------------------------------
 
     def down(self) -> None:

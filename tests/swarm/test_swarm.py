@@ -305,6 +305,33 @@ def test_functions_survive_a_gateway_restart(platform: SwarmStack, echo: str) ->
         platform.api("DELETE", f"/functions/{name}")
 
 
+def test_functions_survive_a_restart_of_the_managers_dockerd(
+    platform: SwarmStack, swarm: Cluster, echo: str
+) -> None:
+    name = fn_name("managed")
+    spec = {"image": echo, "env": {"K": "v"}, "min_scale": 1,
+            "constraints": ["node.labels.faas.test.node==n2"]}  # fmt: skip
+    assert platform.api("PUT", f"/functions/{name}", json=spec).status_code == 200
+    try:
+        before = shown(platform, name)
+        swarm.restart_daemon(swarm.manager)  # the platform's container stops with it
+        platform.manager.docker("start", platform.container)
+        wait_for(lambda: _ok(platform, f"/functions/{name}"), 90, "the gateway back")
+        after = shown(platform, name)
+        assert (after["env"], after["constraints"]) == (before["env"], before["constraints"])
+        assert after["container"] == before["container"]
+        wait_for(lambda: _answers(platform, name), 60, "the function through Traefik again")
+    finally:
+        platform.api("DELETE", f"/functions/{name}")
+
+
+def _answers(platform: SwarmStack, name: str) -> bool:
+    try:
+        return platform.invoke(name).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 def _ok(platform: SwarmStack, path: str) -> bool:
     try:
         return platform.api("GET", path).status_code == 200
