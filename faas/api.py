@@ -1,4 +1,4 @@
-"""The management API under /api/v1: functions, logs, scaling, images, keys, stats.
+"""The management API under /api/v1: functions, logs, scaling, images, keys, secrets, stats.
 
 Endpoints only raise `faas.errors`; `faas.gateway` turns them into answers.
 Every answer is read from the engine (Docker labels): a restart loses nothing.
@@ -6,6 +6,7 @@ Every answer is read from the engine (Docker labels): a restart loses nothing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -17,11 +18,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import __version__, openapi, template
+from . import __version__, openapi, secretstore, template
 from .autoscaler import Autoscaler
 from .body import parse_json, read_body, read_json
 from .config import Settings
-from .errors import FaasError, FunctionExists, FunctionNotFound, InvalidSpec
+from .errors import FaasError, FunctionExists, FunctionNotFound, InvalidSpec, SecretNotFound
 from .keys import Keys, check_kid
 from .lifecycle import Lifecycle
 from .metrics import CONTENT_TYPE
@@ -29,7 +30,7 @@ from .provider import Function, State
 from .scaler import Scaler
 from .spec import FunctionSpec, check_name, parse_spec, valid_image
 from .stats import function_rows, parse_traefik
-from .streams import iterate, ndjson, prepend, relay, spool
+from .streams import iterate, ndjson, prepend, relay, replica_lines, spool
 
 # Longest lifetime of an invoke key, in seconds (ten years).
 MAX_KEY_TTL = 10 * 365 * 24 * 3600
@@ -73,6 +74,11 @@ class ManagementApi:
             Route("/api/v1/functions/{name}/build", self.build, methods=["POST"]),
             Route("/api/v1/functions/{name}/keys", self.create_key, methods=["POST"]),
             Route("/api/v1/keys/{kid}", self.revoke_key, methods=["DELETE"]),
+            Route("/api/v1/secrets", self.list_secrets, methods=["GET"]),
+            Route("/api/v1/secrets", self.create_secret, methods=["POST"]),
+            Route("/api/v1/secrets/{name}", self.get_secret, methods=["GET"]),
+            Route("/api/v1/secrets/{name}", self.update_secret, methods=["PUT"]),
+            Route("/api/v1/secrets/{name}", self.delete_secret, methods=["DELETE"]),
             Route("/api/v1/images/pull", self.pull, methods=["POST"]),
             Route("/api/v1/images/load", self.load, methods=["POST"]),
         ]
@@ -155,10 +161,15 @@ class ManagementApi:
         tail = _int_param(request, "tail")
         since = _int_param(request, "since")
         function = await run_in_threadpool(self.lifecycle.get, name)
-        stream = await run_in_threadpool(
-            lambda: self.provider.logs(function.container_id, follow=follow, tail=tail, since=since)
-        )
-        return StreamingResponse(relay(stream), media_type="text/plain; charset=utf-8")
+        ids = [i.id for i in function.replicas] or [function.container_id]
+        opened = functools.partial(self.provider.logs, follow=follow, tail=tail, since=since)
+        if len(ids) == 1:
+            stream = await run_in_threadpool(opened, ids[0])
+            return StreamingResponse(relay(stream), media_type="text/plain; charset=utf-8")
+        # Several replicas: each line says which one wrote it, after its timestamp.
+        streams = [(i[:12], await run_in_threadpool(opened, i)) for i in ids]
+        found = replica_lines(streams, follow=follow, tail=tail or 0)
+        return StreamingResponse(_tagged(found), media_type="text/plain; charset=utf-8")
 
     async def scale(self, request: Request) -> Response:
         """Run `replicas` replicas now (0 stops the function); the autoscaler keeps
@@ -192,6 +203,57 @@ class ManagementApi:
         await run_in_threadpool(self.keys.revoke, kid)
         logger.info("revoked key {}", kid)
         return Response(status_code=204)
+
+    async def _secret_views(self, names: list[str]) -> list[dict[str, object]]:
+        """Names and the functions that use each: never a value."""
+        functions = await run_in_threadpool(self.lifecycle.list)
+        return [
+            {"name": n, "used_by": [f.spec.name for f in functions if n in f.spec.secrets]}
+            for n in names
+        ]
+
+    async def list_secrets(self, request: Request) -> Response:
+        names = await run_in_threadpool(self.lifecycle.secrets.names)
+        return JSONResponse(await self._secret_views(names))
+
+    async def get_secret(self, request: Request) -> Response:
+        name = secretstore.check_secret_name(request.path_params["name"])
+        if not await run_in_threadpool(self.lifecycle.secrets.exists, name):
+            raise SecretNotFound(name)
+        return JSONResponse((await self._secret_views([name]))[0])
+
+    async def create_secret(self, request: Request) -> Response:
+        """{"name", "value" (text) | "raw_value" (base64)} -> 201 {"name"}; 409 if it exists."""
+        body = await self._secret_body(request, {"name", "value", "raw_value"})
+        name = secretstore.check_secret_name(body.get("name"))
+        value = secretstore.value_from(body, "value", "raw_value")
+        await run_in_threadpool(self.lifecycle.secrets.create, name, value)
+        logger.info("created secret {}", name)  # the name only, never the value
+        return JSONResponse({"name": name, "used_by": []}, status_code=201)
+
+    async def update_secret(self, request: Request) -> Response:
+        """A new value, which reaches the functions using it; 404 if there is no such secret."""
+        name = secretstore.check_secret_name(request.path_params["name"])
+        body = await self._secret_body(request, {"name", "value", "raw_value"})
+        if body.get("name", name) != name:
+            raise InvalidSpec("name", f"does not match the URL ({name!r})")
+        value = secretstore.value_from(body, "value", "raw_value")
+        used_by = await run_in_threadpool(self.lifecycle.update_secret, name, value)
+        return JSONResponse({"name": name, "used_by": used_by})
+
+    async def delete_secret(self, request: Request) -> Response:
+        name = secretstore.check_secret_name(request.path_params["name"])
+        await run_in_threadpool(self.lifecycle.remove_secret, name)
+        return Response(status_code=204)
+
+    async def _secret_body(self, request: Request, fields: set[str]) -> dict[str, object]:
+        body = await read_json(request, self.api_max_body)
+        if not isinstance(body, dict):
+            raise InvalidSpec("", 'send {"name": "...", "value": "..." or "raw_value": "<base64>"}')
+        unknown = sorted(set(body) - fields)
+        if unknown:
+            raise InvalidSpec(str(unknown[0])[:80], "unknown field")
+        return body
 
     async def pull(self, request: Request) -> Response:
         """Pull an image unless present, streaming the engine's progress as JSON lines."""
@@ -273,3 +335,9 @@ def _int_param(request: Request, key: str) -> int | None:
     if not raw.isdigit():
         raise InvalidSpec(key, "must be a non-negative integer")
     return int(raw)
+
+
+async def _tagged(found: AsyncIterator[tuple[str, str]]) -> AsyncIterator[bytes]:
+    async for replica, line in found:
+        stamp, _, text = line.partition(" ")
+        yield f"{stamp} [{replica}] {text}\n".encode()

@@ -204,6 +204,14 @@ def deploy(
             help="Spread replicas over a node label's values (Swarm), e.g. node.labels.zone."
         ),
     ] = None,
+    secret: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--secret",
+            help="Secret it reads at /var/openfaas/secrets/NAME (`faas secrets create`), "
+            "repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Deploy a function, or replace it; returns once it answers through Traefik."""
     loaded = manifest.load(file) if file is not None else manifest.Manifest()
@@ -219,6 +227,9 @@ def deploy(
     spec.update({k: v for k, v in flags.items() if v is not None})
     spec["env"] = {**_table(spec.get("env")), **_parse_env(env or [])}
     spec["labels"] = {**_table(spec.get("labels")), **_parse_env(label or [])}
+    if secret:
+        listed = spec.get("secrets")
+        spec["secrets"] = [*(listed if isinstance(listed, list) else []), *secret]
     limits = {"memory": memory, "cpus": cpus, "pids": pids}
     spec["resources"] = {**_table(spec.get("resources")), **{k: v for k, v in limits.items() if v}}
     if "name" not in spec:
@@ -495,7 +506,7 @@ def duration(raw: str) -> int:
 def scale(
     name: Annotated[str, typer.Argument(help="Function name.")],
     replicas: Annotated[
-        int, typer.Argument(min=0, help="Replicas to run now, up to its max_scale; 0 stops it.")
+        int, typer.Argument(min=0, help="Replicas to run now, min_scale to max_scale; 0 stops it.")
     ],
 ) -> None:
     """Run N replicas now (0 stops it; a stopped function also wakes on its next request).
@@ -543,6 +554,80 @@ def keys_revoke(
     """Revoke a key at once, for good."""
     Connection.client().revoke_key(kid)
     typer.echo(f"revoked {kid}")
+
+
+secrets_app = typer.Typer(
+    help="Secrets functions read as files, /var/openfaas/secrets/NAME.", no_args_is_help=True
+)
+app.add_typer(secrets_app, name="secrets")
+
+
+def _secret_value(from_file: Path | None) -> bytes:
+    """The file's bytes as they are; or stdin, less one trailing newline (`echo`'s)."""
+    if from_file is not None:
+        try:
+            return from_file.read_bytes()
+        except OSError as exc:
+            raise typer.BadParameter(
+                f"cannot read {from_file}: {exc.strerror}", param_hint="--from-file"
+            ) from None
+    if sys.stdin.isatty():
+        raise typer.BadParameter(
+            "pipe the value in (printf %s VALUE | faas secrets ...) or give --from-file"
+        )
+    value = sys.stdin.buffer.read()
+    return value[:-1] if value.endswith(b"\n") else value
+
+
+FromFile = Annotated[
+    Path | None,
+    typer.Option("--from-file", help="Read the value from this file (else from stdin)."),
+]
+
+
+@secrets_app.command("create")
+@reports_errors
+def secrets_create(
+    name: Annotated[str, typer.Argument(help="Secret name (a DNS label).")],
+    from_file: FromFile = None,
+) -> None:
+    """Create a secret from stdin or a file; the value is never shown again."""
+    Connection.client().create_secret(name, _secret_value(from_file))
+    typer.echo(f"created secret {name}")
+
+
+@secrets_app.command("update")
+@reports_errors
+def secrets_update(
+    name: Annotated[str, typer.Argument(help="Secret name.")],
+    from_file: FromFile = None,
+) -> None:
+    """Give a secret a new value; the functions using it read it at once."""
+    updated = Connection.client().update_secret(name, _secret_value(from_file))
+    users = updated.get("used_by")
+    used = ", ".join(str(u) for u in users) if isinstance(users, list) and users else "none"
+    typer.echo(f"updated secret {name} (used by: {used})")
+
+
+@secrets_app.command("ls")
+@reports_errors
+def secrets_list() -> None:
+    """List secrets and the functions using each (never their values)."""
+    rows = [["NAME", "USED BY"]]
+    for row in Connection.client().secrets():
+        users = row.get("used_by")
+        rows.append(
+            [str(row["name"]), ", ".join(map(str, users or [])) if isinstance(users, list) else ""]
+        )
+    _echo_table(rows)
+
+
+@secrets_app.command("rm")
+@reports_errors
+def secrets_remove(name: Annotated[str, typer.Argument(help="Secret name.")]) -> None:
+    """Remove a secret that no function uses."""
+    Connection.client().remove_secret(name)
+    typer.echo(f"removed secret {name}")
 
 
 @app.command("rm")

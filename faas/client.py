@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, cast
@@ -77,6 +78,20 @@ class Client:
 
     def revoke_key(self, kid: str) -> None:
         self._call("DELETE", f"/keys/{kid}")
+
+    def secrets(self) -> Rows:
+        return cast(Rows, self._call("GET", "/secrets").json())
+
+    def create_secret(self, name: str, value: bytes) -> JSON:
+        body = {"name": name, "raw_value": base64.b64encode(value).decode()}
+        return cast(JSON, self._call("POST", "/secrets", json=body).json())
+
+    def update_secret(self, name: str, value: bytes) -> JSON:
+        body = {"raw_value": base64.b64encode(value).decode()}
+        return cast(JSON, self._call("PUT", f"/secrets/{name}", json=body).json())
+
+    def remove_secret(self, name: str) -> None:
+        self._call("DELETE", f"/secrets/{name}")
 
     def stats(self, name: str | None = None) -> Rows:
         params = {"name": name} if name else None

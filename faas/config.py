@@ -215,6 +215,19 @@ class Settings(BaseSettings):
         description="Engine stats calls in flight at once. Each waits about 1 s for the "
         "engine's collector, so a round over N running functions takes ~N/this seconds.",
     )
+    secret_max_bytes: int = Field(
+        512 * 1024,
+        ge=1,
+        le=16 << 20,
+        description="Largest value of a secret (`faas secrets`, /system/secrets), in bytes; "
+        "413 above. Bodies also stay under FAAS_API_MAX_BODY_BYTES.",
+    )
+    secret_mounts_dir: Path | None = Field(
+        None,
+        description="Where each function's secrets are copied for the engine to bind into "
+        "its containers (read-only) at /var/openfaas/secrets; the engine must see the same "
+        "path. Default: `<state dir>/secret-mounts`.",
+    )
     egress_allow: str | None = Field(
         None,
         description="Comma-separated exceptions to the egress rules `faas up` installs "
@@ -295,6 +308,16 @@ class Settings(BaseSettings):
     def signing_key_file(self) -> Path:
         """The secret invoke keys are signed with (faas/keys.py)."""
         return self.state_dir / "signing-key"
+
+    @property
+    def secrets_dir(self) -> Path:
+        """The namespace's secrets (faas/secretstore.py): 0700, a file (0600) each."""
+        return self.state_dir / "secrets"
+
+    @property
+    def function_secrets_dir(self) -> Path:
+        """One folder per function holding its secrets, bound into its containers."""
+        return self.secret_mounts_dir or self.state_dir / "secret-mounts"
 
     @property
     def revoked_keys_file(self) -> Path:

@@ -11,22 +11,25 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import re
 import secrets
+import shutil
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, Any, cast
 
 import docker
 import docker.errors
 import requests.exceptions
 from docker.models.images import Image
-from docker.types import DeviceRequest, LogConfig, Ulimit
+from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
 from loguru import logger
 
-from . import labels, oci
+from . import labels, oci, secretstore
 from .config import Settings
 from .errors import (
     BuildFailed,
@@ -72,6 +75,7 @@ class DockerProvider:
         self._client = client
         self._network_lock = threading.Lock()
         self._warned: set[str] = set()
+        self._own_mounts: list[tuple[str, str]] | None = None  # (inside, on the host)
 
     @property
     def client(self) -> docker.DockerClient:
@@ -250,6 +254,7 @@ class DockerProvider:
                     runtime=spec.runtime,
                     device_requests=_gpu_requests(spec.gpus),
                     ulimits=[Ulimit(name=k, soft=v, hard=v) for k, v in r.ulimits.items()],
+                    mounts=self._secret_mounts(spec) or None,
                     # A scale-to-zero function is woken by its next request
                     # instead; restarting it would only make it crash-loop.
                     # ("unless-stopped" is valid, missing from the stubs.)
@@ -263,6 +268,50 @@ class DockerProvider:
                     raise InvalidSpec("", str(exc.explanation or exc)) from exc
                 raise
         return self.inspect(str(container.id))
+
+    def _secret_mounts(self, spec: FunctionSpec) -> list[Mount]:
+        """The function's secrets folder, read-only at /var/openfaas/secrets: the
+        container sees its own secrets only, and a value replaced in the folder at
+        once (a folder bind follows renames in it; a file bind would keep the old
+        inode). A `Mount`, not a bind string: a missing folder is an error, not an
+        empty folder the engine makes."""
+        if not spec.secrets:
+            return []
+        folder = self._host_path(str(self.settings.function_secrets_dir / spec.name))
+        return [Mount(secretstore.MOUNT_PATH, folder, type="bind", read_only=True)]
+
+    def _host_path(self, path: str) -> str:
+        """`path` as the engine sees it. The same, unless the gateway itself runs in a
+        container (the compose stack): then its state dir is a volume, whose folder on
+        the host the engine must be given for a bind."""
+        if self._own_mounts is None:
+            self._own_mounts = self._read_own_mounts()
+        return host_path(path, self._own_mounts)
+
+    def _read_own_mounts(self) -> list[tuple[str, str]]:
+        own = own_container_id()
+        if own is None:
+            return []
+        try:
+            found = self.client.api.inspect_container(own).get("Mounts") or []
+        except docker.errors.NotFound:  # a container of another engine (docker in docker)
+            return []
+        return [(m["Destination"], m["Source"]) for m in found if m.get("Source")]
+
+    def mount_secrets(self, name: str, values: Mapping[str, bytes]) -> bool:
+        """The function's folder of secrets, `<function_secrets_dir>/<name>`, in a
+        0700 parent: other users of this host see nothing; inside the container the
+        files are 0444, readable by whatever user the image runs as."""
+        parent = self.settings.function_secrets_dir
+        folder = parent / name
+        if not values:
+            shutil.rmtree(folder, ignore_errors=True)
+            return True
+        parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        parent.chmod(0o700)
+        secretstore.write_private_copy(folder, values)
+        folder.chmod(0o755)
+        return True
 
     def start(self, instance_id: str) -> None:
         with _engine_errors():
@@ -477,3 +526,30 @@ def _exit_reason(state: dict[str, Any]) -> str:
     if state.get("Error"):
         return str(state["Error"])
     return f"exited with code {state.get('ExitCode')}"
+
+
+# A container's own /etc/hostname and friends are bound from the engine's folder for it.
+_OWN_ID = re.compile(r"/containers/([0-9a-f]{64})/")
+
+
+def own_container_id(mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The id of the container this process runs in, or None on a plain host."""
+    try:
+        text = Path(mountinfo).read_text()
+    except OSError:
+        return None
+    found = _OWN_ID.search(text)
+    return found.group(1) if found else None
+
+
+def host_path(path: str, mounts: Iterable[tuple[str, str]]) -> str:
+    """`path` through the mount (inside, on the host) with the longest inside
+    prefix of it; unchanged when none holds it."""
+    best: tuple[str, str] | None = None
+    for inside, outside in mounts:
+        holds = path == inside or path.startswith(inside.rstrip("/") + "/")
+        if holds and (best is None or len(inside) > len(best[0])):
+            best = (inside, outside)
+    if best is None:
+        return path
+    return best[1] + path[len(best[0].rstrip("/")) :]

@@ -4,6 +4,9 @@
     ├── InvalidSpec(field, reason)        bad input; nothing was changed
     ├── FunctionNotFound(name)
     ├── FunctionExists(name)
+    ├── SecretNotFound(name)
+    ├── SecretExists(name)
+    ├── SecretInUse(name, functions)      removing a secret functions still list (409)
     ├── ImageNotFound(image, reason)
     ├── RegistryUnreachable(image, registry, reason)  the pull could not reach the registry (502)
     ├── DeployFailed(name, reason, cause, logs)  the new version never became ready
@@ -71,6 +74,33 @@ class FunctionExists(FaasError):
     def __init__(self, name: str) -> None:
         super().__init__(f"function {name!r} already exists (use PUT to update it)")
         self.name = name
+
+
+class SecretNotFound(FaasError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"secret {name!r} not found")
+        self.name = name
+
+
+class SecretExists(FaasError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"secret {name!r} already exists (update it instead)")
+        self.name = name
+
+
+class SecretInUse(FaasError):
+    """A secret cannot go while functions list it: they would lose the file."""
+
+    def __init__(self, name: str, functions: list[str]) -> None:
+        super().__init__(
+            f"secret {name!r} is used by {', '.join(functions)}: deploy them without it "
+            "(or remove them) first"
+        )
+        self.name = name
+        self.functions = functions
+
+    def detail(self) -> object:
+        return {"secret": self.name, "functions": self.functions}
 
 
 class ImageNotFound(FaasError):

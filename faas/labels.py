@@ -8,6 +8,8 @@ names; `spec_labels` and `spec_from_labels` round-trip a FunctionSpec.
     faas.function        function name
     faas.schema          label schema version
     faas.spec.<field>    one label per spec field; strings raw, the rest JSON
+                         (faas.spec.secrets: the NAMES of the secrets it reads,
+                         never a value; see faas/secretstore.py)
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@
               until the container answers
     scale_down  drain -> stop -> unrouted -> undrain
     remove    retire every instance, wait until unrouted
+    secrets   a function's secrets exist before anything is made; the provider
+              mounts them; a new value reaches the running instances (or they
+              are replaced); a secret in use cannot be removed
 
 Blocking sequences hold a per-function lock and run in worker threads; the
 async layer (`wake`, `scale_down`, `address`) coordinates the requests that
@@ -38,8 +41,11 @@ from .errors import (
     FaasError,
     FunctionNotFound,
     ImageNotFound,
+    InvalidSpec,
     NoRoom,
     ProviderError,
+    SecretInUse,
+    SecretNotFound,
     WakeFailed,
 )
 from .metrics import Metrics
@@ -54,6 +60,7 @@ from .provider import (
     live,
     serving,
 )
+from .secretstore import SecretStore
 from .spec import FunctionSpec, memory_bytes
 
 # (address "ip:port", health path) -> True once it answers HTTP below 500.
@@ -91,8 +98,14 @@ class Lifecycle:
         settings: Settings,
         metrics: Metrics | None = None,
         probe: Probe = http_probe,
+        secrets: SecretStore | None = None,
     ) -> None:
         self.provider = provider
+        self.secrets = secrets or SecretStore(settings.secrets_dir, settings.secret_max_bytes)
+        # Secrets that deploys in flight have checked and will use, by function: a
+        # secret must not go between a deploy's check and its containers' labels.
+        self._deploying: dict[str, frozenset[str]] = {}
+        self._secrets_guard = threading.Lock()
         self.router = router
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -156,10 +169,14 @@ class Lifecycle:
         `max_scale`) start beside the old ones (a surge of that many), so the
         function never serves with fewer."""
         spec = policy.effective(spec, self.settings, self.provider.engine_info())
-        with self._lock(spec.name):
+        with self._lock(spec.name), self._using_secrets(spec):
+            values = self._secret_values(spec)
             self._ensure_image(spec.image)
             current = self.provider.instances(spec.name)
             count = min(max(len(live(current)), spec.min_scale, 1), spec.max_scale)
+            # The old instances keep theirs while the new ones start beside them.
+            old = self.secrets.values(_secrets_of(current), missing_ok=True)
+            self.provider.mount_secrets(spec.name, {**old, **values})
             new: builtins.list[Instance] = []
             try:
                 addresses = [self._start_new(spec, new) for _ in range(count)]
@@ -169,17 +186,88 @@ class Lifecycle:
                 for instance in new:
                     self._discard(instance.id)
                 self._restore_route(current)
+                self.provider.mount_secrets(spec.name, old)
                 raise
             if current:
                 self._replace(spec, addresses, [i.id for i in current])
+            self.provider.mount_secrets(spec.name, values)
             logger.info("deployed {} ({}) at {}", spec.name, spec.image, ", ".join(addresses))
             return self.get(spec.name)
 
+    @contextlib.contextmanager
+    def _using_secrets(self, spec: FunctionSpec) -> Iterator[None]:
+        """While the block runs, the secrets `spec` lists count as in use."""
+        with self._secrets_guard:
+            self._deploying[spec.name] = frozenset(spec.secrets)
+        try:
+            yield
+        finally:
+            with self._secrets_guard:
+                del self._deploying[spec.name]
+
+    def _secret_values(self, spec: FunctionSpec) -> dict[str, bytes]:
+        """The values of the secrets `spec` lists; InvalidSpec naming a missing one."""
+        try:
+            return self.secrets.values(spec.secrets)
+        except SecretNotFound as exc:
+            raise InvalidSpec(
+                "secrets", f"no secret {exc.name!r}: create it first (faas secrets create)"
+            ) from exc
+
+    def _remount(self, spec: FunctionSpec) -> None:
+        """Write the function's secrets again before an instance is made or started
+        (its folder may have been lost with the state dir)."""
+        if spec.secrets:
+            values = self.secrets.values(spec.secrets, missing_ok=True)
+            self.provider.mount_secrets(spec.name, values)
+
+    def functions_using(self, secret: str) -> builtins.list[Function]:
+        return [f for f in self.list() if secret in f.spec.secrets]
+
+    def update_secret(self, secret: str, value: bytes) -> builtins.list[str]:
+        """Store a new value and bring it to every function that lists the secret:
+        in place where the provider can, else by replacing its instances (a rolling
+        deploy, no request lost). The names of those functions."""
+        with self._secrets_guard:  # a deploy checking it from now on reads the new value
+            self.secrets.update(secret, value)
+            deploying = {name for name, used in self._deploying.items() if secret in used}
+        names = []
+        # A deploy in flight may have read the old value: its lock waits for it to end.
+        for name in sorted({f.spec.name for f in self.functions_using(secret)} | deploying):
+            with self._lock(name):
+                found = self.provider.instances(name)
+                spec = serving(found).spec if found else None
+                if spec is None or secret not in spec.secrets:
+                    continue
+                values = self.secrets.values(spec.secrets, missing_ok=True)
+                seen = self.provider.mount_secrets(name, values)
+            if not seen and live(found):
+                self.deploy(spec)
+            names.append(name)
+        logger.info("updated secret {} (used by {})", secret, ", ".join(names) or "none")
+        return names
+
+    def remove_secret(self, secret: str) -> None:
+        """Delete a secret no function lists, deployed or being deployed (else
+        SecretInUse naming them)."""
+        with self._secrets_guard:  # no deploy may check it meanwhile
+            deployed = {f.spec.name for f in self.functions_using(secret)}
+            deploying = {name for name, used in self._deploying.items() if secret in used}
+            if deployed | deploying:
+                raise SecretInUse(secret, sorted(deployed | deploying))
+            self.secrets.remove(secret)
+        logger.info("removed secret {}", secret)
+
     def _start_new(self, spec: FunctionSpec, started: builtins.list[Instance]) -> str:
-        """Create and start one more instance of `spec` (recorded in `started`); its address."""
+        """Create and start one more instance of `spec` (recorded in `started`); its
+        address. The gateway forwards to it only once it answers."""
         instance = self.provider.create(spec)
         started.append(instance)
-        return self._start_and_wait(spec, instance.id)
+        self._unready.add(instance.id)
+        try:
+            return self._start_and_wait(spec, instance.id)
+        finally:
+            self._unready.discard(instance.id)
 
     def _ensure_image(self, image: str) -> None:
         found = self.provider.image_labels(image)
@@ -213,6 +301,7 @@ class Lifecycle:
                 raise FunctionNotFound(name)
             for instance in found:
                 self._retire(instance.id)
+            self.provider.mount_secrets(name, {})
             if self.router is not None:
                 self.router.unrouted(name)
             logger.info("removed {}", name)
@@ -227,6 +316,7 @@ class Lifecycle:
         instance = self._serving(name)
         if instance.state is State.INVALID:
             raise DeployFailed(name, instance.reason, Cause.INVALID)
+        self._remount(instance.spec)
         # The proxy routes a container as soon as it runs, before it
         # listens: keep its traffic on the gateway (which waits for
         # readiness) until it answers. No need to wait for the drain: the
@@ -332,6 +422,7 @@ class Lifecycle:
         if not fitting:
             raise NoRoom(spec.name, limit, engine.memory_bytes - used)
         created: builtins.list[Instance] = []
+        self._remount(spec)
         with self._drained(spec.name):
             try:
                 for _ in range(fitting):
@@ -571,6 +662,10 @@ class Lifecycle:
 
     def draining(self, name: str) -> bool:
         return name in self._draining
+
+
+def _secrets_of(instances: Iterable[Instance]) -> set[str]:
+    return {name for i in instances for name in i.spec.secrets}
 
 
 def _ready(instances: builtins.list[Instance]) -> builtins.list[Instance]:

@@ -3,6 +3,7 @@
     name = "hello"
     image = "repo:tag"  | build = "."  | lang = "python"    # where the code comes from
     port, command, health_path, runtime, gpus               # as in the API
+    secrets = ["db"]                                        # read at /var/openfaas/secrets/db
     [env]        KEY = "value"
     [scaling]    min_scale, max_scale, concurrency, idle_timeout
     [resources]  memory, cpus, pids, ulimits

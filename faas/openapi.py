@@ -35,6 +35,32 @@ def _responses(ok: str, schema: Mapping[str, object] | None, *errors: int) -> di
     return out
 
 
+_SECRET = {
+    "type": "object",
+    "required": ["name", "used_by"],
+    "properties": {
+        "name": {"type": "string"},
+        "used_by": {"type": "array", "items": {"type": "string"}},
+    },
+}
+_SECRET_VALUE = {
+    "value": {"type": "string", "description": "The value, as text (stored as UTF-8)."},
+    "raw_value": {
+        "type": "string",
+        "contentEncoding": "base64",
+        "description": "The value as base64 (any bytes); wins over value.",
+    },
+}
+
+
+def _secret_body(*required: str) -> dict[str, object]:
+    properties = {"name": {"type": "string"}, **_SECRET_VALUE}
+    schema = {"type": "object", "additionalProperties": False, "properties": properties}
+    if required:
+        schema["required"] = list(required)
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
 _TAR = {
     "required": True,
     # A tar archive; any type is taken (octet-stream is what clients send).
@@ -169,6 +195,30 @@ def document() -> dict[str, object]:
                     "the last line holds the image or the error)",
                     "requestBody": _TAR,
                     "responses": _responses("200", None, 422),
+                },
+            },
+            "/api/v1/secrets": {
+                "get": {
+                    "summary": "Secrets by name, with the functions using each (never a value)",
+                    "responses": _responses("200", {"type": "array", "items": _SECRET}),
+                },
+                "post": {
+                    "summary": "Create a secret (value or raw_value; up to FAAS_SECRET_MAX_BYTES)",
+                    "requestBody": _secret_body("name"),
+                    "responses": _responses("201", _SECRET, 409, 413, 422),
+                },
+            },
+            "/api/v1/secrets/{name}": {
+                "parameters": [name],
+                "get": {"responses": _responses("200", _SECRET, 404, 422)},
+                "put": {
+                    "summary": "A new value; the functions using it read it at once",
+                    "requestBody": _secret_body(),
+                    "responses": _responses("200", _SECRET, 404, 413, 422),
+                },
+                "delete": {
+                    "summary": "Remove a secret no function uses (else 409 naming them)",
+                    "responses": _responses("204", None, 404, 409, 422),
                 },
             },
             "/api/v1/images/pull": {

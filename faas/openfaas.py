@@ -5,6 +5,7 @@
     /system/function/{name}                   GET
     /system/scale-function/{name}             POST {"serviceName", "replicas"} -> 202
     /system/info, /system/namespaces, /system/logs (NDJSON)
+    /system/secrets                           GET list, POST create, PUT update, DELETE
     /function/{name}.{namespace}[/path]       invoke, namespace = ours
 
 Shapes follow openfaas/faas-provider's types (FunctionDeployment,
@@ -21,7 +22,6 @@ work unchanged; answers always name ours.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
@@ -42,7 +42,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import __version__, auth, labels
+from . import __version__, auth, labels, secretstore
 from .api import counted
 from .autoscaler import Autoscaler
 from .body import read_json
@@ -50,11 +50,11 @@ from .config import Settings, host_port, local_host
 from .errors import FaasError, FunctionExists, FunctionNotFound, InvalidSpec
 from .invoke import METHODS
 from .lifecycle import Lifecycle
-from .provider import Function, LogStream, State, Usage
+from .provider import Function, State, Usage
 from .proxy import Proxy
 from .scaler import Scaler
 from .spec import NAME_RE, FunctionSpec, check_name, memory_bytes, parse_spec
-from .streams import relay
+from .streams import replica_lines
 from .throttle import Throttle, client_address
 
 # faasd's and OpenFaaS' default function namespace: accepted as an alias of ours.
@@ -87,7 +87,10 @@ FIELD_NAMES = {
     "resources.cpus": "limits.cpu",
     "read_only": "readOnlyRootFilesystem",
     "health_path": f"annotations.{HEALTH_ANNOTATION}",
+    "secrets": "secrets",
 }
+# types.Secret: the value as text, or rawValue ([]byte, which Go's JSON encodes as base64).
+SECRET_FIELDS = frozenset({"name", "namespace", "value", "rawValue"})
 # Spec fields OpenFaaS cannot express: an update through this API keeps them
 # as they are (an invoke-key function must not turn public on `faas-cli deploy`).
 KEPT_ON_UPDATE = ("port", "command", "runtime", "gpus", "auth", "cap_add", "limits", "concurrency")
@@ -194,6 +197,7 @@ def spec_from_deployment(
         resources=resources,
         read_only=read_only,
         health_path=annotations.get(HEALTH_ANNOTATION, WATCHDOG_HEALTH),
+        secrets=_secret_names(given),
     )
     try:
         return parse_spec(data)
@@ -209,8 +213,6 @@ def _refuse_unhonoured(given: Mapping[str, object], namespace: str) -> None:
     check_namespace(given.get("namespace"), namespace)
     if "constraints" in given:
         raise InvalidSpec("constraints", "placement constraints are not supported (one engine)")
-    if "secrets" in given:
-        raise InvalidSpec("secrets", "secrets are not supported yet")
     if "requests" in given:
         raise InvalidSpec(
             "requests", "resource requests are not supported (no scheduler); set limits"
@@ -218,6 +220,13 @@ def _refuse_unhonoured(given: Mapping[str, object], namespace: str) -> None:
     for field in ("service", "image"):
         if not isinstance(given.get(field), str):
             raise InvalidSpec(field, "required, a string")
+
+
+def _secret_names(given: Mapping[str, object]) -> list[str]:
+    names = given.get("secrets", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise InvalidSpec("secrets", "must be a list of secret names")
+    return names
 
 
 def _env(given: Mapping[str, object]) -> dict[str, str]:
@@ -293,6 +302,7 @@ def function_status(
         "limits": limits,
         "requests": {},
         "readOnlyRootFilesystem": spec.read_only,
+        "secrets": list(spec.secrets),
         "invocationCount": invocations,
         "replicas": len(function.replicas),
         "availableReplicas": len(function.addresses),
@@ -398,6 +408,10 @@ class OpenFaasApi:
             Route("/system/info", self.info, methods=["GET"]),
             Route("/system/namespaces", self.namespaces, methods=["GET"]),
             Route("/system/logs", self.logs, methods=["GET"]),
+            Route("/system/secrets", self.list_secrets, methods=["GET"]),
+            Route("/system/secrets", self.create_secret, methods=["POST"]),
+            Route("/system/secrets", self.update_secret, methods=["PUT"]),
+            Route("/system/secrets", self.delete_secret, methods=["DELETE"]),
         ]
         return [
             Route("/healthz", self.healthz, methods=["GET"]),
@@ -564,11 +578,49 @@ class OpenFaasApi:
             since=since,
         )
         streams = [(i[:12], await run_in_threadpool(opened, i)) for i in ids]
-        if follow:
-            lines = _merged(name, self.namespace, streams)
-        else:
-            lines = _sorted(name, self.namespace, streams, tail)
-        return StreamingResponse(_encode(lines), media_type="application/x-ndjson")
+        messages = (
+            log_message(name, self.namespace, instance, line)
+            async for instance, line in replica_lines(streams, follow=follow, tail=tail)
+        )
+        return StreamingResponse(_encode(messages), media_type="application/x-ndjson")
+
+    async def list_secrets(self, request: Request) -> Response:
+        check_namespace(request.query_params.get("namespace"), self.namespace)
+        names = await run_in_threadpool(self.lifecycle.secrets.names)
+        return JSONResponse([{"name": n, "namespace": self.namespace} for n in names])
+
+    async def _secret(self, request: Request, *, value: bool) -> tuple[str, bytes]:
+        """A types.Secret body: its name, and (with `value`) its value."""
+        body = await read_json(request, self.max_body)
+        if not isinstance(body, dict):
+            raise InvalidSpec("", 'send {"name": "...", "value": "..." or "rawValue": "<base64>"}')
+        unknown = sorted(set(body) - SECRET_FIELDS)
+        if unknown:
+            raise InvalidSpec(str(unknown[0])[:80], "unknown field")
+        check_namespace(
+            body.get("namespace") or request.query_params.get("namespace"), self.namespace
+        )
+        name = secretstore.check_secret_name(body.get("name"))
+        return name, secretstore.value_from(body, "value", "rawValue") if value else b""
+
+    async def create_secret(self, request: Request) -> Response:
+        """POST: a new secret (201); 409 if it exists (faas-cli says so)."""
+        name, value = await self._secret(request, value=True)
+        await run_in_threadpool(self.lifecycle.secrets.create, name, value)
+        logger.info("created secret {} (OpenFaaS API)", name)  # never the value
+        return Response(status_code=201)
+
+    async def update_secret(self, request: Request) -> Response:
+        """PUT: a new value (200), which reaches the functions using it; 404 if missing."""
+        name, value = await self._secret(request, value=True)
+        await run_in_threadpool(self.lifecycle.update_secret, name, value)
+        return Response(status_code=200)
+
+    async def delete_secret(self, request: Request) -> Response:
+        """DELETE {"name"}: 200; 404 if missing; 409 naming the functions still using it."""
+        name, _ = await self._secret(request, value=False)
+        await run_in_threadpool(self.lifecycle.remove_secret, name)
+        return Response(status_code=200)
 
     async def invoke(self, request: Request) -> Response:
         """`/function/<name>.<namespace>/...`: back through Traefik as
@@ -583,59 +635,6 @@ class OpenFaasApi:
         return await self.proxy.forward(
             request, self.traefik, labels.function_path(name) + rest, prefix
         )
-
-
-async def _lines(stream: LogStream) -> AsyncIterator[str]:
-    """Whole lines of a blocking log stream (its chunks may split them)."""
-    pending = b""
-    async for chunk in relay(stream):
-        pending += chunk
-        *whole, pending = pending.split(b"\n")
-        for line in whole:
-            yield line.decode("utf-8", "replace")
-    if pending:
-        yield pending.decode("utf-8", "replace")
-
-
-async def _sorted(
-    name: str, namespace: str, streams: list[tuple[str, LogStream]], tail: int
-) -> AsyncIterator[dict[str, object]]:
-    """Every instance's lines in time order; `tail` > 0 keeps the last ones."""
-    messages = [
-        log_message(name, namespace, instance, line)
-        for instance, stream in streams
-        async for line in _lines(stream)
-    ]
-    messages.sort(key=lambda m: str(m["timestamp"]))
-    for message in messages[-tail:] if tail > 0 else messages:
-        yield message
-
-
-async def _merged(
-    name: str, namespace: str, streams: list[tuple[str, LogStream]]
-) -> AsyncIterator[dict[str, object]]:
-    """Every instance's lines as they come (follow)."""
-    queue: asyncio.Queue[dict[str, object] | None] = asyncio.Queue(maxsize=1000)
-
-    async def pump(instance: str, stream: LogStream) -> None:
-        try:
-            async for line in _lines(stream):
-                await queue.put(log_message(name, namespace, instance, line))
-        finally:
-            await queue.put(None)
-
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in streams]
-    try:
-        running = len(tasks)
-        while running:
-            message = await queue.get()
-            if message is None:
-                running -= 1
-            else:
-                yield message
-    finally:
-        for task in tasks:
-            task.cancel()
 
 
 async def _encode(messages: AsyncIterator[dict[str, object]]) -> AsyncIterator[bytes]:

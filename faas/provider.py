@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import builtins
 import enum
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Protocol
@@ -207,6 +207,16 @@ class Provider(Protocol):
         ...
 
     def start(self, instance_id: str) -> None: ...
+
+    def mount_secrets(self, name: str, values: Mapping[str, bytes]) -> bool:
+        """Make `values` (secret name -> value) exactly the secrets that the function
+        `name`'s instances read at /var/openfaas/secrets/<secret>: the instances it
+        creates from now on (`create` of a spec listing them), and, where the engine
+        can, the running ones. Empty: forget the function's secrets.
+
+        True when the running instances see the new values already; False when
+        only new instances will (the core then replaces the running ones)."""
+        ...
 
     def stop(self, instance_id: str, timeout: float) -> None:
         """SIGTERM, then SIGKILL after `timeout` seconds; a gone instance is no error."""

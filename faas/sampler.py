@@ -5,8 +5,9 @@ CPU delta): on Docker 20.10 each call waited ~0.5-1 s for the daemon's
 collector, so 100 running functions took ~100 s sequentially, ~14 s with 8 in
 flight (bench/results-stats.md). So a scrape never calls it: one list of the
 functions per round, then at most `concurrency` stats calls at a time for the
-running ones; the result replaces the snapshot `/metrics` reads, and the next
-round starts `interval` seconds after this one ends (rounds never overlap).
+running replicas (a function's use is its replicas' summed); the result
+replaces the snapshot `/metrics` reads, and the next round starts `interval`
+seconds after this one ends (rounds never overlap).
 """
 
 from __future__ import annotations
@@ -41,16 +42,21 @@ class Sampler:
 
         provider = self.lifecycle.provider
 
-        async def one(fn: Function) -> tuple[str, Usage | None]:
+        async def one(name: str, instance_id: str) -> tuple[str, Usage | None]:
             async with gate:
                 try:
-                    return fn.spec.name, await run_in_threadpool(provider.usage, fn.container_id)
+                    return name, await run_in_threadpool(provider.usage, instance_id)
                 except FaasError as exc:  # stopped meanwhile: skip it this round
-                    logger.debug("no stats for {}: {}", fn.spec.name, exc)
-                    return fn.spec.name, None
+                    logger.debug("no stats for {} ({}): {}", name, instance_id[:12], exc)
+                    return name, None
 
-        pairs = await asyncio.gather(*(one(fn) for fn in running))
-        sampled = {name: r for name, r in pairs if r is not None}
+        pairs = await asyncio.gather(
+            *(one(fn.spec.name, i) for fn in running for i in _running_ids(fn))
+        )
+        sampled: dict[str, Usage] = {}
+        for name, usage in pairs:
+            if usage is not None:
+                sampled[name] = _sum(sampled[name], usage) if name in sampled else usage
         self.metrics.sampled(sampled)
         self.last_duration = time.monotonic() - began
         return sampled
@@ -65,3 +71,18 @@ class Sampler:
                 self.metrics.loop_errors.labels("sampler").inc()
                 logged(exc).warning("resource sampling failed: {}", exc)
             await asyncio.sleep(self.interval)
+
+
+def _running_ids(fn: Function) -> list[str]:
+    return [i.id for i in fn.replicas if i.state is State.RUNNING] or [fn.container_id]
+
+
+def _sum(a: Usage, b: Usage) -> Usage:
+    """A function's use: its replicas' together."""
+    return Usage(
+        a.memory_bytes + b.memory_bytes,
+        a.memory_limit_bytes + b.memory_limit_bytes,
+        a.cpu_seconds + b.cpu_seconds,
+        a.restarts + b.restarts,
+        a.oom_killed or b.oom_killed,
+    )

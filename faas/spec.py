@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InvalidSpec
+from .secretstore import MAX_SECRETS_PER_FUNCTION, MOUNT_PATH
+from .secretstore import NAME_RE as SECRET_NAME_RE
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
@@ -61,7 +63,7 @@ RESERVED_NAMES = frozenset(
         "api", "dashboard", "ping", "prometheus", "rest", "noop", "acme-http",
         # The gateway's routes (/metrics, /function/..., /api/v1/...)
         "metrics", "function", "healthz", "openapi", "stats", "functions", "images",
-        "keys", "auth", "logs", "scale", "build", "pull", "load",
+        "keys", "auth", "logs", "scale", "build", "pull", "load", "secrets",
         # The OpenFaaS API's routes (faas/openfaas.py) and its Traefik router
         "system", "scale-function", "info", "namespaces", "faas-system",
         # The compose stack's services (docker-compose.yml)
@@ -255,6 +257,25 @@ class FunctionSpec(BaseModel):
             if not SPREAD_RE.match(key):
                 raise ValueError(f"{key!r} is not a node label to spread over (node.labels.<key>)")
         return value
+
+    secrets: list[str] = Field(
+        default_factory=list,
+        description=f"Names of secrets (`faas secrets`) the function reads as files, "
+        f"{MOUNT_PATH}/<name>; each must exist when it is deployed.",
+    )
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not SECRET_NAME_RE.match(name):
+                raise ValueError(
+                    f"{name[:80]!r} is not a valid secret name: use 1-63 lowercase letters, "
+                    "digits and '-', starting and ending with a letter or digit"
+                )
+        if len(set(value)) > MAX_SECRETS_PER_FUNCTION:
+            raise ValueError(f"at most {MAX_SECRETS_PER_FUNCTION} secrets")
+        return sorted(set(value))
 
     @field_validator("cap_add")
     @classmethod

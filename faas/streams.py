@@ -3,6 +3,7 @@ request bodies spooled to disk."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tempfile
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -73,3 +74,49 @@ async def spool(request: Request, limit: int) -> IO[bytes]:
         spooled.write(chunk)
     spooled.seek(0)
     return cast(IO[bytes], spooled)
+
+
+async def lines(stream: LogStream) -> AsyncIterator[str]:
+    """Whole lines of a blocking log stream (its chunks may split them)."""
+    pending = b""
+    async for chunk in relay(stream):
+        pending += chunk
+        *whole, pending = pending.split(b"\n")
+        for line in whole:
+            yield line.decode("utf-8", "replace")
+    if pending:
+        yield pending.decode("utf-8", "replace")
+
+
+async def replica_lines(
+    streams: list[tuple[str, LogStream]], *, follow: bool, tail: int = 0
+) -> AsyncIterator[tuple[str, str]]:
+    """(replica, line) from every replica's `--timestamps` log stream: as they
+    come when following, else in time order (the last `tail` > 0 of them)."""
+    if not follow:
+        found = [(line, replica) for replica, stream in streams async for line in lines(stream)]
+        found.sort(key=lambda pair: pair[0].partition(" ")[0])
+        for line, replica in found[-tail:] if tail > 0 else found:
+            yield replica, line
+        return
+    queue: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue(maxsize=1000)
+
+    async def pump(replica: str, stream: LogStream) -> None:
+        try:
+            async for line in lines(stream):
+                await queue.put((replica, line))
+        finally:
+            await queue.put(None)
+
+    tasks = [asyncio.create_task(pump(r, s)) for r, s in streams]
+    try:
+        running = len(tasks)
+        while running:
+            item = await queue.get()
+            if item is None:
+                running -= 1
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -22,7 +22,7 @@ import builtins
 import contextlib
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import IO, Any, cast
 
 import docker.errors
@@ -52,6 +52,7 @@ _STARTING = {"new", "allocated", "pending", "assigned", "accepted", "preparing",
 }
 # A task meant to run, or being removed: either holds its slot.
 _LEAVING_SLOT = {"new", "ready", "running", "remove"}
+_NO_SECRETS = "not on a Swarm yet (a folder on one node reaches no other; Docker secrets would)"
 # How long stop() waits past the grace period for the task to be gone.
 _STOP_SLACK = 15.0
 
@@ -343,6 +344,11 @@ class SwarmProvider(DockerProvider):
                     if "out of sequence" not in str(exc) or attempt == 4:
                         raise
 
+    def mount_secrets(self, name: str, values: Mapping[str, bytes]) -> bool:
+        if values:
+            raise InvalidSpec("secrets", _NO_SECRETS)
+        return True
+
     def start(self, instance_id: str) -> None:
         self._set_replicas(instance_id, 1)
 
@@ -437,6 +443,8 @@ def _check_swarm(spec: FunctionSpec) -> None:
         raise InvalidSpec(
             "runtime", "Swarm services run on each node's default OCI runtime; set it there"
         )
+    if spec.secrets:
+        raise InvalidSpec("secrets", _NO_SECRETS)
     if spec.gpus is not None:
         raise InvalidSpec(
             "gpus", "Swarm services get GPUs only as generic node resources; not supported"

@@ -266,8 +266,18 @@ def test_compose_stack(stack: Stack) -> None:
     assert got.status_code == 200, got.text
     assert "x-faas-key" not in got.json()["headers"]
 
+    # A secret: the manager's state is a volume; the function still reads its file.
+    assert stack.api("POST", "/secrets", {"name": "db", "value": "s3cret"}).status_code == 201
+    with_secret = stack.api(
+        "PUT", f"/functions/{NAME}", {"image": ECHO_IMAGE, "secrets": ["db"], "min_scale": 1}
+    )
+    assert with_secret.status_code == 200, with_secret.text
+    container = with_secret.json()["container"]
+    assert docker("exec", container, "cat", "/var/openfaas/secrets/db") == "s3cret"
+
     cli(stack, "rm", NAME)
     assert stack.api("GET", f"/functions/{NAME}").status_code == 404
+    assert stack.api("DELETE", "/secrets/db").status_code == 204
 
     stack.run("down", "-v", "-t", "3")
     # The function network is the stack's only external part (the manager

@@ -68,7 +68,9 @@ def engine() -> docker.DockerClient:
 class Stack:
     """`faas up` in a subprocess, on free ports, in a namespace of its own."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, log: Path | None = None) -> None:
+        self.state_dir = state_dir
+        self.log = log  # where its stderr (the gateway's and Traefik's logs) goes, if set
         self.namespace = "t" + secrets.token_hex(4)
         self.http_port = free_port()
         self.gateway_port = free_port()
@@ -97,12 +99,15 @@ class Stack:
         self.session = requests.Session()
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "faas.cli", "up", "--port", str(self.http_port)],
-            env=self.env,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        with contextlib.ExitStack() as files:
+            stderr = files.enter_context(self.log.open("ab")) if self.log else None
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "faas.cli", "up", "--port", str(self.http_port)],
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            )
         assert self.process.stdout is not None
         deadline = time.monotonic() + 60
         for line in self.process.stdout:
@@ -162,11 +167,17 @@ class Stack:
 
 @contextlib.contextmanager
 def running_stack(
-    engine: docker.DockerClient, state_dir: Path, *, unset: tuple[str, ...] = (), **env: str
+    engine: docker.DockerClient,
+    state_dir: Path,
+    *,
+    unset: tuple[str, ...] = (),
+    log: Path | None = None,
+    **env: str,
 ) -> Iterator[Stack]:
     """A started stack (`env`: more FAAS_* settings, `unset`: variables it must not
-    see); on exit it is stopped and everything of its namespace removed."""
-    s = Stack(state_dir)
+    see, `log`: a file for its stderr); on exit it is stopped and everything of its
+    namespace removed."""
+    s = Stack(state_dir, log)
     s.env.update(env)
     for key in unset:
         s.env.pop(key, None)

@@ -54,6 +54,11 @@ def test_scale_to_three_serves_from_three_and_back_to_one_loses_nothing(
         assert "3/3 replicas" in out
         assert len(scaled.containers(engine, name)) == 3
         assert len(hostnames(scaled, name)) == 3  # Traefik balances over all three
+        # Logs come from every replica, each line tagged with the one that wrote it.
+        logs = scaled.api("GET", f"/functions/{name}/logs").text.splitlines()
+        said = [line.split(" ", 2) for line in logs if line.endswith("echo listening on :8080")]
+        assert len({replica for _, replica, _ in said}) == 3, logs
+        assert [stamp for stamp, _, _ in said] == sorted(stamp for stamp, _, _ in said)
         code, out, _ = cli(scaled, "list")
         (row,) = [line for line in out.splitlines() if line.startswith(name)]
         assert " 3/3 " in row

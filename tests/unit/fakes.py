@@ -13,7 +13,7 @@ import itertools
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import IO
@@ -42,6 +42,8 @@ class FakeProvider:
         self.memory = 4 << 30  # what the host has, as the engine says
         self.in_usage = 0
         self.most_in_usage = 0
+        self.mounted: dict[str, dict[str, bytes]] = {}  # function -> its secrets' values
+        self.live_secrets = True  # whether running instances see new values (mount_secrets)
         self._ids = itertools.count(1)
         self._clock = itertools.count()
         self._lock = threading.Lock()
@@ -86,6 +88,13 @@ class FakeProvider:
         self.items[instance.id] = instance
         self.calls.append(("create", instance.id))
         return instance
+
+    def mount_secrets(self, name: str, values: Mapping[str, bytes]) -> bool:
+        if values:
+            self.mounted[name] = dict(values)
+        else:
+            self.mounted.pop(name, None)
+        return self.live_secrets
 
     def start(self, instance_id: str) -> None:
         self.calls.append(("start", instance_id))

@@ -135,7 +135,8 @@ def test_the_health_annotation_sets_the_readiness_path() -> None:
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
-        ({"secrets": ["db"]}, "secrets"),
+        ({"secrets": ["../db"]}, "secrets"),
+        ({"secrets": "db"}, "secrets"),
         ({"constraints": ["node.role==manager"]}, "constraints"),
         ({"requests": {"memory": "64Mi"}}, "requests"),
         ({"namespace": "other"}, "namespace"),
@@ -200,6 +201,7 @@ def test_status_splits_labels_annotations_and_fprocess_back_out() -> None:
         labels={"team": "x", f"{ANNOTATION_PREFIX}topic": "orders"},
         resources=Resources(memory="128m", cpus=0.5),
         read_only=True,
+        secrets=["db", "api-key"],
     )
     created = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     running = Instance("abc", spec, State.RUNNING, created, "10.0.0.2:8080")
@@ -218,6 +220,7 @@ def test_status_splits_labels_annotations_and_fprocess_back_out() -> None:
         "limits": {"memory": "128Mi", "cpu": "500m"},
         "requests": {},
         "readOnlyRootFilesystem": True,
+        "secrets": ["api-key", "db"],
         "invocationCount": 7.0,
         "replicas": 2,
         "availableReplicas": 1,
@@ -265,7 +268,9 @@ def test_basic_auth_takes_admin_and_the_token_only() -> None:
 def test_the_system_routes_take_basic_or_bearer_and_answer_bad_input_400(tmp_path: Path) -> None:
     provider = FakeProvider()
     settings = Settings(state_dir=tmp_path)
-    app = build_app(lifecycle(provider), TOKEN, Keys.from_settings(settings), settings)
+    app = build_app(
+        lifecycle(provider, state_dir=tmp_path), TOKEN, Keys.from_settings(settings), settings
+    )
     client = Client(httpx.ASGITransport(app=app))
     assert client.get("/healthz").status_code == 200
     for headers in ({}, {"Authorization": basic("admin", "x" * 32)}, {"Authorization": "Bearer x"}):
@@ -279,7 +284,10 @@ def test_the_system_routes_take_basic_or_bearer_and_answer_bad_input_400(tmp_pat
         headers={"Authorization": basic("admin", TOKEN)},
     )
     assert got.status_code == 400  # where /api/v1 answers 422
-    assert got.json()["detail"] == {"field": "secrets", "reason": "secrets are not supported yet"}
+    assert got.json()["detail"] == {
+        "field": "secrets",
+        "reason": "no secret 'db': create it first (faas secrets create)",
+    }
     assert provider.instances() == []
     got = client.get("/system/functions", headers={"Authorization": f"Bearer {TOKEN}"})
     assert (got.status_code, got.json()) == (200, [])

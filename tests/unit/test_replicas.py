@@ -10,7 +10,7 @@ import pytest
 
 from faas import labels
 from faas.autoscaler import Autoscaler, replicas_for
-from faas.errors import InvalidSpec, NoRoom
+from faas.errors import DeployFailed, InvalidSpec, NoRoom
 from faas.lifecycle import Lifecycle
 from faas.policy import effective, fits
 from faas.provider import State
@@ -294,3 +294,95 @@ def test_a_jump_after_quiet_seconds_scales_up_in_one_round(
     load.in_flight = 25
     load.advance(1)
     assert settle(autoscaler) == {"a": 3}  # not only once 6 s of it fill the window
+
+
+def test_a_failed_route_leaves_no_drain(life: Lifecycle, router: FakeRouter) -> None:
+    life.deploy(spec())
+    router.fail_route = True
+    with pytest.raises(DeployFailed):
+        life.scale_to("a", 2)
+    assert router.drains["a"] == 0  # else the function stays off the warm path for good
+    assert not life._unready
+
+
+def test_replicas_that_fail_to_start_are_discarded(
+    life: Lifecycle, provider: FakeProvider, router: FakeRouter
+) -> None:
+    first = life.deploy(spec())
+    provider.fail_start = ("exited with 1", False)
+    with pytest.raises(DeployFailed):
+        life.scale_to("a", 3)
+    assert [i.id for i in provider.instances("a")] == [first.container_id]
+    assert ready(life) == 1
+    assert router.drains["a"] == 0
+
+
+def test_a_stopped_function_is_not_woken_by_the_autoscaler(
+    life: Lifecycle, provider: FakeProvider
+) -> None:
+    life.deploy(spec())
+    asyncio.run(life.scale_down("a"))
+    assert life.try_scale_to("a", 2, "load") is None
+    assert [i.state for i in provider.instances("a")] == [State.STOPPED]
+
+
+def test_a_long_request_counts_for_its_window_only(
+    life: Lifecycle, router: FakeRouter, clock: Clock, autoscaler: Autoscaler
+) -> None:
+    life.deploy(spec(max_scale=3, concurrency=10))
+    settle(autoscaler)
+    # Traefik adds a request's duration when it completes: one 60 s request shows
+    # as 60 busy seconds within one round, which is one request in flight, not 60.
+    service = labels.service_name("a")
+    router.busy[service], router.counts[service] = 60.0, 1.0
+    clock.now += 1
+    assert settle(autoscaler) == {"a": 1}
+
+
+def test_a_proxy_restart_resets_the_samples(
+    life: Lifecycle, router: FakeRouter, clock: Clock, autoscaler: Autoscaler
+) -> None:
+    life.deploy(spec(max_scale=3, concurrency=10))
+    load = Loaded(router, clock, in_flight=5)
+    for _ in range(5):
+        load.advance(1)
+        settle(autoscaler)
+    service = labels.service_name("a")
+    router.busy[service], router.counts[service] = 0.0, 0.0  # counters begin again
+    load.advance(1)
+    assert settle(autoscaler) == {"a": 1}
+    load.in_flight = 25
+    load.advance(1)
+    assert settle(autoscaler) == {"a": 3}  # measured from the new counters on
+
+
+def test_scale_requests_outside_the_bounds_are_refused(
+    life: Lifecycle, autoscaler: Autoscaler
+) -> None:
+    fn = life.deploy(spec(min_scale=2, max_scale=4))
+    for wrong in (1, 5, -1):
+        with pytest.raises(InvalidSpec) as refused:
+            asyncio.run(autoscaler.scale(fn, wrong))
+        assert "0 or n from 2 to 4" in refused.value.message
+    assert ready(life) == 2  # nothing changed
+    assert "a" not in autoscaler.loads or autoscaler.loads["a"].wanted == 2
+    asyncio.run(autoscaler.scale(fn, 3))
+    assert ready(life) == 3
+
+
+def test_while_a_deploy_starts_the_gateway_forwards_to_the_old_instance(
+    life: Lifecycle, provider: FakeProvider
+) -> None:
+    first = life.deploy(spec())
+    provider.gate = threading.Event()
+    deploying = threading.Thread(target=life.deploy, args=(spec(env={"V": "2"}),))
+    deploying.start()
+    while provider.count("start") < 2:
+        time.sleep(0.001)
+    new = next(i for i in provider.instances("a") if i.id != first.container_id)
+    provider._set(new.id, state=State.RUNNING, address="10.9.9.9:8080")  # runs, not ready
+    during = {asyncio.run(life.address(life.get("a")))[0] for _ in range(20)}
+    provider.gate.set()
+    deploying.join()
+    assert during == {first.address}
+    assert life.get("a").container_id == new.id  # and then the new one alone

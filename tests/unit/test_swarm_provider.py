@@ -95,7 +95,9 @@ def test_bad_placement_is_refused_naming_the_field(field: str, value: list[str])
     assert field in str(caught.value)
 
 
-@pytest.mark.parametrize(("field", "value"), [("runtime", "runsc"), ("gpus", 1)])
+@pytest.mark.parametrize(
+    ("field", "value"), [("runtime", "runsc"), ("gpus", 1), ("secrets", ["db-password"])]
+)
 def test_what_a_swarm_service_cannot_choose_is_refused(field: str, value: object) -> None:
     with pytest.raises(InvalidSpec) as caught:
         _check_swarm(parse_spec({"name": "f", "image": "x", field: value}))
