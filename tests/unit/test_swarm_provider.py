@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from faas import labels
+from faas.config import Settings
 from faas.errors import InvalidSpec
 from faas.provider import State
 from faas.spec import parse_spec
@@ -102,3 +103,10 @@ def test_what_a_swarm_service_cannot_choose_is_refused(field: str, value: object
     with pytest.raises(InvalidSpec) as caught:
         _check_swarm(parse_spec({"name": "f", "image": "x", field: value}))
     assert caught.value.field == field
+
+
+def test_images_built_or_loaded_are_published_in_the_registry() -> None:
+    assert Settings(registry=None).published("faas/f:1") == "faas/f:1"
+    swarm = Settings(registry="10.0.0.10:5000")
+    assert swarm.published("faas/f:1") == "10.0.0.10:5000/faas/f:1"
+    assert swarm.published("10.0.0.10:5000/faas/f:1") == "10.0.0.10:5000/faas/f:1"
