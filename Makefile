@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed
 PYTHON  ?= python3
 
 .DEFAULT_GOAL := help
-.PHONY: help install engine runtimes test-deps images stack-images dev up down test unit lint docs bench clean
+.PHONY: help install engine runtimes test-deps images stack-images dev up down test unit lint docs bench bench-swarm clean
 # One recipe at a time: they share one engine and apt's lock, and stack-images
 # packs the prometheus that test-deps installs.
 .NOTPARALLEL:
@@ -63,11 +63,15 @@ bench: install images ## Measure deploy, invoke, cold-start, scaling and warm-pa
 	bench/deps.sh
 	$(BIN)/python bench/run.py
 
+bench-swarm: install test-deps images ## Cold start, warm latency and scale-up on a 3-node Swarm vs Docker (root)
+	$(BIN)/python bench/swarm.py
+
 clean: ## Remove the containers, networks, volumes, images and egress rules faas created
 	-docker ps -aq --filter label=faas.namespace | xargs -r docker rm -f
 	-docker ps -aq --filter label=faas.stack | xargs -r docker rm -f
 	-docker network ls -q --filter label=faas.namespace | xargs -r docker network rm
 	-docker volume ls -q --filter label=faas.namespace | xargs -r docker volume rm
 	-docker images -q --filter label=faas.image | xargs -r docker rmi -f
+	-$(BIN)/python -m tests.swarm.cluster down-stale
 	-iptables -S 2>/dev/null | grep -o 'comment faas-[a-z0-9-]*' | sort -u | sed 's/comment faas-//' \
 		| xargs -r -I{} env FAAS_NAMESPACE={} $(BIN)/python -m faas.egress_guard remove

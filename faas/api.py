@@ -104,7 +104,11 @@ class ManagementApi:
         router = self.lifecycle.router
         text = await run_in_threadpool(router.metrics_text) if router else ""
         rows = function_rows(
-            functions, parse_traefik(text), self.lifecycle.starts, self.metrics.snapshot.resources
+            functions,
+            parse_traefik(text),
+            self.lifecycle.starts,
+            self.metrics.snapshot.resources,
+            self.lifecycle.settings.provider,
         )
         return JSONResponse(rows)
 
@@ -298,7 +302,7 @@ class ManagementApi:
         for block in iter(lambda: context.read(1 << 20), b""):
             digest.update(block)
         context.seek(0)
-        tag = f"faas/{name}:{digest.hexdigest()[:12]}"
+        tag = self.settings.published(f"faas/{name}:{digest.hexdigest()[:12]}")
         is_template = "template" in request.query_params
 
         async def lines() -> AsyncIterator[dict[str, object]]:

@@ -152,7 +152,7 @@ class Autoscaler:
         for name, fn in running.items():
             if lc.waking(name) or lc.draining(name) or name in self._busy:
                 continue
-            served = traffic.get(labels.service_name(name), Traffic(0.0, 0.0))
+            served = traffic.get(labels.service_name(name, lc.settings.provider), Traffic(0.0, 0.0))
             wanted[name] = self._want(fn, served, now)
             if wanted[name] != len(fn.addresses):
                 asyncio.create_task(self._scale(fn, wanted[name]))  # noqa: RUF006

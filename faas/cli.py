@@ -203,6 +203,16 @@ def deploy(
     label: Annotated[
         list[str] | None, typer.Option("--label", "-l", help="KEY=VALUE container label.")
     ] = None,
+    constraint: Annotated[
+        list[str] | None,
+        typer.Option(help="Swarm placement constraint, e.g. node.labels.gpu==true; repeatable."),
+    ] = None,
+    spread: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Spread replicas over a node label's values (Swarm), e.g. node.labels.zone."
+        ),
+    ] = None,
     secret: Annotated[
         list[str] | None,
         typer.Option(
@@ -222,6 +232,7 @@ def deploy(
         "runtime": runtime, "gpus": _parse_gpus(gpus),
         "command": shlex.split(command) if command else None,
         "auth": auth, "read_only": read_only, "cap_add": cap_add or None,
+        "constraints": constraint or None, "spread": spread or None,
     }  # fmt: skip
     spec.update({k: v for k, v in flags.items() if v is not None})
     spec["env"] = {**_table(spec.get("env")), **_parse_env(env or [])}

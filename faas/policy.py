@@ -155,10 +155,11 @@ def _go_seconds(raw: str) -> int:
 def idle_tiers(spec: FunctionSpec, settings: Settings) -> tuple[int, int]:
     """Seconds without traffic before `spec` is paused, and before it is stopped
     (0: never). A pause only where it comes before the stop, or there is no stop;
-    FAAS_MAX_PAUSED=0 turns the paused tier off everywhere."""
+    FAAS_MAX_PAUSED=0 turns the paused tier off everywhere, as Swarm does (it has no
+    pause)."""
     pause = settings.pause_timeout if spec.pause_timeout is None else spec.pause_timeout
     stop = spec.idle_timeout
-    if not settings.max_paused or (stop and pause >= stop):
+    if not settings.max_paused or settings.provider == "swarm" or (stop and pause >= stop):
         pause = 0
     return pause, stop
 

@@ -39,7 +39,8 @@ class Instance:
     spec: FunctionSpec  # for an INVALID instance, only name and image are meaningful
     state: State
     created: datetime
-    address: str | None = None  # "ip:port" on the function network, when running or paused
+    # "ip:port" on the function network, when running or paused (or starting, if known)
+    address: str | None = None
     reason: str = ""  # why it is failed, stopped or invalid, when known
     oom_killed: bool = False  # the engine's flag: its last exit was an OOM kill
 

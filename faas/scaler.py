@@ -131,7 +131,7 @@ class Scaler:
                 if due(fn.state, now - seen.since, pause_after, stop_after):
                     idle.append((name, Step.STOP))
                 continue
-            requests = counts.get(labels.service_name(name), 0.0)
+            requests = counts.get(labels.service_name(name, lc.settings.provider), 0.0)
             if requests != seen.requests or self._proxied[name]:
                 seen.since, seen.requests = now, requests
             step = due(fn.state, now - seen.since, pause_after, stop_after)

@@ -28,6 +28,12 @@ RESERVED_ENV_PREFIX = "FAAS_"
 # The function runtime's own knobs (faas/runtime): FAAS_* but the user's to set.
 RUNTIME_ENV = frozenset({"FAAS_HANDLER", "FAAS_TIMEOUT", "FAAS_MAX_BODY", "FAAS_DEBUG"})
 MAX_ENV_BYTES = 64 * 1024
+# Swarm's placement grammar: <attribute> == or != <value>.
+CONSTRAINT_RE = re.compile(
+    r"^(node\.(id|hostname|role|platform\.os|platform\.arch)|(node|engine)\.labels\.[\w.-]+)"
+    r"\s*(==|!=)\s*[\w.-]+$"
+)
+SPREAD_RE = re.compile(r"^(node|engine)\.labels\.[\w.-]+$")
 
 Name = Annotated[str, Field(description="Function name: ^[a-z][a-z0-9-]{0,62}$")]
 
@@ -250,6 +256,35 @@ class FunctionSpec(BaseModel):
         description="Container labels; traefik.*, faas.* and com.docker.* are refused.",
     )
     limits: Limits = Field(default_factory=Limits)
+    constraints: list[str] = Field(
+        default_factory=list,
+        description="Swarm placement constraints, e.g. node.labels.gpu==true "
+        "(FAAS_PROVIDER=swarm).",
+    )
+    spread: list[str] = Field(
+        default_factory=list,
+        description="Swarm placement preferences: spread replicas over a node label's values, "
+        "e.g. node.labels.zone (FAAS_PROVIDER=swarm).",
+    )
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraints(cls, value: list[str]) -> list[str]:
+        for constraint in value:
+            if not CONSTRAINT_RE.match(constraint):
+                raise ValueError(
+                    f"{constraint!r} is not a placement constraint (e.g. node.labels.gpu==true)"
+                )
+        return value
+
+    @field_validator("spread")
+    @classmethod
+    def _spread(cls, value: list[str]) -> list[str]:
+        for key in value:
+            if not SPREAD_RE.match(key):
+                raise ValueError(f"{key!r} is not a node label to spread over (node.labels.<key>)")
+        return value
+
     secrets: list[str] = Field(
         default_factory=list,
         description=f"Names of secrets (`faas secrets`) the function reads as files, "

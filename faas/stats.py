@@ -100,11 +100,12 @@ def function_rows(
     traefik: Mapping[str, ServiceStats],
     cold_starts: Mapping[str, int],
     resources: Mapping[str, Usage],
+    provider: str = "docker",
 ) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for fn in functions:
         name = fn.spec.name
-        service = traefik.get(labels.service_name(name), ServiceStats())
+        service = traefik.get(labels.service_name(name, provider), ServiceStats())
         sample = resources.get(name)
         rows.append(
             {

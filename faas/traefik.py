@@ -24,7 +24,11 @@ from .errors import Cause, DeployFailed, ProviderError
 from .provider import Traffic
 from .spec import FunctionSpec
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "traefik"
+# The templates under traefik/ in a checkout; FAAS_TRAEFIK_TEMPLATES where an
+# installed package has them elsewhere (the manager image: deploy/swarm/stack.yml).
+TEMPLATES = Path(
+    os.environ.get("FAAS_TRAEFIK_TEMPLATES") or Path(__file__).resolve().parent.parent / "traefik"
+)
 # Traefik loads local plugins (Go source, run by its interpreter) from this
 # directory under its working directory, and has no setting for another place.
 PLUGINS = "plugins-local"
@@ -74,9 +78,26 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+# Traefik's Swarm provider polls the services (Swarm's events say nothing of
+# tasks starting: traefik#3035); its default 15 s made a woken service's route
+# lag 11-14 s here, 1 s made it 1.5-3.9 s. The gateway serves a function until
+# then (the catch-all router), so this only bounds how long it does.
+SWARM_OPTIONS = "    refreshSeconds: 1\n"
+
+
+def engine_options(settings: Settings) -> str:
+    """Lines under the functions' provider in traefik.yml, beyond what both share."""
+    if settings.provider != "swarm":
+        return ""
+    endpoint = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    return f'{SWARM_OPTIONS}    endpoint: "{endpoint}"\n'
+
+
 def config_values(settings: Settings) -> dict[str, str]:
     """The values of the $name placeholders in the templates under traefik/."""
     return {
+        "engine_provider": settings.provider,
+        "engine_options": engine_options(settings),
         "http_address": host_port(settings.http_host, settings.http_port),
         "api_address": f"127.0.0.1:{settings.traefik_api_port}",
         "namespace": settings.namespace,
@@ -279,8 +300,11 @@ class TraefikRouter:
     server, or callers would see 404s and 502s from a "successful" deploy.
     """
 
-    def __init__(self, api_url: str, timeout: float, drains: Drains | None = None) -> None:
+    def __init__(
+        self, api_url: str, timeout: float, drains: Drains | None = None, provider: str = "docker"
+    ) -> None:
         self.api_url = api_url
+        self.provider = provider  # Traefik's provider of the functions' routes
         self.timeout = timeout
         self.drains = drains
         self.session = requests.Session()
@@ -302,7 +326,7 @@ class TraefikRouter:
 
     def _servers(self, name: str) -> list[str] | None:
         """The service's server URLs, or None while Traefik has no such service."""
-        url = f"{self.api_url}/api/http/services/{labels.service_name(name)}"
+        url = f"{self.api_url}/api/http/services/{labels.service_name(name, self.provider)}"
         try:
             response = self.session.get(url, timeout=2)
         except requests.RequestException as exc:

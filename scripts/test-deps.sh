@@ -11,7 +11,11 @@
 #                                     here); scripts/compose-images.sh packs it
 #                                     into the compose stack's monitoring image
 #   skopeo           skopeo           writes the OCI-layout archive `faas import` loads
-#   docker-registry  docker-registry  a loopback registry for the pull tests
+#   docker-registry  docker-registry  a loopback registry for the pull tests, and
+#                                     the Swarm tier's registry (tests/swarm/)
+#   skopeo           skopeo           also copies images into that registry
+#   ip               iproute2         the Swarm tier's network namespaces and veths
+#   nsenter,unshare  util-linux       its extra dockerd per node (tests/swarm/cluster.py)
 #   htpasswd         apache2-utils    that registry's users (private-registry test)
 #   debootstrap      debootstrap      the offline base image (scripts/images.sh)
 set -euo pipefail
@@ -32,6 +36,9 @@ NEEDS=(
   docker-registry:docker-registry
   htpasswd:apache2-utils
   debootstrap:debootstrap
+  ip:iproute2
+  nsenter:util-linux
+  unshare:util-linux
 )
 
 missing=()

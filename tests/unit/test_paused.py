@@ -36,6 +36,7 @@ def life(provider: FakeProvider, router: FakeRouter) -> Lifecycle:
         ({"pause_timeout": 5, "idle_timeout": 30}, {}, (5, 30)),
         ({"pause_timeout": 0}, {}, (0, 300)),  # the function turns the paused tier off
         ({}, {"max_paused": 0}, (0, 300)),  # ... or the platform does
+        ({}, {"provider": "swarm"}, (0, 300)),  # ... or the engine cannot pause
         ({"idle_timeout": 60}, {}, (0, 60)),  # a pause no sooner than the stop: none
         ({"idle_timeout": 0}, {}, (60, 0)),  # never stopped: paused for good
         ({"idle_timeout": 0, "pause_timeout": 0}, {}, (0, 0)),
