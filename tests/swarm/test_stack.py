@@ -29,6 +29,7 @@ def images() -> dict[str, str]:
         "FAAS_MANAGER_IMAGE": "faas/manager:latest",
         "FAAS_TRAEFIK_IMAGE": "traefik:v3.7",
         "FAAS_SOCKET_PROXY_IMAGE": "haproxy:2.8",
+        "FAAS_NATS_IMAGE": "nats:2.10",  # its binary at /nats-server (not the alpine one)
     }
     env_file = REPO / "build" / "images.env"
     if env_file.exists():
@@ -47,7 +48,8 @@ def stack(swarm: Cluster) -> Iterator[tuple[str, str]]:
     sh("docker", "build", "-q", "--label", "faas.test=1", "-t", local,
        "-f", str(REPO / "deploy/swarm/Dockerfile"),
        "--build-arg", f"FAAS_MANAGER_IMAGE={given['FAAS_MANAGER_IMAGE']}",
-       "--build-arg", f"FAAS_TRAEFIK_IMAGE={given['FAAS_TRAEFIK_IMAGE']}", str(REPO))  # fmt: skip
+       "--build-arg", f"FAAS_TRAEFIK_IMAGE={given['FAAS_TRAEFIK_IMAGE']}",
+       "--build-arg", f"FAAS_NATS_IMAGE={given['FAAS_NATS_IMAGE']}", str(REPO))  # fmt: skip
     try:
         platform_image = swarm.push(local)
         proxy_image = swarm.push(given["FAAS_SOCKET_PROXY_IMAGE"])
