@@ -95,6 +95,7 @@ SECRET_FIELDS = frozenset({"name", "namespace", "value", "rawValue"})
 # as they are (an invoke-key function must not turn public on `faas-cli deploy`).
 KEPT_ON_UPDATE = (
     "port", "command", "runtime", "gpus", "auth", "cap_add", "limits", "concurrency", "queue",
+    "spread",
 )  # fmt: skip
 
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
@@ -200,6 +201,7 @@ def spec_from_deployment(
         read_only=read_only,
         health_path=annotations.get(HEALTH_ANNOTATION, WATCHDOG_HEALTH),
         secrets=_secret_names(given),
+        constraints=_str_list(given, "constraints"),
     )
     try:
         return parse_spec(data)
@@ -213,8 +215,6 @@ def _refuse_unhonoured(given: Mapping[str, object], namespace: str) -> None:
     if unknown:
         raise InvalidSpec(unknown[0], "unknown field")
     check_namespace(given.get("namespace"), namespace)
-    if "constraints" in given:
-        raise InvalidSpec("constraints", "placement constraints are not supported (one engine)")
     if "requests" in given:
         raise InvalidSpec(
             "requests", "resource requests are not supported (no scheduler); set limits"
@@ -222,6 +222,13 @@ def _refuse_unhonoured(given: Mapping[str, object], namespace: str) -> None:
     for field in ("service", "image"):
         if not isinstance(given.get(field), str):
             raise InvalidSpec(field, "required, a string")
+
+
+def _str_list(given: Mapping[str, object], field: str) -> list[str]:
+    found = given.get(field, [])
+    if not isinstance(found, list) or not all(isinstance(n, str) for n in found):
+        raise InvalidSpec(field, "must be a list of strings")
+    return found
 
 
 def _secret_names(given: Mapping[str, object]) -> list[str]:
@@ -305,6 +312,7 @@ def function_status(
         "requests": {},
         "readOnlyRootFilesystem": spec.read_only,
         "secrets": list(spec.secrets),
+        "constraints": list(spec.constraints),
         "invocationCount": invocations,
         "replicas": len(function.replicas),
         "availableReplicas": len(function.addresses),

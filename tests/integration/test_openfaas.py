@@ -225,6 +225,8 @@ NEW = {"service": "of-x", "image": ECHO_IMAGE}
         ("POST", "/functions", {"service": "Bad_Name", "image": ECHO_IMAGE}, 400, "service"),
         ("POST", "/functions", {**NEW, "secrets": ["db"]}, 400, "secrets"),
         ("POST", "/functions", {**NEW, "constraints": ["a"]}, 400, "constraints"),
+        # Valid, but placement needs a Swarm (FAAS_PROVIDER=swarm).
+        ("POST", "/functions", {**NEW, "constraints": ["node.role==manager"]}, 400, "Swarm"),
         ("POST", "/functions", {**NEW, "requests": {"cpu": "1"}}, 400, "requests"),
         ("POST", "/functions", {**NEW, "limits": {"memory": "lots"}}, 400, "limits.memory"),
         ("POST", "/functions", {**NEW, "namespace": "kube-system"}, 400, "namespace"),

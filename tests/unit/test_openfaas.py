@@ -132,12 +132,18 @@ def test_the_health_annotation_sets_the_readiness_path() -> None:
     assert spec.health_path == "/ready"
 
 
+def test_constraints_are_swarm_placement() -> None:
+    spec = spec_from_deployment(deployment(constraints=["node.labels.gpu==true"]), NS)
+    assert spec.constraints == ["node.labels.gpu==true"]
+
+
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
         ({"secrets": ["../db"]}, "secrets"),
         ({"secrets": "db"}, "secrets"),
-        ({"constraints": ["node.role==manager"]}, "constraints"),
+        ({"constraints": ["anywhere"]}, "constraints"),
+        ({"constraints": "node.role==manager"}, "constraints"),
         ({"requests": {"memory": "64Mi"}}, "requests"),
         ({"namespace": "other"}, "namespace"),
         ({"registryAuth": "abc"}, "registryAuth"),
@@ -221,6 +227,7 @@ def test_status_splits_labels_annotations_and_fprocess_back_out() -> None:
         "requests": {},
         "readOnlyRootFilesystem": True,
         "secrets": ["api-key", "db"],
+        "constraints": [],
         "invocationCount": 7.0,
         "replicas": 2,
         "availableReplicas": 1,
