@@ -152,4 +152,7 @@ def _sub_path(request: Request, given: str) -> str:
     marker = f"{ASYNC_PREFIX}{given}".encode()
     if marker not in raw:  # the name itself percent-encoded: take the decoded path
         raw, marker = request.url.path.encode(), marker
-    return raw[raw.index(marker) + len(marker) :].decode("latin-1") or "/"
+    rest = raw[raw.index(marker) + len(marker) :].decode("latin-1")
+    if rest and not rest.startswith("/"):  # "<name>%2F...": no such function
+        raise FunctionNotFound(given + rest)
+    return rest or "/"

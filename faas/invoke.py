@@ -142,8 +142,10 @@ class Invoker:
         strip = self._guard(request, function.spec)
         prefix = labels.function_path(name)
         raw = request.scope.get("raw_path") or request.url.path.encode()
-        path = raw[len(prefix) :].decode("latin-1") or "/"
-        return await self.forward(function, request, path, rid, strip)
+        path = raw[len(prefix) :].decode("latin-1")
+        if path and not path.startswith("/"):  # "<name>%2F...": no such function
+            raise FunctionNotFound(name + path)
+        return await self.forward(function, request, path or "/", rid, strip)
 
     async def forward(
         self, function: Function, request: Request, path: str, rid: str, strip: tuple[str, ...]

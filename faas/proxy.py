@@ -77,6 +77,10 @@ class Proxy:
         extra: Sequence[tuple[bytes, bytes]],
     ) -> Response:
         query = request.url.query
+        # The path always starts the URL's path: a raw remainder such as
+        # "%2F@host/x" must never turn the function's address into user info.
+        if not path.startswith("/"):
+            path = "/" + path
         url = f"http://{address}{path}" + (f"?{query}" if query else "")
         dropped = (
             HOP_BY_HOP

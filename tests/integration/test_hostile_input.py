@@ -229,3 +229,15 @@ def test_invoke_key_guessing_is_throttled_at_the_key_check(stack: Stack) -> None
         assert statuses[429] >= 180
         assert caller.get(url, headers={"X-Faas-Key": key}, timeout=10).status_code == 200
         assert guesser.get(url, headers={"X-Faas-Key": key}, timeout=10).status_code == 429
+
+
+def test_an_encoded_slash_never_sends_a_request_elsewhere(stack: Stack) -> None:
+    """`/function/<name>%2F@host/x` straight to the gateway (Traefik refuses encoded
+    slashes itself): the rest of the path never becomes the URL's user info, which
+    would send the request, and with async calls its answer, to `host`."""
+    with stack.deployed("slash", min_scale=1) as name:
+        for prefix in ("function", "async-function"):
+            url = f"{stack.direct}/{prefix}/{name}%2F@127.0.0.1:{stack.gateway_port}/api/v1/x"
+            got = requests.post(url, data=b"x", timeout=10)
+            assert got.status_code == 404, (prefix, got.status_code, got.text)
+            assert "error" in got.json()

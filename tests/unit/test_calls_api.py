@@ -108,6 +108,8 @@ def test_the_api_v1_path_and_the_openfaas_namespace_form_queue_too(
     ("path", "headers", "body", "status"),
     [
         ("/async-function/nosuch", {}, b"x", 404),
+        # An encoded slash must not make the rest of the path the URL's authority.
+        ("/async-function/fn%2F@169.254.169.254/latest", {}, b"x", 404),
         ("/async-function/small", {}, b"x" * 11, 413),
         ("/async-function/fn", {"X-Callback-Url": "http://127.0.0.1:8081/api/v1"}, b"x", 400),
         ("/async-function/fn", {"X-Callback-Url": "http://169.254.169.254/"}, b"x", 400),
