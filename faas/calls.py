@@ -144,7 +144,44 @@ def check_callback(
     refused_hosts: Iterable[str] = (),
     resolve: bool = True,
 ) -> str:
-    """`url` if a callback may be sent there, else InvalidCallback.
+    """`url` if a callback may be sent there, else InvalidCallback (see
+    `callback_addresses`)."""
+    callback_addresses(url, allow, refused_hosts, resolve)
+    return url
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """A callback request to the address that was checked, not to whatever the
+    name resolves to when the client connects (DNS rebinding): the URL with that
+    address, the Host header and the TLS server name of the original."""
+
+    url: str
+    host: str
+    extensions: dict[str, str]
+
+
+def pinned(url: str, address: str) -> Pinned:
+    parts = urlsplit(url)
+    assert parts.hostname is not None
+    port = f":{parts.port}" if parts.port else ""
+    ip = f"[{address}]" if ":" in address else address
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = (f"{userinfo}@" if userinfo else "") + ip + port
+    extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
+    return Pinned(
+        parts._replace(netloc=netloc, fragment="").geturl(), parts.hostname + port, extensions
+    )
+
+
+def callback_addresses(
+    url: str,
+    allow: Sequence[Allow],
+    refused_hosts: Iterable[str] = (),
+    resolve: bool = True,
+) -> list[str]:
+    """The addresses `url`'s host resolves to, if a callback may be sent to each,
+    else InvalidCallback.
 
     Refused unless on the allow-list (FAAS_CALLBACK_ALLOW): any address that is
     not globally routable (loopback, link-local, private networks, the
@@ -171,7 +208,7 @@ def check_callback(
                 f"{address} is this host, the engine or not a public address; "
                 "FAAS_CALLBACK_ALLOW lists the ones callbacks may reach",
             )
-    return url
+    return addresses
 
 
 def engine_hosts(docker_host: str | None) -> tuple[str, ...]:

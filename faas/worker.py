@@ -38,7 +38,7 @@ from starlette.types import Message, Receive, Scope
 
 from . import egress, labels
 from .broker import Broker, Stored, received, settle
-from .calls import Backoff, Call, check_callback, engine_hosts, retryable
+from .calls import Backoff, Call, callback_addresses, engine_hosts, pinned, retryable
 from .config import Settings
 from .errors import FaasError, FunctionNotFound, GatewayTimeout, QueueUnavailable
 from .invoke import Invoker
@@ -122,6 +122,10 @@ class AsyncMetrics:
         )
         self.gauges = QueueGauges()
         registry.register(self.gauges)
+
+
+# The function's answer headers a callback does not pass on.
+_NOT_CALLED_BACK = HOP_BY_HOP | {"content-length", "x-call-id", "host"}
 
 
 @dataclass
@@ -370,7 +374,8 @@ class Workers:
         headers = [
             (k.decode("latin-1"), v.decode("latin-1"))
             for k, v in outcome.headers
-            if k.decode("latin-1").lower() not in HOP_BY_HOP | {"content-length", "x-call-id"}
+            if k.decode("latin-1").lower()
+            not in HOP_BY_HOP | {"content-length", "x-call-id", "host"}
         ]
         headers += [
             ("X-Call-Id", call.id),
@@ -383,15 +388,21 @@ class Workers:
             headers.append(("X-Function-Error", outcome.error[:500].replace("\n", " ")))
         for attempt in range(1, self.settings.async_max_attempts + 1):
             try:
-                await run_in_threadpool(
-                    check_callback, call.callback, self.callback_allow, self.engine_hosts
+                addresses = await run_in_threadpool(
+                    callback_addresses, call.callback, self.callback_allow, self.engine_hosts
                 )
             except FaasError as exc:
                 logger.warning("callback of call {} refused: {}", call.id, exc.message)
                 self.metrics.callbacks.labels("refused").inc()
                 return
+            to = pinned(call.callback, addresses[0])
             try:
-                got = await self._client.post(call.callback, content=outcome.body, headers=headers)
+                got = await self._client.post(
+                    to.url,
+                    content=outcome.body,
+                    headers=[*headers, ("Host", to.host)],
+                    extensions=to.extensions,
+                )
                 if not retryable(got.status_code):
                     self.metrics.callbacks.labels("sent").inc()
                     return

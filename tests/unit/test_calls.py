@@ -10,8 +10,10 @@ from faas.calls import (
     Backoff,
     Call,
     async_call_id,
+    callback_addresses,
     check_callback,
     engine_hosts,
+    pinned,
     queued_headers,
     retryable,
 )
@@ -127,3 +129,18 @@ def test_the_engine_is_refused_when_reached_over_tcp() -> None:
     assert engine_hosts("tcp://203.0.113.9:2376") == ("203.0.113.9",)
     assert engine_hosts("unix:///var/run/docker.sock") == ()
     assert engine_hosts(None) == ()
+
+
+def test_a_callback_goes_to_the_address_that_was_checked() -> None:
+    """Not to what the name resolves to at connect time (DNS rebinding)."""
+    to = pinned("https://user:pw@hooks.example.com:8443/cb?x=1#frag", "93.184.215.14")
+    assert to.url == "https://user:pw@93.184.215.14:8443/cb?x=1"
+    assert to.host == "hooks.example.com:8443"
+    assert to.extensions == {"sni_hostname": "hooks.example.com"}
+    to = pinned("http://hooks.example.com/cb", "2606:2800:220:1::")
+    assert (to.url, to.host, to.extensions) == (
+        "http://[2606:2800:220:1::]/cb",
+        "hooks.example.com",
+        {},
+    )
+    assert callback_addresses("http://93.184.215.14/x", ()) == ["93.184.215.14"]
