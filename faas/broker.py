@@ -199,8 +199,8 @@ class Broker:
     async def publish(self, call: Call, body: bytes, dead: bool = False, new: bool = False) -> None:
         """Store `call` durably (the stream's ack); `new`: an enqueue, deduplicated by id."""
         headers = {CALL_HEADER: call.encode()}
-        if new:
-            headers["Nats-Msg-Id"] = call.id
+        if new:  # a client's retry of the same call to the same function
+            headers["Nats-Msg-Id"] = f"{call.function}.{call.id}"
         try:
             await self.js.publish(self.subject(call.function, call.id, dead), body, headers=headers)
         except nats.js.errors.APIError as exc:

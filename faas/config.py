@@ -247,8 +247,8 @@ class Settings(BaseSettings):
     secret_mounts_dir: Path | None = Field(
         None,
         description="Where each function's secrets are copied for the engine to bind into "
-        "its containers (read-only) at /var/openfaas/secrets; the engine must see the same "
-        "path. Default: `<state dir>/secret-mounts`.",
+        "its containers (read-only) at /var/openfaas/secrets, in a folder per namespace; the "
+        "engine must see the same path. Default: `<state dir>/secret-mounts`.",
     )
     egress_allow: str | None = Field(
         None,
@@ -411,8 +411,11 @@ class Settings(BaseSettings):
 
     @property
     def function_secrets_dir(self) -> Path:
-        """One folder per function holding its secrets, bound into its containers."""
-        return self.secret_mounts_dir or self.state_dir / "secret-mounts"
+        """One folder per function holding its secrets, bound into its containers
+        (a shared FAAS_SECRET_MOUNTS_DIR gets a folder per namespace)."""
+        if self.secret_mounts_dir is not None:
+            return self.secret_mounts_dir / self.namespace
+        return self.state_dir / "secret-mounts"
 
     @property
     def revoked_keys_file(self) -> Path:

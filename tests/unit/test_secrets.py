@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from faas import labels, manifest
+from faas.config import Settings
 from faas.docker_provider import host_path, own_container_id
 from faas.errors import (
     InvalidSpec,
@@ -342,3 +343,10 @@ def test_a_path_through_the_gateways_own_mounts(tmp_path: Path) -> None:
     info.write_text("22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n")
     assert own_container_id(str(info)) is None
     assert own_container_id(str(tmp_path / "none")) is None
+
+
+def test_a_shared_mounts_dir_keeps_namespaces_apart(tmp_path: Path) -> None:
+    one = Settings(namespace="a", secret_mounts_dir=tmp_path, state_dir=tmp_path / "s")
+    two = Settings(namespace="b", secret_mounts_dir=tmp_path, state_dir=tmp_path / "s")
+    assert one.function_secrets_dir != two.function_secrets_dir
+    assert Settings(state_dir=tmp_path).function_secrets_dir == tmp_path / "secret-mounts"
