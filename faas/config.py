@@ -272,7 +272,8 @@ class Settings(BaseSettings):
         1 << 20,
         ge=1,
         le=32 << 20,
-        description="Largest body of an asynchronous call, 413 above (it is stored in NATS).",
+        description="Largest body of an asynchronous call, 413 above (it is stored in NATS); "
+        "a larger answer of the function ends the call as a 413 (dead letter).",
     )
     async_max_queue_bytes: int = Field(
         1 << 30,

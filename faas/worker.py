@@ -315,7 +315,7 @@ class Workers:
         try:
             async with asyncio.timeout(limit):
                 response = await self.invoker.forward(function, request, call.path, call.id, strip)
-                outcome = await _collect(response)
+                outcome = await _collect(response, self.settings.async_max_body_bytes)
         except (GatewayTimeout, TimeoutError):
             outcome = Outcome(error=f"no answer within {limit:g}s" if limit else "timed out")
         except FaasError as exc:
@@ -451,17 +451,28 @@ def _receive(body: bytes) -> Receive:
     return receive
 
 
-async def _collect(response: Response) -> Outcome:
-    """Run the function's (streamed) answer to its end, keeping it."""
+class _TooLarge(Exception):
+    pass
+
+
+async def _collect(response: Response, limit: int) -> Outcome:
+    """Run the function's (streamed) answer to its end, keeping it; an answer
+    above `limit` bytes is a final 413 (it would be held in memory, and sent on)."""
     outcome = Outcome()
     parts: list[bytes] = []
+    size = 0
 
     async def send(message: Message) -> None:
+        nonlocal size
         if message["type"] == "http.response.start":
             outcome.status = int(message["status"])
             outcome.headers = list(message.get("headers", []))
         elif message["type"] == "http.response.body":
-            parts.append(bytes(message.get("body", b"")))
+            part = bytes(message.get("body", b""))
+            size += len(part)
+            if size > limit:
+                raise _TooLarge
+            parts.append(part)
 
     async def receive() -> Message:
         await asyncio.Event().wait()
@@ -472,5 +483,7 @@ async def _collect(response: Response) -> Outcome:
         await response(scope, receive, send)
     except (OSError, httpx.HTTPError) as exc:  # the function died mid-answer
         return Outcome(error=f"the answer broke off: {exc!r}")
+    except _TooLarge:
+        return Outcome(status=413, error=f"the answer is larger than {limit} bytes")
     outcome.body = b"".join(parts)
     return outcome

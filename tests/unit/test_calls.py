@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import AsyncIterator
 
 import pytest
+from starlette.responses import StreamingResponse
 
 from faas.calls import (
     Backoff,
@@ -19,6 +22,7 @@ from faas.calls import (
 )
 from faas.egress import parse_allow
 from faas.errors import InvalidCallback
+from faas.worker import _collect
 
 
 def test_a_call_round_trips_through_its_header() -> None:
@@ -144,3 +148,15 @@ def test_a_callback_goes_to_the_address_that_was_checked() -> None:
         {},
     )
     assert callback_addresses("http://93.184.215.14/x", ()) == ["93.184.215.14"]
+
+
+def test_an_answer_above_the_limit_ends_the_call() -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"x" * 10
+
+    whole = asyncio.run(_collect(StreamingResponse(chunks()), 100))
+    assert (whole.status, whole.body) == (200, b"x" * 30)
+    cut = asyncio.run(_collect(StreamingResponse(chunks()), 15))
+    assert (cut.status, cut.final, cut.ok) == (413, True, False)
+    assert cut.error == "the answer is larger than 15 bytes"
