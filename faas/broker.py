@@ -39,6 +39,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from . import auth
 from .calls import CALL_HEADER, Call
 from .config import Settings
 from .errors import CallNotFound, ProviderError, QueueFull, QueueUnavailable
@@ -69,16 +70,27 @@ def binary(settings: Settings) -> str:
     return found
 
 
-def render_config(settings: Settings) -> Path:
-    """The embedded nats-server's config, in the state dir (rewritten at every start)."""
+def embedded_token(settings: Settings) -> str:
+    """The token the embedded nats-server asks of its clients (generated once, 0600
+    in the 0700 state dir): other users of this host reach its loopback port too."""
     store = settings.state_dir / "nats"
     store.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return auth.secret_file(store / "token")
+
+
+def render_config(settings: Settings) -> Path:
+    """The embedded nats-server's config, in the state dir (rewritten at every start)."""
+    token = embedded_token(settings)
+    store = settings.state_dir / "nats"
     config = store / "nats-server.conf"
+    config.touch(mode=0o600)
+    config.chmod(0o600)  # it holds the token
     config.write_text(
         "# Written by faas up at every start (faas/broker.py).\n"
         f"listen: 127.0.0.1:{settings.nats_port}\n"
         f"max_payload: {MAX_PAYLOAD}\n"
         f'server_name: "faas-{settings.namespace}"\n'
+        f'authorization {{\n  token: "{token}"\n}}\n'
         f'jetstream {{\n  store_dir: "{store / "jetstream"}"\n}}\n'
     )
     return config
@@ -97,8 +109,16 @@ class Stored:
 class Broker:
     """A connection to NATS and the two streams of one namespace."""
 
-    def __init__(self, url: str, namespace: str, ack_wait: float, max_bytes: int = 1 << 30) -> None:
-        self.url = url
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        ack_wait: float,
+        max_bytes: int = 1 << 30,
+        token: str | None = None,
+    ) -> None:
+        self.url = url  # without the token: it shows in errors
+        self.token = token
         self.ack_wait = ack_wait
         self.max_bytes = max_bytes
         token = namespace.upper().replace("-", "_")
@@ -125,6 +145,7 @@ class Broker:
             nc = await nats.connect(
                 self.url,
                 name="faas-gateway",
+                token=self.token,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,

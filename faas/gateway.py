@@ -29,7 +29,7 @@ from starlette.routing import Route
 from . import auth, traefik
 from .api import ManagementApi
 from .autoscaler import Autoscaler
-from .broker import Broker
+from .broker import Broker, embedded_token
 from .calls_api import CallsApi
 from .config import Settings
 from .docker_provider import DockerProvider
@@ -165,7 +165,11 @@ def build_app(
     invoker = Invoker(lifecycle, scaler, keys, token, settings, throttle, proxy)
     openfaas = OpenFaasApi(lifecycle, scaler, autoscaler, settings, token, throttle, invoker.proxy)
     broker = broker or Broker(
-        settings.nats, settings.namespace, settings.async_ack_wait, settings.async_max_queue_bytes
+        settings.nats,
+        settings.namespace,
+        settings.async_ack_wait,
+        settings.async_max_queue_bytes,
+        token=None if settings.nats_url else embedded_token(settings),
     )
     metrics = AsyncMetrics(lifecycle.metrics.registry)
     workers = Workers(broker, invoker, lifecycle, settings, metrics)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import stat
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from starlette.responses import StreamingResponse
 
+from faas import broker
 from faas.calls import (
     Backoff,
     Call,
@@ -20,6 +23,7 @@ from faas.calls import (
     queued_headers,
     retryable,
 )
+from faas.config import Settings
 from faas.egress import parse_allow
 from faas.errors import InvalidCallback
 from faas.worker import _collect
@@ -160,3 +164,14 @@ def test_an_answer_above_the_limit_ends_the_call() -> None:
     cut = asyncio.run(_collect(StreamingResponse(chunks()), 15))
     assert (cut.status, cut.final, cut.ok) == (413, True, False)
     assert cut.error == "the answer is larger than 15 bytes"
+
+
+def test_the_embedded_nats_server_asks_for_a_token(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path)
+    config = broker.render_config(settings)
+    token = broker.embedded_token(settings)
+    assert len(token) >= 32
+    assert f'token: "{token}"' in config.read_text()
+    for path in (config, tmp_path / "nats" / "token"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert broker.render_config(settings).read_text().count(token) == 1  # the same token
