@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from .egress import Allow
 from .errors import InvalidCallback
+from .spec import NAME_RE
 
 # Async call ids also name NATS subjects: no '.', unlike X-Call-Id in general.
 ASYNC_CALL_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -70,9 +71,19 @@ class Call:
 
     @classmethod
     def decode(cls, text: str) -> Call:
+        """The call a `Faas-Call` header carries; ValueError (or KeyError, TypeError)
+        for one this gateway would not have queued."""
         data = json.loads(text)
         data["headers"] = [(str(k), str(v)) for k, v in data["headers"]]
-        return cls(**data)
+        call = cls(**data)
+        if not (
+            NAME_RE.fullmatch(call.function)
+            and ASYNC_CALL_ID.fullmatch(call.id)
+            and call.path.startswith("/")
+            and call.method.isalpha()
+        ):
+            raise ValueError("not a call this gateway queued")
+        return call
 
     def retried(self, error: str, status: int | None, not_before: float) -> Call:
         return replace(

@@ -238,7 +238,13 @@ class Workers:
                 while len(running) >= limit:
                     await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for msg in await self.broker.fetch(sub, limit - len(running)):
-                    stored = received(msg)
+                    try:
+                        stored = received(msg)
+                    except (ValueError, KeyError, TypeError) as exc:
+                        # Not queued by a gateway: dropped, or it would stall the queue.
+                        logger.error("{}: dropped a message that is no call: {!r}", name, exc)
+                        await settle(msg, "ack")
+                        continue
                     wait = stored.call.not_before - time.time()
                     if wait > EARLY:  # a retry whose backoff has not passed
                         await settle(msg, "nak", wait)

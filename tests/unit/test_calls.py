@@ -6,6 +6,7 @@ import asyncio
 import random
 import stat
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,18 @@ def test_the_embedded_nats_server_asks_for_a_token(tmp_path: Path) -> None:
     for path in (config, tmp_path / "nats" / "token"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert broker.render_config(settings).read_text().count(token) == 1  # the same token
+
+
+def test_a_message_no_gateway_queued_does_not_decode() -> None:
+    good = Call("abc", "fn", "POST", "/x", "", [], 1.0)
+    assert Call.decode(good.encode()) == good
+    for bad in (
+        replace(good, path="@169.254.169.254/"),
+        replace(good, function="../x"),
+        replace(good, id="a.b"),
+        replace(good, method="GET /x HTTP/1.1\r\n"),
+    ):
+        with pytest.raises(ValueError, match="not a call"):
+            Call.decode(bad.encode())
+    with pytest.raises(KeyError):
+        Call.decode('{"id": "abc"}')
