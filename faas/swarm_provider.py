@@ -79,7 +79,13 @@ class SwarmProvider(DockerProvider):
         if not service_ids:
             return by_service
         with _engine_errors():
-            found = self._api.tasks(filters={"service": service_ids})
+            try:
+                found = self._api.tasks(filters={"service": service_ids})
+            except docker.errors.NotFound:  # one was removed since it was listed
+                found = []
+                for service_id in service_ids:
+                    with contextlib.suppress(docker.errors.NotFound):
+                        found += self._api.tasks(filters={"service": [service_id]})
         for task in cast(builtins.list[Task], found):
             by_service.setdefault(task["ServiceID"], []).append(task)
         return by_service

@@ -7,6 +7,7 @@ The node failure runs last: it leaves the swarm with one node down.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import tarfile
@@ -16,6 +17,7 @@ from collections import Counter
 from typing import Any
 
 import docker
+import docker.errors
 import pytest
 import requests
 
@@ -34,7 +36,10 @@ def shown(platform: SwarmStack, name: str) -> dict[str, object]:
 def running_tasks(platform: SwarmStack, name: str) -> list[dict[str, Any]]:
     engine: Any = docker.DockerClient(base_url=platform.manager.socket)
     services = [s["ID"] for s in platform.engine_services(engine, name)]
-    tasks = engine.api.tasks(filters={"service": services}) if services else []
+    tasks: list[dict[str, Any]] = []
+    for service in services:  # one at a time: the autoscaler may remove one meanwhile
+        with contextlib.suppress(docker.errors.NotFound):
+            tasks += engine.api.tasks(filters={"service": [service]})
     return [
         t for t in tasks if t["DesiredState"] == "running" and t["Status"]["State"] == "running"
     ]
