@@ -55,9 +55,12 @@ class Client:
         return cast(JSON, self._call("POST", f"/functions/{name}/pause").json())
 
     def _events(self, response: requests.Response) -> Iterator[JSON]:
-        for line in response.iter_lines():
-            if line:
-                yield cast(JSON, json.loads(line))
+        try:
+            for line in response.iter_lines():
+                if line:
+                    yield cast(JSON, json.loads(line))
+        except requests.RequestException as exc:
+            raise FaasError(f"the answer from {response.url} broke off: {exc}") from exc
 
     def pull(self, image: str, auth: dict[str, str] | None = None) -> Iterator[JSON]:
         body: JSON = {"image": image} if auth is None else {"image": image, "auth": auth}

@@ -25,6 +25,7 @@ from typing import IO, Any, cast
 import docker
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 from docker.models.images import Image
 from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
 from loguru import logger
@@ -52,6 +53,10 @@ Summaries = list[Summary]
 _STOP_EXIT_CODES = (0, 143, 137)
 ICC = "com.docker.network.bridge.enable_icc"
 BRIDGE = "com.docker.network.bridge.name"
+
+
+# Seconds a build may go without a line of output.
+BUILD_READ_TIMEOUT = 3600
 
 
 @contextmanager
@@ -413,6 +418,10 @@ class DockerProvider:
                 decode=True,
                 buildargs=args,
                 labels={labels.IMAGE: "build"},
+                # A step may print nothing for minutes (a big download, a slow
+                # commit on a loaded host): the client's 60 s read timeout would
+                # cut the build off in the middle.
+                timeout=BUILD_READ_TIMEOUT,
             )
             for event in events:
                 if "error" in event:
@@ -423,8 +432,12 @@ class DockerProvider:
                     yield line
         except docker.errors.APIError as exc:
             raise BuildFailed(str(exc.explanation or exc), "".join(log[-30:])) from exc
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise ProviderError(f"Docker engine unreachable: {exc}") from exc
+        except (
+            docker.errors.DockerException,
+            requests.exceptions.RequestException,
+            urllib3.exceptions.HTTPError,  # the build stream is read from the raw socket
+        ) as exc:
+            raise ProviderError(f"the Docker engine's build stream broke off: {exc}") from exc
 
     def prepare(self) -> None:
         self._ensure_network()
