@@ -176,6 +176,10 @@ class ProviderError(FaasError):
     pass
 
 
+class Unreached(ProviderError):
+    """A function's address refused the connection: nothing of the request was sent."""
+
+
 class ApiError(FaasError):
     """The management API answered with an error (raised by the client)."""
 

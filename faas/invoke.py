@@ -21,7 +21,14 @@ from starlette.routing import Route
 
 from . import auth, labels
 from .config import Settings
-from .errors import FaasError, Forbidden, FunctionNotFound, PayloadTooLarge, Unauthorized
+from .errors import (
+    FaasError,
+    Forbidden,
+    FunctionNotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    Unreached,
+)
 from .keys import Keys, presented_key
 from .lifecycle import Lifecycle
 from .provider import Function
@@ -156,16 +163,14 @@ class Invoker:
         prefix = labels.function_path(name)
         arrived = time.monotonic()
         address, waited = await self.lifecycle.address(function)
-        self.scaler.begin(name)
-        response = await self.proxy.forward(
-            request,
-            address,
-            path,
-            prefix,
-            done=lambda: self.scaler.end(name),
-            strip=strip,
-            headers=[(CALL_ID.encode(), rid.encode())],
-        )
+        try:
+            response = await self._send(request, address, path, prefix, name, rid, strip)
+        except Unreached:
+            # A replica that died since `function` was read (before the engine or
+            # Traefik noticed): nothing was sent, so once more from a fresh view.
+            fresh = await run_in_threadpool(self.lifecycle.get, name)
+            address, _ = await self.lifecycle.address(fresh)
+            response = await self._send(request, address, path, prefix, name, rid, strip)
         if waited is not None:
             headers_at = time.monotonic()
             self.metrics.cold_first_byte.observe(headers_at - arrived)
@@ -175,6 +180,27 @@ class Invoker:
                 (b"server-timing", f"wake;dur={waited * 1000:.1f}".encode())
             )
         return response
+
+    async def _send(
+        self,
+        request: Request,
+        address: str,
+        path: str,
+        prefix: str,
+        name: str,
+        rid: str,
+        strip: tuple[str, ...],
+    ) -> Response:
+        self.scaler.begin(name)
+        return await self.proxy.forward(
+            request,
+            address,
+            path,
+            prefix,
+            done=lambda: self.scaler.end(name),
+            strip=strip,
+            headers=[(CALL_ID.encode(), rid.encode())],
+        )
 
     async def close(self) -> None:
         await self.proxy.close()

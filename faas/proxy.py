@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from .errors import GatewayTimeout, ProviderError
+from .errors import GatewayTimeout, ProviderError, Unreached
 
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
 HOP_BY_HOP = frozenset(
@@ -102,6 +102,8 @@ class Proxy:
             raise GatewayTimeout(
                 f"function at {address} did not answer within {self.header_timeout:g}s"
             ) from exc
+        except httpx.ConnectError as exc:
+            raise Unreached(f"function at {address} did not answer: {exc}") from exc
         except httpx.HTTPError as exc:
             raise ProviderError(f"function at {address} did not answer: {exc}") from exc
         out = Relayed(response, done)

@@ -117,3 +117,36 @@ def test_a_client_going_away_is_uncounted(after: int) -> None:
     scaler, _ = scenario(upstream, fail_send_after=after)
     assert scaler.in_flight("a") == 0
     assert upstream.closed
+
+
+@pytest.mark.parametrize("run", range(6))  # the first pick is random: both orders come up
+def test_a_replica_that_died_unnoticed_costs_one_more_try_not_an_error(run: int) -> None:
+    """The gateway's view lists a replica that refuses connections (killed a moment
+    ago): nothing was sent to it, so the request goes to another replica."""
+    provider = FakeProvider()
+    alive, dead = provider.add("a", State.RUNNING), provider.add("a", State.RUNNING)
+    tried: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        tried.append(f"{request.url.host}:{request.url.port}")
+        if tried[-1] == dead.address:
+            provider._set(dead.id, state=State.FAILED, address=None)  # the engine notices
+            raise httpx.ConnectError("connection refused")
+        return httpx.Response(200, stream=Upstream(1))
+
+    life = lifecycle(provider)
+    scaler = Scaler(life, interval=3600)
+    proxy = Proxy(transport=httpx.MockTransport(answer))
+    keys = Keys.from_settings(Settings(state_dir=Path("/nonexistent-faas-test")))
+    app = build_app(life, "t" * 32, keys, scaler=scaler, proxy=proxy)
+
+    async def call() -> httpx.Response:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://gw"
+        ) as client:
+            return await client.get("/function/a/x")
+
+    got = asyncio.run(call())
+    assert (got.status_code, got.content) == (200, b"x" * 100)
+    assert tried[-1] == alive.address
+    assert scaler.in_flight("a") == 0
