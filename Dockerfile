@@ -45,6 +45,12 @@ RUN groupadd --system --gid 10001 faas \
     && chown -R faas:faas /var/lib/faas
 COPY --from=build /opt/faas /opt/faas
 COPY deploy/manager/entrypoint.py /opt/faas/entrypoint.py
+# The templates entrypoint.py renders for Traefik and Prometheus. The Swarm
+# stack has nothing else (no checkout on the node); compose mounts the
+# checkout's copies over them.
+COPY traefik/*.yml /etc/faas/traefik/
+COPY traefik/plugins-local /etc/faas/traefik/plugins-local
+COPY deploy/prometheus/prometheus.yml /etc/faas/prometheus/prometheus.yml
 ENV PATH=/opt/faas/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -25,7 +25,7 @@ from .provider import Traffic
 from .spec import FunctionSpec
 
 # The templates under traefik/ in a checkout; FAAS_TRAEFIK_TEMPLATES where an
-# installed package has them elsewhere (the manager image: deploy/swarm/stack.yml).
+# installed package has them elsewhere (the manager image: ./Dockerfile).
 TEMPLATES = Path(
     os.environ.get("FAAS_TRAEFIK_TEMPLATES") or Path(__file__).resolve().parent.parent / "traefik"
 )
@@ -111,9 +111,22 @@ def config_values(settings: Settings) -> dict[str, str]:
     }
 
 
-def compose_values(settings: Settings, https_port: int) -> dict[str, str]:
-    """`config_values` and what the compose stack's templates add: the HTTPS
-    entrypoint and relay (traefik/compose*.yml), Prometheus' targets."""
+def compose_values(
+    settings: Settings,
+    https_port: int,
+    *,
+    gateway_url: str | None = None,
+    api_host: str = "127.0.0.1",
+    certificate: tuple[str, str] | None = None,
+) -> dict[str, str]:
+    """`config_values` and what the stacks' templates add: the HTTPS entrypoint
+    and relay (traefik/compose*.yml), Prometheus' targets.
+
+    The Swarm stack's Traefik has a container of its own: it reaches the gateway
+    at `gateway_url` (default: settings.gateway_url), serves its API on
+    `api_host` (where the gateway reaches it), and its default certificate is
+    `certificate` (certificate and key files as Traefik sees them; default:
+    Traefik's self-signed one)."""
     relay = local_host(settings.http_host)
     # The relay reaches web at `relay`; Linux sends to any 127/8 address from 127.0.0.1.
     trusted = sorted({ipaddress.ip_network(relay).with_prefixlen, "127.0.0.1/32"})
@@ -122,9 +135,25 @@ def compose_values(settings: Settings, https_port: int) -> dict[str, str]:
         "https_address": host_port(settings.http_host, https_port),
         "relay_address": host_port(relay, settings.http_port),
         "relay_trusted": ", ".join(f'"{cidr}"' for cidr in trusted),
+        # Traefik's socket is at the same place in both stacks (traefik/compose.yml).
+        "engine_options": SWARM_OPTIONS if settings.provider == "swarm" else "",
+        "gateway_url": gateway_url or settings.gateway_url,
+        "api_address": host_port(api_host, settings.traefik_api_port),
+        "default_certificate": DEFAULT_CERTIFICATE.format(*certificate) if certificate else "",
         "gateway_port": str(settings.gateway_port),
         "traefik_api_port": str(settings.traefik_api_port),
     }
+
+
+# Traefik's TLS store, in traefik/compose-tls.yml, when the stack names a certificate.
+DEFAULT_CERTIFICATE = """
+tls:
+  stores:
+    default:
+      defaultCertificate:
+        certFile: "{}"
+        keyFile: "{}"
+"""
 
 
 def render(files: Iterable[tuple[Path, Path]], values: Mapping[str, str]) -> None:

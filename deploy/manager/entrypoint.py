@@ -21,10 +21,19 @@ by then. All three share the host's network namespace, so
 every address is a host address. Traefik loads plugins-local/ from its
 working directory, which docker-compose.yml sets to /etc/traefik.
 
+The Swarm stack (deploy/swarm/stack.yml) runs this container the same way,
+with FAAS_PROVIDER=swarm: Traefik (its Swarm provider) shares the volume on
+the same node, but runs in a container of its own, on the stack's network.
+
 Environment besides the FAAS_* settings: FAAS_HTTPS_PORT (Traefik's websecure
 entrypoint, default 443) and FAAS_TRAEFIK_TEMPLATES / FAAS_PROMETHEUS_TEMPLATES
-(default /etc/faas/traefik and /etc/faas/prometheus, where docker-compose.yml
-mounts traefik/ and deploy/prometheus/).
+(default /etc/faas/traefik and /etc/faas/prometheus, in the image; compose
+mounts traefik/ and deploy/prometheus/ there, so edits need no rebuild). For
+a Traefik in a network namespace of its own (the Swarm stack):
+FAAS_TRAEFIK_GATEWAY_URL (where it reaches this gateway), FAAS_TRAEFIK_API_HOST
+(where its API listens, for this gateway; default 127.0.0.1) and
+FAAS_TLS_CERT_FILE / FAAS_TLS_KEY_FILE (its default certificate, as paths in
+its container; default its self-signed one).
 """
 
 from __future__ import annotations
@@ -53,7 +62,15 @@ def render(settings: Settings) -> None:
         (PROMETHEUS_TEMPLATES / "prometheus.yml", state / "prometheus" / "prometheus.yml"),
     ]
     https_port = int(os.environ.get("FAAS_HTTPS_PORT", "443"))
-    traefik.render(files, traefik.compose_values(settings, https_port))
+    cert, key = os.environ.get("FAAS_TLS_CERT_FILE"), os.environ.get("FAAS_TLS_KEY_FILE")
+    values = traefik.compose_values(
+        settings,
+        https_port,
+        gateway_url=os.environ.get("FAAS_TRAEFIK_GATEWAY_URL"),
+        api_host=os.environ.get("FAAS_TRAEFIK_API_HOST", "127.0.0.1"),
+        certificate=(cert, key) if cert and key else None,
+    )
+    traefik.render(files, values)
     traefik.install_plugins(settings.state_dir / "traefik", TEMPLATES)
 
 

@@ -1,14 +1,19 @@
-"""deploy/swarm/stack.yml on the test swarm: `docker stack deploy` runs the
-platform (faas/swarm: the manager image with Traefik) and its socket proxy on
-the labelled manager; a function deploys, wakes from zero and is removed."""
+"""deploy/swarm/stack.yml on the test swarm: `docker stack deploy` runs Traefik,
+the gateway (the manager image, built from this checkout), nats and the two
+socket proxies on the labelled manager. A function deploys, answers over HTTP
+and HTTPS (the stack's certificate, made here, verified), wakes from zero,
+takes an asynchronous call, and is still served after the gateway restarts;
+`docker stack rm` then leaves nothing of the stack behind."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -16,20 +21,21 @@ import requests
 
 from tests.integration.conftest import fn_name, wait_for
 
-from .cluster import Cluster, sh
+from .cluster import Cluster, Node, sh
 from .platform import REPO
 
 pytestmark = pytest.mark.integration
-PORT = 18501
+HTTP_PORT = 18501
+HTTPS_PORT = 18502
 
 
 def images() -> dict[str, str]:
-    """The compose stack's images (scripts/compose-images.sh, build/images.env)."""
+    """The stack's images besides the manager's (`make stack-images`, build/images.env)."""
     found = {
-        "FAAS_MANAGER_IMAGE": "faas/manager:latest",
+        "FAAS_BASE_IMAGE": "python:3.12-slim",
         "FAAS_TRAEFIK_IMAGE": "traefik:v3.7",
         "FAAS_SOCKET_PROXY_IMAGE": "haproxy:2.8",
-        "FAAS_NATS_IMAGE": "nats:2.10",  # its binary at /nats-server (not the alpine one)
+        "FAAS_NATS_IMAGE": "nats:2.10-alpine",
     }
     env_file = REPO / "build" / "images.env"
     if env_file.exists():
@@ -40,19 +46,86 @@ def images() -> dict[str, str]:
     return {k: os.environ.get(k, v) for k, v in found.items()}
 
 
+def certificate(where: Path, ip: str) -> tuple[Path, Path]:
+    """A self-signed certificate for `ip` and its key."""
+    cert, key = where / "tls.crt", where / "tls.key"
+    sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+       "-subj", "/CN=faas-test", "-addext", f"subjectAltName=IP:{ip}",
+       "-keyout", str(key), "-out", str(cert))  # fmt: skip
+    return cert, key
+
+
+@dataclass
+class Stack:
+    name: str
+    namespace: str
+    node: Node
+    env: dict[str, str]
+    cert: Path
+    token: str = ""
+    api: requests.Session = field(default_factory=requests.Session)
+
+    @property
+    def http(self) -> str:
+        return f"http://{self.node.ip}:{HTTP_PORT}"
+
+    @property
+    def https(self) -> str:
+        return f"https://{self.node.ip}:{HTTPS_PORT}"
+
+    def stack(self, *argv: str) -> None:
+        subprocess.run(["docker", "stack", *argv], env=self.env, check=True, capture_output=True)
+
+    def gateway_container(self) -> str:
+        """The running gateway task's container on the node, or ''."""
+        found = self.node.docker(
+            "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={self.name}_gateway",
+            "--filter", "health=healthy",
+        )  # fmt: skip
+        return found.split()[0] if found else ""
+
+    def wait_ready(self) -> str:
+        """Wait until the gateway is healthy and answers through Traefik; its admin token."""
+        wait_for(lambda: bool(self.gateway_container()), 180, "a healthy gateway")
+        token = self.node.docker(
+            "exec", self.gateway_container(), "cat", "/var/lib/faas/admin-token"
+        ).strip()
+        self.api.headers["Authorization"] = f"Bearer {token}"
+
+        def answers() -> bool:
+            try:
+                got = self.api.get(f"{self.http}/api/v1/functions", timeout=5)
+            except requests.RequestException:
+                return False
+            return got.status_code == 200
+
+        wait_for(answers, 120, "the API through Traefik")
+        return token
+
+    def leftovers(self) -> list[str]:
+        """What of the stack (and its functions) the engine still has."""
+        m, left = self.node, []
+        for kind in ("service", "config", "secret", "network"):
+            found = m.docker(kind, "ls", "-q", "--filter", f"name={self.name}_")
+            left += [f"{kind} {x}" for x in found.split()]
+        functions = f"label=faas.namespace={self.namespace}"
+        found = m.docker("service", "ls", "-q", "--filter", functions)
+        left += [f"function service {x}" for x in found.split()]
+        found = m.docker("ps", "-aq", "--filter", f"label=com.docker.stack.namespace={self.name}")
+        left += [f"container {x}" for x in found.split()]
+        return left
+
+
 @pytest.fixture(scope="module")
-def stack(swarm: Cluster) -> Iterator[tuple[str, str]]:
-    """The stack deployed in a namespace of its own; (URL, admin token)."""
+def stack(swarm: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     given = images()
-    local = f"faas-test/swarm:{secrets.token_hex(3)}"
+    local = f"faas-test/manager-stack:{secrets.token_hex(3)}"
+    # This checkout's gateway and templates (./Dockerfile); wheels come from
+    # build/wheels when `make stack-images` left them there.
     sh("docker", "build", "-q", "--label", "faas.test=1", "-t", local,
-       "-f", str(REPO / "deploy/swarm/Dockerfile"),
-       "--build-arg", f"FAAS_MANAGER_IMAGE={given['FAAS_MANAGER_IMAGE']}",
-       "--build-arg", f"FAAS_TRAEFIK_IMAGE={given['FAAS_TRAEFIK_IMAGE']}",
-       "--build-arg", f"FAAS_NATS_IMAGE={given['FAAS_NATS_IMAGE']}", str(REPO))  # fmt: skip
+       "--build-arg", f"FAAS_BASE_IMAGE={given['FAAS_BASE_IMAGE']}", str(REPO))  # fmt: skip
     try:
-        platform_image = swarm.push(local)
-        proxy_image = swarm.push(given["FAAS_SOCKET_PROXY_IMAGE"])
+        manager_image = swarm.push(local)
     finally:
         sh("docker", "rmi", "-f", local, check=False)
     m = swarm.manager
@@ -61,56 +134,105 @@ def stack(swarm: Cluster) -> Iterator[tuple[str, str]]:
              "--label", f"faas.namespace={namespace}", f"faas-{namespace}")  # fmt: skip
     node_id = m.docker("info", "-f", "{{.Swarm.NodeID}}")
     m.docker("node", "update", "--label-add", "faas.platform=true", node_id)
+    cert, key = certificate(tmp_path_factory.mktemp("tls"), m.ip)
     env = {
         **os.environ,
         "DOCKER_HOST": m.socket,
         "DOCKER_SOCKET": f"{m.run}/docker.sock",  # the node's engine, not this host's
         "FAAS_NAMESPACE": namespace,
         "FAAS_REGISTRY": swarm.registry,
-        "FAAS_HTTP_PORT": str(PORT),
-        "FAAS_SWARM_IMAGE": platform_image,
-        "FAAS_SOCKET_PROXY_IMAGE": proxy_image,
+        "FAAS_HTTP_PORT": str(HTTP_PORT),
+        "FAAS_HTTPS_PORT": str(HTTPS_PORT),
+        "FAAS_TLS_CERT": str(cert),
+        "FAAS_TLS_KEY": str(key),
+        "FAAS_MANAGER_IMAGE": manager_image,
+        "FAAS_TRAEFIK_IMAGE": swarm.push(given["FAAS_TRAEFIK_IMAGE"]),
+        "FAAS_NATS_IMAGE": swarm.push(given["FAAS_NATS_IMAGE"]),
+        "FAAS_SOCKET_PROXY_IMAGE": swarm.push(given["FAAS_SOCKET_PROXY_IMAGE"]),
+        "FAAS_READY_TIMEOUT": "30",
     }
-    name = f"st{namespace}"
-    compose = str(Path(REPO, "deploy/swarm/stack.yml"))
-    subprocess.run(["docker", "stack", "deploy", "-c", compose, name], env=env, check=True,
-                   capture_output=True)  # fmt: skip
+    s = Stack(f"st{namespace}", namespace, m, env, cert)
+    s.stack("deploy", "-c", str(REPO / "deploy/swarm/stack.yml"), s.name)
     try:
-        token = ""
-        deadline = time.monotonic() + 120
-        while not token:
-            logs = m.docker("service", "logs", f"{name}_faas", check=False)
-            for line in logs.splitlines():
-                if "token:" in line:
-                    token = line.rsplit(" ", 1)[-1].strip()
-            assert time.monotonic() < deadline, logs[-2000:]
-            time.sleep(0.5)
-        yield f"http://{m.ip}:{PORT}", token
+        s.token = s.wait_ready()
+        yield s
     finally:
-        subprocess.run(["docker", "stack", "rm", name], env=env, check=False, capture_output=True)
+        subprocess.run(["docker", "stack", "rm", s.name], env=env, check=False, capture_output=True)
         services = m.docker("service", "ls", "-q", "--filter",
                             f"label=faas.namespace={namespace}", check=False)  # fmt: skip
         if services:
             m.docker("service", "rm", *services.split(), check=False)
-        wait_for(
-            lambda: not m.docker("service", "ls", "-q", "--filter", f"name={name}_"),
-            60,
-            "the stack's services gone",
-        )
+        wait_for(lambda: not s.leftovers(), 90, "the stack gone")
+        volumes = m.docker("volume", "ls", "-q", "--filter", f"name={s.name}_", check=False)
+        if volumes:
+            m.docker("volume", "rm", *volumes.split(), check=False)
         m.docker("network", "rm", f"faas-{namespace}", check=False)
 
 
-def test_the_stack_file_runs_the_platform(stack: tuple[str, str], echo: str) -> None:
-    url, token = stack
-    api = requests.Session()
-    api.headers["Authorization"] = f"Bearer {token}"
+@pytest.fixture(scope="module")
+def function(stack: Stack, echo: str) -> str:
     name = fn_name("stacked")
-    got = api.put(f"{url}/api/v1/functions/{name}", json={"image": echo}, timeout=90)
+    got = stack.api.put(f"{stack.http}/api/v1/functions/{name}", json={"image": echo}, timeout=90)
     assert got.status_code == 200, got.text
-    try:
-        assert requests.get(f"{url}/function/{name}/", timeout=30).status_code == 200
-        got = api.post(f"{url}/api/v1/functions/{name}/scale", json={"replicas": 0}, timeout=60)
-        assert got.status_code == 200, got.text
-        assert requests.get(f"{url}/function/{name}/", timeout=30).status_code == 200
-    finally:
-        assert api.delete(f"{url}/api/v1/functions/{name}", timeout=60).status_code == 204
+    return name
+
+
+def https_get(stack: Stack, path: str) -> requests.Response:
+    """GET over HTTPS, the stack's certificate verified (name: the node's address)."""
+    return requests.get(f"{stack.https}{path}", verify=str(stack.cert), timeout=30)
+
+
+def test_http_and_https_through_traefik(stack: Stack, function: str) -> None:
+    got = requests.get(f"{stack.http}/function/{function}/plain", timeout=30)
+    assert got.status_code == 200, got.text
+    got = https_get(stack, f"/function/{function}/tls")
+    assert got.status_code == 200, got.text
+    assert got.json()["path"] == "/tls"
+    # The same routes as on web: the API too.
+    assert stack.api.get(f"{stack.https}/api/v1/functions", verify=str(stack.cert),
+                         timeout=30).status_code == 200  # fmt: skip
+    # Not some other certificate that happens to be accepted: Traefik's own fails.
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{stack.https}/", verify=True, timeout=30)
+    context = ssl.create_default_context(cafile=str(stack.cert))
+    assert context.get_ca_certs()[0]["subject"] == ((("commonName", "faas-test"),),)
+
+
+def test_wakes_from_zero_and_queues_async_calls(stack: Stack, function: str) -> None:
+    got = stack.api.post(
+        f"{stack.http}/api/v1/functions/{function}/scale", json={"replicas": 0}, timeout=60
+    )
+    assert got.status_code == 200, got.text
+    assert stack.api.get(f"{stack.http}/api/v1/functions/{function}",
+                         timeout=30).json()["state"] != "running"  # fmt: skip
+    got = https_get(stack, f"/function/{function}/woken")
+    assert got.status_code == 200, got.text
+    # Queued in nats (the stack's network), then made by the gateway's worker.
+    got = requests.post(f"{stack.http}/async-function/{function}/later", data=b"x", timeout=30)
+    assert got.status_code == 202, got.text
+
+    def made() -> bool:
+        calls = stack.api.get(f"{stack.http}/api/v1/functions/{function}/calls", timeout=10)
+        return calls.status_code == 200 and not calls.json()["calls"]
+
+    wait_for(made, 60, "the asynchronous call made")
+
+
+def test_gateway_restart_keeps_state(stack: Stack, function: str) -> None:
+    before = stack.gateway_container()
+    stack.node.docker("service", "update", "--force", "--detach", f"{stack.name}_gateway")
+    wait_for(lambda: stack.gateway_container() not in ("", before), 180, "a new gateway")
+    assert stack.wait_ready() == stack.token  # the volume `state` kept it
+    got = stack.api.get(f"{stack.http}/api/v1/functions/{function}", timeout=30)
+    assert got.status_code == 200, got.text
+    assert https_get(stack, f"/function/{function}/again").status_code == 200
+
+
+def test_stack_rm_leaves_nothing(stack: Stack, function: str) -> None:
+    got = stack.api.delete(f"{stack.http}/api/v1/functions/{function}", timeout=60)
+    assert got.status_code == 204, got.text
+    stack.stack("rm", stack.name)
+    deadline = time.monotonic() + 90
+    while left := stack.leftovers():
+        assert time.monotonic() < deadline, left
+        time.sleep(0.5)
