@@ -2,7 +2,8 @@
 the gateway (the manager image, built from this checkout), nats and the two
 socket proxies on the labelled manager. A function deploys, answers over HTTP
 and HTTPS (the stack's certificate, made here, verified), wakes from zero,
-takes an asynchronous call, and is still served after the gateway restarts;
+takes an asynchronous call, checks invoke keys in Traefik, and is still
+served after the gateway restarts;
 `docker stack rm` then leaves nothing of the stack behind."""
 
 from __future__ import annotations
@@ -216,6 +217,23 @@ def test_wakes_from_zero_and_queues_async_calls(stack: Stack, function: str) -> 
         return calls.status_code == 200 and not calls.json()["calls"]
 
     wait_for(made, 60, "the asynchronous call made")
+
+
+def test_invoke_keys_checked_in_traefik(stack: Stack, echo: str) -> None:
+    """Traefik's key check reads the signing secret the gateway left in their volume."""
+    name = fn_name("keyed")
+    url = f"{stack.http}/api/v1/functions/{name}"
+    got = stack.api.put(url, json={"image": echo, "auth": "key"}, timeout=90)
+    assert got.status_code == 200, got.text
+    try:
+        assert https_get(stack, f"/function/{name}/").status_code == 401
+        key = stack.api.post(f"{url}/keys", json={}, timeout=30).json()["key"]
+        got = requests.get(f"{stack.https}/function/{name}/", headers={"X-Faas-Key": key},
+                           verify=str(stack.cert), timeout=30)  # fmt: skip
+        assert got.status_code == 200, got.text
+        assert "x-faas-key" not in got.json()["headers"]  # checked in Traefik, then dropped
+    finally:
+        assert stack.api.delete(url, timeout=60).status_code == 204
 
 
 def test_gateway_restart_keeps_state(stack: Stack, function: str) -> None:
