@@ -33,7 +33,7 @@ test-deps: ## Install the Debian packages the tests use (prometheus, skopeo, reg
 images: engine ## Build the base and example images (offline when no registry)
 	scripts/images.sh
 
-stack-images: engine install images ## Build the compose stack's images (Traefik, manager, socket proxy)
+stack-images: engine install images ## Build the compose and Swarm stacks' images (Traefik, manager, nats, socket proxy)
 	scripts/compose-images.sh
 
 dev: install images ## Run the platform on this host (faas up, gateway reloads on change)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Make the images docker-compose.yml runs, and write their names to
-# build/images.env (FAAS_*_IMAGE=..., read by scripts/compose.sh, `make up`
+# Make the images docker-compose.yml and deploy/swarm/stack.yml run, and write
+# their names to build/images.env (FAAS_*_IMAGE=..., read by scripts/compose.sh, `make up`
 # and the e2e test; `set -a; . build/images.env` for a bare `docker compose`).
 #
 # Public images are used when they are present or can be pulled: Traefik

@@ -61,6 +61,39 @@ def test_compose_entrypoints_and_https_relay(
     assert server == {"address": relay}
 
 
+def test_swarm_stack_traefik_in_a_container_of_its_own(tmp_path: Path) -> None:
+    """deploy/swarm/stack.yml: the Swarm provider through Traefik's socket proxy,
+    its API where the gateway reaches it, the gateway by name, the certificate."""
+    s = settings(tmp_path, provider="swarm", http_host="0.0.0.0", http_port=8080)
+    values = traefik.compose_values(
+        s,
+        8443,
+        gateway_url="http://gateway:8081",
+        api_host="0.0.0.0",
+        certificate=("/run/secrets/tls.crt", "/run/secrets/tls.key"),
+    )
+    static = rendered(ROOT / "traefik" / "compose.yml", values, tmp_path)
+    assert "docker" not in static["providers"]
+    swarm = static["providers"]["swarm"]
+    assert swarm["endpoint"] == "unix:///run/docker-proxy/docker.sock"
+    assert swarm["refreshSeconds"] == 1
+    assert static["providers"]["file"]["directory"] == "/etc/traefik/dynamic"
+    assert static["entryPoints"]["traefik"]["address"] == "0.0.0.0:8082"
+    assert static["entryPoints"]["websecure"]["address"] == "0.0.0.0:8443"
+    gateway = rendered(ROOT / "traefik" / "gateway.yml", values, tmp_path)
+    servers = gateway["http"]["services"]["faas-gateway"]["loadBalancer"]["servers"]
+    assert servers == [{"url": "http://gateway:8081"}]
+    tls = rendered(ROOT / "traefik" / "compose-tls.yml", values, tmp_path)
+    assert tls["tls"]["stores"]["default"]["defaultCertificate"] == {
+        "certFile": "/run/secrets/tls.crt",
+        "keyFile": "/run/secrets/tls.key",
+    }
+    # Compose: the Docker provider, the self-signed default certificate.
+    values = traefik.compose_values(settings(tmp_path), 443)
+    assert "swarm" not in rendered(ROOT / "traefik" / "compose.yml", values, tmp_path)["providers"]
+    assert "tls" not in rendered(ROOT / "traefik" / "compose-tls.yml", values, tmp_path)
+
+
 def test_gateway_and_prometheus_on_loopback(tmp_path: Path) -> None:
     s = settings(tmp_path, gateway_host="127.0.0.1", gateway_port=9001, traefik_api_port=9002)
     values = traefik.compose_values(s, 443)
