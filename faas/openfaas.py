@@ -46,7 +46,7 @@ from . import __version__, auth, labels, secretstore
 from .api import counted
 from .autoscaler import Autoscaler
 from .body import read_json
-from .config import Settings, host_port, local_host
+from .config import Settings
 from .errors import FaasError, FunctionExists, FunctionNotFound, InvalidSpec
 from .invoke import METHODS
 from .lifecycle import Lifecycle
@@ -404,7 +404,7 @@ class OpenFaasApi:
         self.metrics = lifecycle.metrics
         # Where the web entrypoint listens: `.namespace` invokes go back through
         # Traefik, so the function's own router (limits, key check) serves them.
-        self.traefik = host_port(local_host(settings.http_host), settings.http_port)
+        self.traefik = settings.traefik_web_address
         self.sha = _git_sha()
 
     def routes(self) -> list[Route]:

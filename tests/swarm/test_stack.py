@@ -189,6 +189,10 @@ def test_http_and_https_through_traefik(stack: Stack, function: str) -> None:
     got = https_get(stack, f"/function/{function}/tls")
     assert got.status_code == 200, got.text
     assert got.json()["path"] == "/tls"
+    # OpenFaaS' name.namespace: the gateway sends it back through Traefik.
+    got = requests.get(f"{stack.http}/function/{function}.{stack.namespace}/ns", timeout=30)
+    assert got.status_code == 200, got.text
+    assert got.json()["path"] == "/ns"
     # The same routes as on web: the API too.
     assert stack.api.get(f"{stack.https}/api/v1/functions", verify=str(stack.cert),
                          timeout=30).status_code == 200  # fmt: skip
