@@ -23,6 +23,8 @@ from .spec import FunctionSpec
 SCHEMA_VERSION = "1"
 NAMESPACE = "faas.namespace"
 FUNCTION = "faas.function"
+# On a Docker secret (Swarm): the name of the faas secret whose value it holds.
+SECRET = "faas.secret"  # noqa: S105 - a label key, not a value
 SCHEMA = "faas.schema"
 SPEC_PREFIX = "faas.spec."
 ENTRYPOINT = "web"
