@@ -408,6 +408,8 @@ class SwarmProvider(DockerProvider):
 
     def _ensure_secrets(self, values: Mapping[str, bytes]) -> dict[str, tuple[str, str]]:
         """secret -> (ID, name) of the Docker secret holding its value, made if missing."""
+        if not values:
+            return {}
         ns = self.settings.namespace
         with _engine_errors():
             found = {
@@ -427,18 +429,21 @@ class SwarmProvider(DockerProvider):
 
     def prune_secrets(self) -> None:
         """Remove the namespace's Docker secrets that no service references and no
-        function is about to (`_mounted`)."""
+        function is about to (`_mounted`). One listing when there are none (a wake)."""
         ns = self.settings.namespace
         with self._secrets_lock, _engine_errors():
-            keep = {ref[0] for made in self._mounted.values() for ref in made.values()}
+            mounted = {ref[0] for made in self._mounted.values() for ref in made.values()}
+            found = self._api.secrets(filters={"label": f"{labels.NAMESPACE}={ns}"})
+            unused = {s["ID"] for s in found} - mounted
+            if not unused:
+                return
             for service in self._services():
                 container = service["Spec"]["TaskTemplate"]["ContainerSpec"]
-                keep |= {ref["SecretID"] for ref in container.get("Secrets") or []}
-            for found in self._api.secrets(filters={"label": f"{labels.NAMESPACE}={ns}"}):
-                if found["ID"] not in keep:
-                    # Gone meanwhile, or referenced by a service made since the listing.
-                    with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-                        self._api.remove_secret(found["ID"])
+                unused -= {ref["SecretID"] for ref in container.get("Secrets") or []}
+            for secret_id in unused:
+                # Swarm refuses to remove one in use: a last guard against a race.
+                with contextlib.suppress(docker.errors.APIError):
+                    self._api.remove_secret(secret_id)
 
     def forget_secret(self, secret: str) -> None:
         self.prune_secrets()
