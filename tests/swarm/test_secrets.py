@@ -155,7 +155,15 @@ def test_a_function_at_zero_wakes_with_the_value_updated_meanwhile(
         assert got.json()["secret"] == "new"
     finally:
         platform.api("DELETE", f"/functions/{name}")
-        platform.api("DELETE", f"/secrets/{secret}")
+    assert platform.docker_secrets() == []
+    # One that a gateway killed mid-deploy would leave goes with `faas secrets rm`.
+    stray = f"faas-{platform.namespace}-{secret}-stray"
+    platform.manager.docker(
+        "secret", "create", "--label", f"faas.namespace={platform.namespace}",
+        "--label", f"faas.secret={secret}", stray, "/etc/hostname",
+    )  # fmt: skip
+    assert platform.docker_secrets() == [stray]
+    assert platform.api("DELETE", f"/secrets/{secret}").status_code == 204
     assert platform.docker_secrets() == []
 
 
