@@ -10,6 +10,9 @@ names; `spec_labels` and `spec_from_labels` round-trip a FunctionSpec.
     faas.spec.<field>    one label per spec field; strings raw, the rest JSON
                          (faas.spec.secrets: the NAMES of the secrets it reads,
                          never a value; see faas/secretstore.py)
+
+On a Swarm, a function's Docker secrets carry faas.namespace and
+`faas.secret` (the name of the secret whose value they hold).
 """
 
 from __future__ import annotations

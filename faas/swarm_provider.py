@@ -14,6 +14,9 @@ time out; Traefik's Swarm provider routes to the task addresses, and so does
 the gateway while Traefik has not polled yet. Image calls (pull, load, build,
 labels) are the Docker provider's, made on the manager's engine; every node
 pulls the function's image from its registry (FAAS_REGISTRY).
+
+A function's secrets are Docker secrets, one per value, which Swarm hands to
+the tasks on whichever node they run; a new value replaces the replicas.
 """
 
 from __future__ import annotations
