@@ -318,6 +318,9 @@ class DockerProvider:
         folder.chmod(0o755)
         return True
 
+    def forget_secret(self, secret: str) -> None:
+        """Nothing kept: a function's folder holds only the secrets it lists."""
+
     def start(self, instance_id: str) -> None:
         with _engine_errors():
             try:

@@ -10,6 +10,9 @@ names; `spec_labels` and `spec_from_labels` round-trip a FunctionSpec.
     faas.spec.<field>    one label per spec field; strings raw, the rest JSON
                          (faas.spec.secrets: the NAMES of the secrets it reads,
                          never a value; see faas/secretstore.py)
+
+On a Swarm, a function's Docker secrets carry faas.namespace and
+`faas.secret` (the name of the secret whose value they hold).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from .spec import FunctionSpec
 SCHEMA_VERSION = "1"
 NAMESPACE = "faas.namespace"
 FUNCTION = "faas.function"
+# On a Docker secret (Swarm): the name of the faas secret whose value it holds.
+SECRET = "faas.secret"  # noqa: S105 - a label key, not a value
 SCHEMA = "faas.schema"
 SPEC_PREFIX = "faas.spec."
 ENTRYPOINT = "web"

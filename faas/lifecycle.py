@@ -280,6 +280,7 @@ class Lifecycle:
             if deployed | deploying:
                 raise SecretInUse(secret, sorted(deployed | deploying))
             self.secrets.remove(secret)
+        self.provider.forget_secret(secret)
         logger.info("removed secret {}", secret)
 
     def _start_new(self, spec: FunctionSpec, started: builtins.list[Instance]) -> str:

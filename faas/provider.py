@@ -224,6 +224,11 @@ class Provider(Protocol):
         only new instances will (the core then replaces the running ones)."""
         ...
 
+    def forget_secret(self, secret: str) -> None:
+        """The secret is gone from the store (no function lists it): drop any copy
+        of it the engine still keeps."""
+        ...
+
     def stop(self, instance_id: str, timeout: float) -> None:
         """SIGTERM, then SIGKILL after `timeout` seconds; a gone instance is no error."""
         ...

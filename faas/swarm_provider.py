@@ -14,13 +14,18 @@ time out; Traefik's Swarm provider routes to the task addresses, and so does
 the gateway while Traefik has not polled yet. Image calls (pull, load, build,
 labels) are the Docker provider's, made on the manager's engine; every node
 pulls the function's image from its registry (FAAS_REGISTRY).
+
+A function's secrets are Docker secrets, one per value, which Swarm hands to
+the tasks on whichever node they run; a new value replaces the replicas.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import hashlib
 import secrets
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import IO, Any, cast
@@ -35,14 +40,17 @@ from docker.types import (
     Placement,
     Resources,
     RestartPolicy,
+    SecretReference,
     ServiceMode,
     TaskTemplate,
 )
 
 from . import labels
+from .config import Settings
 from .docker_provider import DockerProvider, _engine_errors, _parse_time
 from .errors import BuildFailed, FunctionNotFound, InvalidSpec
 from .provider import EngineInfo, Instance, LogStream, State, Usage
+from .secretstore import MOUNT_PATH
 from .spec import FunctionSpec, memory_bytes
 
 Task = dict[str, Any]
@@ -52,13 +60,22 @@ _STARTING = {"new", "allocated", "pending", "assigned", "accepted", "preparing",
 }
 # A task meant to run, or being removed: either holds its slot.
 _LEAVING_SLOT = {"new", "ready", "running", "remove"}
-_NO_SECRETS = "not on a Swarm yet (a folder on one node reaches no other; Docker secrets would)"
+# Swarmkit's limit on the name of a secret.
+_SECRET_NAME_MAX = 64
 # How long stop() waits past the grace period for the task to be gone.
 _STOP_SLACK = 15.0
 
 
 class SwarmProvider(DockerProvider):
     """Function instances as single-replica services on a Swarm: engine calls only."""
+
+    def __init__(self, settings: Settings, *, client: docker.DockerClient | None = None) -> None:
+        super().__init__(settings, client=client)
+        # function -> secret -> (ID, name) of the Docker secret its next services
+        # reference: what the last `mount_secrets` made (the core mounts before
+        # it creates), and what the pruning keeps though no service uses it yet.
+        self._mounted: dict[str, dict[str, tuple[str, str]]] = {}
+        self._secrets_lock = threading.Lock()
 
     @property
     def _api(self) -> Any:
@@ -256,6 +273,12 @@ class SwarmProvider(DockerProvider):
             else None,
             stop_grace_period=int(s.stop_timeout * 1e9),
         )
+        with self._secrets_lock:
+            made = self._mounted.get(spec.name, {})
+        missing = [s for s in spec.secrets if s not in made]
+        if missing:  # the core mounts a function's secrets before it creates an instance
+            raise InvalidSpec("secrets", f"secret {missing[0]!r} was not mounted")
+        container["Secrets"] = _references({s: made[s] for s in spec.secrets})
         if r.ulimits:  # API 1.41; the SDK has no parameter for it
             container["Ulimits"] = [
                 {"Name": k, "Soft": v, "Hard": v} for k, v in sorted(r.ulimits.items())
@@ -348,10 +371,104 @@ class SwarmProvider(DockerProvider):
                     if "out of sequence" not in str(exc) or attempt == 4:
                         raise
 
+    # -- secrets: one immutable Docker secret per value --------------------------
+
     def mount_secrets(self, name: str, values: Mapping[str, bytes]) -> bool:
-        if values:
-            raise InvalidSpec("secrets", _NO_SECRETS)
-        return True
+        """A Docker secret for each value (made once: its name holds a hash of it),
+        which the function's services created from now on reference; the
+        services at 0 replicas are pointed at them at once (nothing starts).
+
+        A running task keeps the secrets it started with (Docker secrets are
+        immutable, and a service update would restart the task, failing requests),
+        so False when one runs with an older value: the core then replaces the
+        instances, and its next call here, once the old ones are gone, removes
+        the Docker secrets no service uses any more."""
+        with self._secrets_lock:
+            made = self._ensure_secrets(values)
+            if made:
+                self._mounted[name] = made
+            else:
+                self._mounted.pop(name, None)
+        seen = True
+        for service in self._services(name):
+            spec = service["Spec"]
+            wanted = _references(
+                {
+                    s: made[s]
+                    for s in labels.read_spec(spec.get("Labels") or {})[0].secrets
+                    if s in made
+                }
+            )
+            current = spec["TaskTemplate"]["ContainerSpec"].get("Secrets") or []
+            if _secret_files(current) == _secret_files(wanted):
+                continue
+            if spec.get("Mode", {}).get("Replicated", {}).get("Replicas", 0):
+                seen = False
+            else:
+                self._update_task_template(service["ID"], {"ContainerSpec": {"Secrets": wanted}})
+        self.prune_secrets()
+        return seen
+
+    def _ensure_secrets(self, values: Mapping[str, bytes]) -> dict[str, tuple[str, str]]:
+        """secret -> (ID, name) of the Docker secret holding its value, made if missing."""
+        if not values:
+            return {}
+        ns = self.settings.namespace
+        with _engine_errors():
+            found = {
+                s["Spec"]["Name"]: s["ID"]
+                for s in self._api.secrets(filters={"label": f"{labels.NAMESPACE}={ns}"})
+            }
+            made = {}
+            for secret, value in values.items():
+                docker_name = docker_secret_name(ns, secret, value)
+                if docker_name not in found:
+                    created = self._api.create_secret(
+                        docker_name, value, labels={labels.NAMESPACE: ns, labels.SECRET: secret}
+                    )
+                    found[docker_name] = created["ID"]
+                made[secret] = (str(found[docker_name]), docker_name)
+        return made
+
+    def prune_secrets(self) -> None:
+        """Remove the namespace's Docker secrets that no service references and no
+        function is about to (`_mounted`). One listing when there are none (a wake)."""
+        ns = self.settings.namespace
+        with self._secrets_lock, _engine_errors():
+            mounted = {ref[0] for made in self._mounted.values() for ref in made.values()}
+            found = self._api.secrets(filters={"label": f"{labels.NAMESPACE}={ns}"})
+            unused = {s["ID"] for s in found} - mounted
+            if not unused:
+                return
+            for service in self._services():
+                container = service["Spec"]["TaskTemplate"]["ContainerSpec"]
+                unused -= {ref["SecretID"] for ref in container.get("Secrets") or []}
+            for secret_id in unused:
+                # Swarm refuses to remove one in use: a last guard against a race.
+                with contextlib.suppress(docker.errors.APIError):
+                    self._api.remove_secret(secret_id)
+
+    def forget_secret(self, secret: str) -> None:
+        self.prune_secrets()
+
+    def _update_task_template(self, service_id: str, template: dict[str, Any]) -> None:
+        """Change part of a service's task template (Swarm merges it into the rest)."""
+        for attempt in range(5):
+            with _engine_errors():
+                try:
+                    service = self._api.inspect_service(service_id)
+                    self._api.update_service(
+                        service_id,
+                        service["Version"]["Index"],
+                        task_template=template,
+                        fetch_current_spec=True,
+                    )
+                    return
+                except docker.errors.NotFound:
+                    return  # removed meanwhile: nothing left to point anywhere
+                except docker.errors.APIError as exc:
+                    if "out of sequence" not in str(exc) or attempt == 4:
+                        raise
 
     def start(self, instance_id: str) -> None:
         self._set_replicas(instance_id, 1)
@@ -453,9 +570,35 @@ def _check_swarm(spec: FunctionSpec) -> None:
         raise InvalidSpec(
             "runtime", "Swarm services run on each node's default OCI runtime; set it there"
         )
-    if spec.secrets:
-        raise InvalidSpec("secrets", _NO_SECRETS)
     if spec.gpus is not None:
         raise InvalidSpec(
             "gpus", "Swarm services get GPUs only as generic node resources; not supported"
         )
+
+
+def docker_secret_name(namespace: str, secret: str, value: bytes) -> str:
+    """The name of the Docker secret holding `value` for the namespace's `secret`:
+    a new value gets a new name (a Docker secret cannot change), the same value
+    the same name (mounting again makes nothing). The hash is no leak beyond what
+    access to the engine gives already (it can read any secret, in a task)."""
+    digest = hashlib.sha256(b"\0".join([namespace.encode(), secret.encode(), value]))
+    suffix = f"-{digest.hexdigest()[:12]}"
+    # Long names are cut: the labels, not the name, say whose secret it is.
+    prefix = f"faas-{namespace}-{secret}"[: _SECRET_NAME_MAX - len(suffix)].rstrip("-")
+    return prefix + suffix
+
+
+def _references(made: Mapping[str, tuple[str, str]]) -> builtins.list[SecretReference]:
+    """Each secret as a read-only file at MOUNT_PATH/<secret>, readable by any user
+    (the image may run as non-root), in a stable order."""
+    return [
+        SecretReference(
+            secret_id, docker_name, filename=f"{MOUNT_PATH}/{secret}", uid="0", gid="0", mode=0o444
+        )
+        for secret, (secret_id, docker_name) in sorted(made.items())
+    ]
+
+
+def _secret_files(refs: builtins.list[Any]) -> builtins.list[tuple[str, str, int]]:
+    """What a task reads of its secret references: (Docker secret, file, mode)."""
+    return sorted((r["SecretName"], r["File"]["Name"], r["File"]["Mode"]) for r in refs)

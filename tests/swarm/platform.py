@@ -105,6 +105,8 @@ class SwarmStack:
                             f"label=faas.namespace={self.namespace}", check=False)  # fmt: skip
         if services:
             m.docker("service", "rm", *services.split(), check=False)
+        for secret in self.docker_secrets(check=False):
+            m.docker("secret", "rm", secret, check=False)
         m.docker("network", "rm", self.network, check=False)
 
     def api(self, method: str, path: str, **kwargs: object) -> requests.Response:
@@ -123,6 +125,14 @@ class SwarmStack:
     def engine_services(self, engine: Any, name: str) -> list[dict[str, Any]]:
         wanted = [f"faas.namespace={self.namespace}", f"faas.function={name}"]
         return list(engine.api.services(filters={"label": wanted}))
+
+    def docker_secrets(self, *, check: bool = True) -> list[str]:
+        """The names of the namespace's Docker secrets."""
+        wanted = f"label=faas.namespace={self.namespace}"
+        out = self.manager.docker(
+            "secret", "ls", "--filter", wanted, "--format", "{{.Name}}", check=check
+        )
+        return sorted(out.split())
 
     def services(self, name: str | None = None) -> list[str]:
         wanted = ["--filter", f"label=faas.namespace={self.namespace}"]

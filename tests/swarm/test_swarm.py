@@ -163,7 +163,6 @@ def test_what_swarm_cannot_do_is_refused_and_nothing_is_made(
     cases: list[tuple[dict[str, object], int, str]] = [
         ({"runtime": "runsc"}, 422, "runtime"),
         ({"gpus": 1}, 422, "gpus"),
-        ({"secrets": ["db-password"]}, 422, "secrets"),
         ({"constraints": ["node.labels.x=true"]}, 422, "constraints"),
         # A constraint no node meets fails the deploy at once, naming why.
         ({"constraints": ["node.labels.faas.test.node==n9"]}, 502, "no suitable node"),

@@ -96,6 +96,9 @@ class FakeProvider:
             self.mounted.pop(name, None)
         return self.live_secrets
 
+    def forget_secret(self, secret: str) -> None:
+        self.calls.append(("forget_secret", secret))
+
     def start(self, instance_id: str) -> None:
         self.calls.append(("start", instance_id))
         if self.gate is not None:

@@ -263,9 +263,12 @@ def test_a_secret_in_use_cannot_be_removed(life: Lifecycle, provider: FakeProvid
         life.remove_secret("db")
     assert caught.value.functions == ["f"]
     assert life.secrets.names() == ["db"]
+    assert ("forget_secret", "db") not in provider.calls
     life.remove("f")
     life.remove_secret("db")
     assert life.secrets.names() == []
+    # The engine drops what it kept of it (Swarm: its Docker secrets).
+    assert provider.calls[-1] == ("forget_secret", "db")
 
 
 class MountGate(FakeProvider):

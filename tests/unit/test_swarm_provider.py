@@ -12,7 +12,14 @@ from faas.config import Settings
 from faas.errors import InvalidSpec
 from faas.provider import State
 from faas.spec import parse_spec
-from faas.swarm_provider import _check_swarm, _current, _task_state
+from faas.swarm_provider import (
+    _SECRET_NAME_MAX,
+    _check_swarm,
+    _current,
+    _references,
+    _task_state,
+    docker_secret_name,
+)
 
 
 def task(state: str, desired: str = "running", created: str = "2026-01-01T00:00:01Z",
@@ -96,13 +103,48 @@ def test_bad_placement_is_refused_naming_the_field(field: str, value: list[str])
     assert field in str(caught.value)
 
 
-@pytest.mark.parametrize(
-    ("field", "value"), [("runtime", "runsc"), ("gpus", 1), ("secrets", ["db-password"])]
-)
+@pytest.mark.parametrize(("field", "value"), [("runtime", "runsc"), ("gpus", 1)])
 def test_what_a_swarm_service_cannot_choose_is_refused(field: str, value: object) -> None:
     with pytest.raises(InvalidSpec) as caught:
         _check_swarm(parse_spec({"name": "f", "image": "x", field: value}))
     assert caught.value.field == field
+
+
+def test_secrets_are_allowed_on_a_swarm() -> None:
+    _check_swarm(parse_spec({"name": "f", "image": "x", "secrets": ["db-password"]}))
+
+
+def test_a_new_value_gets_a_new_docker_secret_the_same_value_the_same_one() -> None:
+    first = docker_secret_name("ns", "db", b"one")
+    assert first.startswith("faas-ns-db-")
+    assert docker_secret_name("ns", "db", b"one") == first
+    assert docker_secret_name("ns", "db", b"two") != first
+    # Per namespace and secret: two secrets of one value are two Docker secrets.
+    assert docker_secret_name("ns", "db2", b"one") != first
+    assert docker_secret_name("other", "db", b"one") != first
+    assert "one" not in first.removeprefix("faas-ns-db-")
+
+
+def test_a_long_secret_name_is_cut_to_swarms_limit_and_stays_distinct() -> None:
+    long = "a" * 62 + "-b"
+    names = {docker_secret_name("ns", long, b"v"), docker_secret_name("ns", long[:-1] + "c", b"v")}
+    assert len(names) == 2
+    for name in names:
+        assert len(name) <= _SECRET_NAME_MAX
+        assert name.startswith("faas-ns-aaaa")
+        assert "--" not in name  # a cut never ends the prefix on its dash
+
+
+def test_secrets_are_files_at_the_openfaas_path_readable_by_any_user() -> None:
+    (ref,) = _references({"db": ("id1", "faas-ns-db-0123")})
+    assert ref["SecretID"] == "id1"
+    assert ref["SecretName"] == "faas-ns-db-0123"
+    assert ref["File"] == {
+        "Name": "/var/openfaas/secrets/db",
+        "UID": "0",
+        "GID": "0",
+        "Mode": 0o444,
+    }
 
 
 def test_images_built_or_loaded_are_published_in_the_registry() -> None:
