@@ -544,7 +544,8 @@ def _agent_template(wanted: dict[str, Any], secret_id: str, secret_name: str) ->
         healthcheck=Healthcheck(test=["NONE"]),
         init=True,
     )
-    # Applied by engines whose service API has it (API 1.44+); 20.10 ignores it.
+    # Kept by engines whose service API has the field (newer than 20.10); 20.10 drops it
+    # (its service inspect shows no NoNewPrivileges): caps dropped and no exec do the work.
     container["Privileges"] = {"NoNewPrivileges": True}
     return TaskTemplate(
         container,

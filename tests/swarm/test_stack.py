@@ -70,6 +70,8 @@ def stack(swarm: Cluster) -> Iterator[tuple[str, str]]:
         "FAAS_HTTP_PORT": str(PORT),
         "FAAS_SWARM_IMAGE": platform_image,
         "FAAS_SOCKET_PROXY_IMAGE": proxy_image,
+        # Each node's engine for the stats agents (the stack passes it on).
+        "FAAS_SWARM_DOCKER_SOCKET": swarm.sockets,
     }
     name = f"st{namespace}"
     compose = str(Path(REPO, "deploy/swarm/stack.yml"))
@@ -92,6 +94,12 @@ def stack(swarm: Cluster) -> Iterator[tuple[str, str]]:
                             f"label=faas.namespace={namespace}", check=False)  # fmt: skip
         if services:
             m.docker("service", "rm", *services.split(), check=False)
+        # The stats agents and their token secret, which the gateway made.
+        agents = f"label=faas.agent={namespace}"
+        if services := m.docker("service", "ls", "-q", "--filter", agents, check=False):
+            m.docker("service", "rm", *services.split(), check=False)
+        if found := m.docker("secret", "ls", "-q", "--filter", agents, check=False):
+            m.docker("secret", "rm", *found.split(), check=False)
         wait_for(
             lambda: not m.docker("service", "ls", "-q", "--filter", f"name={name}_"),
             60,
