@@ -212,18 +212,23 @@ class DockerProvider:
 
     def sample(self, container_id: str) -> tuple[Usage, int | None] | None:
         """Usage and bytes sent of a running container of this namespace on this
-        engine, from one stats call; None when the engine runs no such container
-        (the stats agent's one engine read, `faas.agent`)."""
+        engine; None when the engine runs no such container (the stats agent's one
+        engine read, `faas.agent`: it answers for nothing else)."""
         wanted = [f"{labels.NAMESPACE}={self.settings.namespace}"]
         with _engine_errors():
             found = self.client.api.containers(filters={"id": container_id, "label": wanted})
-            # The id filter matches prefixes: only the exact container is answered for.
-            if not any(c["Id"] == container_id for c in found):
-                return None
+        # The id filter matches prefixes: only the exact container is answered for.
+        if not any(c["Id"] == container_id for c in found):
+            return None
+        return self.read_sample(container_id)
+
+    def read_sample(self, container_id: str) -> tuple[Usage, int | None] | None:
+        """Usage and bytes sent of a container, from one stats call (None: gone)."""
+        with _engine_errors():
             try:
                 stats = self.client.api.stats(container_id, stream=False, one_shot=True)
                 state = self.client.api.inspect_container(container_id)
-            except docker.errors.NotFound:  # gone since it was listed
+            except docker.errors.NotFound:
                 return None
         return usage_of(stats, state), sent_of(stats)
 

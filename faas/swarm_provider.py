@@ -216,8 +216,8 @@ class SwarmProvider(DockerProvider):
         if task is None:
             return None
         container = str(task["Status"]["ContainerStatus"]["ContainerID"])
-        if task["NodeID"] == self._node_id():
-            return self.sample(container)
+        if task["NodeID"] == self._node_id():  # a task of ours: no need to check its labels
+            return self.read_sample(container)
         return self._agents.sample(str(task["NodeID"]), container)
 
     def _node_id(self) -> str:

@@ -70,8 +70,12 @@ def stack(swarm: Cluster) -> Iterator[tuple[str, str]]:
         "FAAS_HTTP_PORT": str(PORT),
         "FAAS_SWARM_IMAGE": platform_image,
         "FAAS_SOCKET_PROXY_IMAGE": proxy_image,
-        # Each node's engine for the stats agents (the stack passes it on).
-        "FAAS_SWARM_DOCKER_SOCKET": swarm.sockets,
+        # Each node's engine for the stats agents (the stack passes it on). Swarm
+        # expands templates in a service's environment too: escaped, the gateway
+        # gets the template itself, not its own node's socket.
+        "FAAS_SWARM_DOCKER_SOCKET": swarm.sockets.replace(
+            "{{.Node.Hostname}}", '{{"{{"}}.Node.Hostname{{"}}"}}'
+        ),
     }
     name = f"st{namespace}"
     compose = str(Path(REPO, "deploy/swarm/stack.yml"))

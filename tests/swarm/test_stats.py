@@ -43,13 +43,17 @@ def agent_tasks(platform: SwarmStack) -> dict[str, str]:
 
 def ask_agent(platform: SwarmStack, address: str, container: str) -> dict[str, Any]:
     """GET the agent's answer for `container`, from the platform's container (a
-    member of the overlay network), with the token derived from the admin token."""
+    member of the overlay network), with the token derived from the admin token:
+    {"status": ..., **its JSON}."""
     url = f"http://{address}:{agent.PORT}/containers/{container}"
     headers = {"Authorization": f"Bearer {agent.token(platform.token)}"}
     code = (
         "import urllib.request as u\n"
         f"r = u.Request({url!r}, headers={headers!r})\n"
-        "print(u.urlopen(r, timeout=20).read().decode())"
+        "import json, urllib.error as e\n"
+        "try: got = u.urlopen(r, timeout=20)\n"
+        "except e.HTTPError as exc: got = exc\n"
+        "print(json.dumps({'status': got.status, **json.loads(got.read())}))"
     )
     out = platform.manager.docker("exec", platform.container, "/usr/bin/env", "python3", "-c", code)
     return dict(json.loads(out))
@@ -82,6 +86,10 @@ def test_memory_of_replicas_on_every_node_under_load(
                 assert sample["usage"]["memory_bytes"] > 0, (task["NodeID"], sample)
                 assert sample["usage"]["memory_limit_bytes"] == LIMIT, sample
                 assert sample["sent_bytes"] > 0, sample
+            # A container of no function (the platform's own): not answered for.
+            platform_id = platform.manager.docker("inspect", "-f", "{{.Id}}", platform.container)
+            refused = ask_agent(platform, agents[manager], platform_id)
+            assert refused["status"] == 404, refused
             # The gateway's figure sums all three: a replica read as zeros would
             # be missing from the limit.
             wait_for(
