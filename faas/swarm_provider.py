@@ -13,7 +13,9 @@ Services use endpoint mode `dnsrr`: this kernel has no IPVS, so a VIP would
 time out; Traefik's Swarm provider routes to the task addresses, and so does
 the gateway while Traefik has not polled yet. Image calls (pull, load, build,
 labels) are the Docker provider's, made on the manager's engine; every node
-pulls the function's image from its registry (FAAS_REGISTRY).
+pulls the function's image from its registry (FAAS_REGISTRY). The stats of a
+task on another node come from the stats agent there (`faas.agent`, a global
+service made at the gateway's start).
 """
 
 from __future__ import annotations
