@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     network: str | None = Field(
         None, description="Docker network of the functions; defaults to faas-<namespace>."
     )
+    swarm_docker_socket: str = Field(
+        "/var/run/docker.sock",
+        description="The Docker socket on every Swarm node, which the stats agents mount "
+        "(FAAS_PROVIDER=swarm; Swarm's templates apply, e.g. {{.Node.Hostname}}).",
+    )
     ready_timeout: float = Field(
         30.0, gt=0, description="Seconds a new container has to answer HTTP before it fails."
     )

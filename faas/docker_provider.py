@@ -201,25 +201,36 @@ class DockerProvider:
                 stats = self.client.api.stats(instance_id, stream=False, one_shot=True)
             except docker.errors.NotFound:
                 return None
-        if not stats.get("networks"):
-            return None  # not running: the engine answers with an empty sample
-        nets = cast(dict[str, dict[str, int]], stats.get("networks") or {})
-        return sum(n.get("tx_bytes", 0) for n in nets.values())
+        return sent_of(stats)
 
     def usage(self, instance_id: str) -> Usage:
         """One stats sample (one_shot: no 1 s wait for a CPU delta) plus an inspect."""
         with _engine_errors():
             stats = self.client.api.stats(instance_id, stream=False, one_shot=True)
             state = self.client.api.inspect_container(instance_id)
-        memory = cast(dict[str, Any], stats.get("memory_stats") or {})
-        cpu = cast(dict[str, Any], stats.get("cpu_stats") or {}).get("cpu_usage") or {}
-        return Usage(
-            memory_bytes=int(memory.get("usage", 0)),
-            memory_limit_bytes=int(memory.get("limit", 0)),
-            cpu_seconds=int(cpu.get("total_usage", 0)) / 1e9,
-            restarts=int(state.get("RestartCount", 0)),
-            oom_killed=bool(state.get("State", {}).get("OOMKilled")),
-        )
+        return usage_of(stats, state)
+
+    def sample(self, container_id: str) -> tuple[Usage, int | None] | None:
+        """Usage and bytes sent of a running container of this namespace on this
+        engine; None when the engine runs no such container (the stats agent's one
+        engine read, `faas.agent`: it answers for nothing else)."""
+        wanted = [f"{labels.NAMESPACE}={self.settings.namespace}"]
+        with _engine_errors():
+            found = self.client.api.containers(filters={"id": container_id, "label": wanted})
+        # The id filter matches prefixes: only the exact container is answered for.
+        if not any(c["Id"] == container_id for c in found):
+            return None
+        return self.read_sample(container_id)
+
+    def read_sample(self, container_id: str) -> tuple[Usage, int | None] | None:
+        """Usage and bytes sent of a container, from one stats call (None: gone)."""
+        with _engine_errors():
+            try:
+                stats = self.client.api.stats(container_id, stream=False, one_shot=True)
+                state = self.client.api.inspect_container(container_id)
+            except docker.errors.NotFound:
+                return None
+        return usage_of(stats, state), sent_of(stats)
 
     # -- changing ----------------------------------------------------------
 
@@ -493,6 +504,28 @@ class DockerProvider:
             with contextlib.suppress(docker.errors.APIError):
                 self.client.api.disconnect_container_from_network(instance_id, net_name, force=True)
         self.client.api.connect_container_to_network(instance_id, self.settings.function_network)
+
+
+def usage_of(stats: dict[str, Any], state: dict[str, Any]) -> Usage:
+    """A `Usage` from the engine's one-shot stats and the container's inspect."""
+    memory = cast(dict[str, Any], stats.get("memory_stats") or {})
+    cpu = cast(dict[str, Any], stats.get("cpu_stats") or {}).get("cpu_usage") or {}
+    return Usage(
+        memory_bytes=int(memory.get("usage", 0)),
+        memory_limit_bytes=int(memory.get("limit", 0)),
+        cpu_seconds=int(cpu.get("total_usage", 0)) / 1e9,
+        restarts=int(state.get("RestartCount", 0)),
+        oom_killed=bool(state.get("State", {}).get("OOMKilled")),
+    )
+
+
+def sent_of(stats: dict[str, Any]) -> int | None:
+    """Bytes sent on all the container's networks, from its stats (None: not running,
+    the engine answers with an empty sample)."""
+    nets = cast(dict[str, dict[str, int]], stats.get("networks") or {})
+    if not nets:
+        return None
+    return sum(n.get("tx_bytes", 0) for n in nets.values())
 
 
 def _split_reference(image: str) -> tuple[str, str | None]:

@@ -36,6 +36,11 @@ RESERVED_PREFIXES = ("faas.", "traefik.", "com.docker.")
 # the other build metadata below.
 IMAGE = "faas.image"
 IMAGE_LABELS_ALLOWED = frozenset({IMAGE, "faas.source", "faas.test"})
+# On the Swarm stats agents' service and token secret (faas.agent): their namespace.
+# Not faas.namespace, which marks functions (and routes them in Traefik).
+AGENT = "faas.agent"
+# On that service: a digest of its spec, to tell an outdated one.
+AGENT_SPEC = "faas.agent.spec"
 
 
 def function_path(name: str) -> str:

@@ -13,7 +13,9 @@ Services use endpoint mode `dnsrr`: this kernel has no IPVS, so a VIP would
 time out; Traefik's Swarm provider routes to the task addresses, and so does
 the gateway while Traefik has not polled yet. Image calls (pull, load, build,
 labels) are the Docker provider's, made on the manager's engine; every node
-pulls the function's image from its registry (FAAS_REGISTRY).
+pulls the function's image from its registry (FAAS_REGISTRY). The stats of a
+task on another node come from the stats agent there (`faas.agent`, a global
+service made at the gateway's start).
 
 A function's secrets are Docker secrets, one per value, which Swarm hands to
 the tasks on whichever node they run; a new value replaces the replicas.
@@ -23,8 +25,12 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import hashlib
+import json
+import os
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -44,11 +50,12 @@ from docker.types import (
     ServiceMode,
     TaskTemplate,
 )
+from loguru import logger
 
-from . import labels
+from . import agent, auth, labels
 from .config import Settings
-from .docker_provider import DockerProvider, _engine_errors, _parse_time
-from .errors import BuildFailed, FunctionNotFound, InvalidSpec
+from .docker_provider import DockerProvider, _engine_errors, _parse_time, own_container_id
+from .errors import BuildFailed, FaasError, FunctionNotFound, InvalidSpec
 from .provider import EngineInfo, Instance, LogStream, State, Usage
 from .secretstore import MOUNT_PATH
 from .spec import FunctionSpec, memory_bytes
@@ -64,6 +71,8 @@ _LEAVING_SLOT = {"new", "ready", "running", "remove"}
 _SECRET_NAME_MAX = 64
 # How long stop() waits past the grace period for the task to be gone.
 _STOP_SLACK = 15.0
+# Where a stats agent finds its node's engine (FAAS_SWARM_DOCKER_SOCKET, mounted).
+_AGENT_SOCKET = "/var/run/docker.sock"
 
 
 class SwarmProvider(DockerProvider):
@@ -207,28 +216,31 @@ class SwarmProvider(DockerProvider):
         except docker.errors.DockerException:
             return ""
 
-    def _local_container(self, instance_id: str) -> str | None:
-        """The container of the instance's running task, when it runs on this node."""
+    def sent_bytes(self, instance_id: str) -> int | None:
+        found = self._sample(instance_id)
+        return None if found is None else found[1]
+
+    def usage(self, instance_id: str) -> Usage:
+        found = self._sample(instance_id)
+        return Usage(0, 0, 0.0, 0, False) if found is None else found[0]
+
+    def _sample(self, instance_id: str) -> agent.Sample | None:
+        """The instance's running task's sample: from this engine when the task runs
+        on this node, else from the stats agent of its node (zeros when that one
+        does not answer); None when no task runs."""
         task = _running(self._tasks([instance_id])[instance_id])
         if task is None:
             return None
-        with _engine_errors():
-            here = self.client.info()["Swarm"]["NodeID"]
-        if task["NodeID"] != here:
-            return None
-        return str(task["Status"]["ContainerStatus"]["ContainerID"])
+        container = str(task["Status"]["ContainerStatus"]["ContainerID"])
+        if task["NodeID"] == self._node_id():  # a task of ours: no need to check its labels
+            return self.read_sample(container)
+        return self._agents.sample(str(task["NodeID"]), container)
 
-    def sent_bytes(self, instance_id: str) -> int | None:
-        # The engine API of another node is out of reach: 0 there (constant), so
-        # idleness is judged by the proxy's request counts alone.
-        container = self._local_container(instance_id)
-        return 0 if container is None else super().sent_bytes(container)
-
-    def usage(self, instance_id: str) -> Usage:
-        container = self._local_container(instance_id)
-        if container is None:
-            return Usage(0, 0, 0.0, 0, False)
-        return super().usage(container)
+    def _node_id(self) -> str:
+        if self._own_node is None:
+            with _engine_errors():
+                self._own_node = str(self.client.info()["Swarm"]["NodeID"])
+        return self._own_node
 
     # -- changing ----------------------------------------------------------
 
@@ -515,6 +527,148 @@ class SwarmProvider(DockerProvider):
                 check_duplicate=True,
                 labels={labels.NAMESPACE: self.settings.namespace},
             )
+
+    # -- the stats agents: one per node, for the stats of the tasks there ----
+
+    _own_node: str | None = None  # this engine's node id, fixed while in the swarm
+
+    @functools.cached_property
+    def _agents(self) -> agent.Agents:
+        return agent.Agents(self._agent_addresses, agent.token(auth.admin_token(self.settings)))
+
+    @property
+    def _agent_service(self) -> str:
+        return f"faas-{self.settings.namespace}-agent"
+
+    def _agent_addresses(self) -> dict[str, str]:
+        """Node id -> "ip:port" of the agents' running tasks on the functions' network."""
+        with _engine_errors():
+            tasks = cast(
+                builtins.list[Task],
+                self._api.tasks(
+                    filters={"service": self._agent_service, "desired-state": "running"}
+                ),
+            )
+        return {
+            str(t["NodeID"]): f"{ip}:{agent.PORT}"
+            for t in tasks
+            if t["Status"]["State"] == "running" and (ip := self._task_ip(t))
+        }
+
+    def prepare(self) -> None:
+        super().prepare()
+        try:
+            self._ensure_agents()
+        except FaasError as exc:
+            logger.warning("no stats agents for tasks on other nodes: {}", exc)
+
+    def _ensure_agents(self) -> None:
+        """Run `faas.agent` on every node, as a global service of the gateway's own
+        image and interpreter (and read-only bind mounts: a checkout mounted for
+        development), unless it runs so already: a gateway restart changes nothing."""
+        own = own_container_id()
+        if own is None:  # on a plain host the overlay addresses are out of reach anyway
+            logger.info("no stats agents: the gateway does not run in a container")
+            return
+        with _engine_errors():
+            me = cast(dict[str, Any], self._api.inspect_container(own))
+        secret = agent.token(auth.admin_token(self.settings))
+        ns = self.settings.namespace
+        secret_name = f"faas-{ns}-agent-{hashlib.sha256(secret.encode()).hexdigest()[:12]}"
+        wanted = agent_service(me, self.settings, self._pinned(me["Config"]["Image"]))
+        digest = hashlib.sha256(json.dumps([wanted, secret_name], sort_keys=True).encode())
+        with _engine_errors():
+            found = [s for s in self._api.services(filters={"name": self._agent_service})
+                     if s["Spec"]["Name"] == self._agent_service]  # fmt: skip
+            if (
+                found
+                and found[0]["Spec"].get("Labels", {}).get(labels.AGENT_SPEC)
+                == (digest.hexdigest()[:12])
+            ):
+                return
+            secret_id = self._agent_secret(secret_name, secret)
+            if found:
+                self._api.remove_service(found[0]["ID"])
+            logger.info("starting the stats agents ({}) on every node", self._agent_service)
+            self._api.create_service(
+                _agent_template(wanted, secret_id, secret_name),
+                name=self._agent_service,
+                labels={labels.AGENT: ns, labels.AGENT_SPEC: digest.hexdigest()[:12]},
+                mode=ServiceMode("global"),
+                networks=[self.settings.function_network],
+                endpoint_spec=EndpointSpec(mode="dnsrr"),
+            )
+            for old in self._api.secrets(filters={"label": f"{labels.AGENT}={ns}"}):
+                if old["Spec"]["Name"] != secret_name:
+                    with contextlib.suppress(docker.errors.APIError):
+                        self._api.remove_secret(old["ID"])
+
+    def _agent_secret(self, name: str, value: str) -> str:
+        """The id of the agents' token secret `name`, created if missing."""
+        for found in self._api.secrets(filters={"name": name}):
+            if found["Spec"]["Name"] == name:
+                return str(found["ID"])
+        labelled = {labels.AGENT: self.settings.namespace}
+        return str(self._api.create_secret(name, value.encode(), labels=labelled)["ID"])
+
+
+def agent_service(container: dict[str, Any], settings: Settings, image: str) -> dict[str, Any]:
+    """What the stats agents run, from the gateway's own container (its inspect):
+    the same image and interpreter, and its read-only bind mounts."""
+    env = {
+        "FAAS_NAMESPACE": settings.namespace,
+        "FAAS_LOG_LEVEL": settings.log_level,
+        "DOCKER_HOST": f"unix://{_AGENT_SOCKET}",
+    }
+    if "PYTHONPATH" in os.environ:  # a checkout mounted for development
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    binds = [
+        (str(m["Source"]), str(m["Destination"]))
+        for m in container.get("Mounts") or []
+        if m.get("Type") == "bind" and not m.get("RW") and m["Destination"] != _AGENT_SOCKET
+    ]
+    return {
+        "image": image,
+        "command": [sys.executable, "-m", "faas.agent"],
+        "env": env,
+        "binds": sorted(binds),
+        "socket": settings.swarm_docker_socket,
+    }
+
+
+def _agent_template(wanted: dict[str, Any], secret_id: str, secret_name: str) -> TaskTemplate:
+    mounts = [
+        Mount(target, source, type="bind", read_only=True) for source, target in wanted["binds"]
+    ]
+    # The node's engine, for reads only (faas.agent): a read-only mount does not
+    # make the API read-only; the agent's code does (docs/swarm.md).
+    mounts.append(Mount(_AGENT_SOCKET, wanted["socket"], type="bind", read_only=True))
+    container = ContainerSpec(
+        wanted["image"],
+        command=wanted["command"],
+        env=wanted["env"],
+        # Root for the socket (root-owned, mode 660), without any capability.
+        user="0:0",
+        cap_drop=["ALL"],
+        read_only=True,
+        mounts=mounts,
+        secrets=[
+            SecretReference(
+                secret_id, secret_name, filename=agent.TOKEN_FILE.name, uid="0", gid="0", mode=0o400
+            )
+        ],
+        healthcheck=Healthcheck(test=["NONE"]),
+        init=True,
+    )
+    # Kept by engines whose service API has the field (newer than 20.10); 20.10 drops it
+    # (its service inspect shows no NoNewPrivileges): caps dropped and no exec do the work.
+    container["Privileges"] = {"NoNewPrivileges": True}
+    return TaskTemplate(
+        container,
+        resources=Resources(cpu_limit=500_000_000, mem_limit=128 << 20),
+        restart_policy=RestartPolicy(condition="any", delay=5_000_000_000),
+        log_driver=DriverConfig("json-file", {"max-size": "1m", "max-file": "2"}),
+    )
 
 
 def _current(tasks: builtins.list[Task], since: str = "") -> Task | None:

@@ -115,7 +115,9 @@ class Cluster:
                     netns=f"{tag}-n{i}",
                     ip=c.ip(10 + i),
                     root=ROOTS / tag / f"n{i}",
-                    run=Path("/run") / tag / f"n{i}",
+                    # Named by the node's hostname: FAAS_SWARM_DOCKER_SOCKET names
+                    # each node's socket with Swarm's {{.Node.Hostname}} template.
+                    run=Path("/run") / tag / f"{tag}-n{i}",
                 )
             )
         return c
@@ -131,6 +133,12 @@ class Cluster:
     @property
     def manager(self) -> Node:
         return self.nodes[0]
+
+    @property
+    def sockets(self) -> str:
+        """Every node's Docker socket, as a Swarm mount template (a mount's source is
+        read by the node's dockerd: they all share this machine's file system)."""
+        return f"/run/{self.tag}/{{{{.Node.Hostname}}}}/docker.sock"
 
     @property
     def state_file(self) -> Path:

@@ -57,6 +57,7 @@ class SwarmStack:
             "FAAS_STATS_INTERVAL": "0.5",
             "FAAS_AUTH_MAX_FAILURES": "0",
             "FAAS_REGISTRY": cluster.registry,
+            "FAAS_SWARM_DOCKER_SOCKET": cluster.sockets,
             "PYTHONPATH": str(REPO),
             **env,
         }
@@ -107,7 +108,19 @@ class SwarmStack:
             m.docker("service", "rm", *services.split(), check=False)
         for secret in self.docker_secrets(check=False):
             m.docker("secret", "rm", secret, check=False)
-        m.docker("network", "rm", self.network, check=False)
+        # The stats agents (faas/agent.py) and their token, which the gateway made.
+        agent = f"label=faas.agent={self.namespace}"
+        if services := m.docker("service", "ls", "-q", "--filter", agent, check=False):
+            m.docker("service", "rm", *services.split(), check=False)
+        if secrets := m.docker("secret", "ls", "-q", "--filter", agent, check=False):
+            m.docker("secret", "rm", *secrets.split(), check=False)
+        # Refused while the removed services' tasks are still attached.
+        deadline = time.monotonic() + 30
+        while m.docker("network", "inspect", "-f", "{{.Name}}", self.network, check=False):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"network {self.network} still in use after 30 s")
+            m.docker("network", "rm", self.network, check=False)
+            time.sleep(0.5)
 
     def api(self, method: str, path: str, **kwargs: object) -> requests.Response:
         return self.session.request(method, f"{self.url}/api/v1{path}", timeout=90, **kwargs)  # type: ignore[arg-type]

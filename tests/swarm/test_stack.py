@@ -151,6 +151,12 @@ def stack(swarm: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "FAAS_NATS_IMAGE": swarm.push(given["FAAS_NATS_IMAGE"]),
         "FAAS_SOCKET_PROXY_IMAGE": swarm.push(given["FAAS_SOCKET_PROXY_IMAGE"]),
         "FAAS_READY_TIMEOUT": "30",
+        # Each node's engine for the stats agents (the stack passes it on). Swarm
+        # expands templates in a service's environment too: escaped, the gateway
+        # gets the template itself, not its own node's socket.
+        "FAAS_SWARM_DOCKER_SOCKET": swarm.sockets.replace(
+            "{{.Node.Hostname}}", '{{"{{"}}.Node.Hostname{{"}}"}}'
+        ),
     }
     s = Stack(f"st{namespace}", namespace, m, env, cert)
     s.stack("deploy", "-c", str(REPO / "deploy/swarm/stack.yml"), s.name)
@@ -163,6 +169,12 @@ def stack(swarm: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                             f"label=faas.namespace={namespace}", check=False)  # fmt: skip
         if services:
             m.docker("service", "rm", *services.split(), check=False)
+        # The stats agents and their token secret, which the gateway made.
+        agents = f"label=faas.agent={namespace}"
+        if services := m.docker("service", "ls", "-q", "--filter", agents, check=False):
+            m.docker("service", "rm", *services.split(), check=False)
+        if found := m.docker("secret", "ls", "-q", "--filter", agents, check=False):
+            m.docker("secret", "rm", *found.split(), check=False)
         wait_for(lambda: not s.leftovers(), 90, "the stack gone")
         volumes = m.docker("volume", "ls", "-q", "--filter", f"name={s.name}_", check=False)
         if volumes:

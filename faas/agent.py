@@ -1,0 +1,172 @@
+"""The stats agent: one per Swarm node, reading its own node's engine for the gateway.
+
+An engine answers for its own containers only, so the manager's cannot read the
+stats of a task that runs on another node. The Swarm provider therefore runs
+this module as a global service on the functions' overlay network (one task
+per node, `SwarmProvider.prepare`), and asks the agent of a task's node:
+
+    GET /containers/<id>      Authorization: Bearer <token>
+    200 {"usage": {<faas.provider.Usage>}, "sent_bytes": int | null}
+    404 no running container of the namespace with that id on this node
+    401 a missing or wrong token;  400 not a container id
+
+The agent only reads: its one engine call is `DockerProvider.sample` (list by
+the namespace's label, one-shot stats, inspect). Its token is derived from the
+admin token (`token`) and reaches it as a Docker secret file (TOKEN_FILE):
+never in a label or the environment, which functions on the same network, or
+anyone who may inspect services, could read. `Agents` is the gateway's side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+from loguru import logger
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from . import auth
+from .errors import FaasError, ProviderError
+from .provider import Usage
+
+PORT = 8099
+TOKEN_FILE = Path("/run/secrets/faas-agent-token")
+# A stats call takes ~0.5-1 s on a busy engine (faas/sampler.py); a dead node
+# must not hold a sampling round for long.
+TIMEOUT = httpx.Timeout(10.0, connect=2.0)
+# How long the gateway trusts its list of agents (node -> address).
+AGENTS_TTL = 5.0
+_CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
+
+# The (usage, bytes sent) of a container whose node's agent did not answer:
+# zeros, and a constant byte count, so idleness is judged by requests alone.
+UNKNOWN = (Usage(0, 0, 0.0, 0, False), 0)
+
+Sample = tuple[Usage, int | None]
+
+
+class Reader(Protocol):
+    def sample(self, container_id: str) -> Sample | None: ...
+
+
+def token(admin_token: str) -> str:
+    """The agents' token: derived from the admin token, so it needs no state of its
+    own, changes with it, and reveals nothing of it."""
+    return hmac.new(admin_token.encode(), b"faas stats agent", hashlib.sha256).hexdigest()
+
+
+def app(reader: Reader, secret: str) -> Starlette:
+    async def container(request: Request) -> JSONResponse:
+        if not auth.bearer_matches(request.headers.get("authorization"), secret):
+            return JSONResponse({"error": "missing or wrong token"}, 401)
+        container_id = request.path_params["id"]
+        if not _CONTAINER_ID.fullmatch(container_id):
+            return JSONResponse({"error": "not a container id (64 hex digits)"}, 400)
+        try:
+            found = await run_in_threadpool(reader.sample, container_id)
+        except FaasError as exc:
+            return JSONResponse({"error": str(exc)}, 502)
+        if found is None:
+            error = f"no running container {container_id[:12]} of this namespace here"
+            return JSONResponse({"error": error}, 404)
+        usage, sent = found
+        return JSONResponse({"usage": dataclasses.asdict(usage), "sent_bytes": sent})
+
+    return Starlette(routes=[Route("/containers/{id}", container, methods=["GET"])])
+
+
+class Agents:
+    """The gateway's side: finds the agent of a node (`find`: node id -> address of
+    the agents' running tasks, re-read after AGENTS_TTL seconds) and asks it."""
+
+    def __init__(
+        self,
+        find: Callable[[], dict[str, str]],
+        secret: str,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._find = find
+        self._http = httpx.Client(
+            timeout=TIMEOUT, headers={"Authorization": f"Bearer {secret}"}, transport=transport
+        )
+        self._lock = threading.Lock()
+        self._addresses: dict[str, str] = {}
+        self._read_at = -AGENTS_TTL
+        self._failing: set[str] = set()  # nodes whose failure was logged already
+
+    def addresses(self) -> dict[str, str]:
+        with self._lock:
+            if time.monotonic() - self._read_at >= AGENTS_TTL:
+                self._addresses, self._read_at = self._find(), time.monotonic()
+            return self._addresses
+
+    def sample(self, node: str, container_id: str) -> Sample | None:
+        """The container's sample from its node's agent; None when it says no such
+        container runs; UNKNOWN (and a log line) when no agent answers."""
+        try:
+            found = self._ask(node, container_id)
+        except ProviderError as exc:
+            if node not in self._failing:
+                self._failing.add(node)
+                logger.warning("no stats from node {}: {} (zeros until it answers)", node, exc)
+            return UNKNOWN
+        if node in self._failing:
+            self._failing.discard(node)
+            logger.info("stats from node {} again", node)
+        return found
+
+    def _ask(self, node: str, container_id: str) -> Sample | None:
+        try:
+            address = self.addresses().get(node)
+        except FaasError as exc:
+            raise ProviderError(f"the stats agents could not be listed: {exc}") from exc
+        if address is None:
+            raise ProviderError("no stats agent runs there")
+        try:
+            got = self._http.get(f"http://{address}/containers/{container_id}")
+        except httpx.HTTPError as exc:
+            raise ProviderError(f"its stats agent at {address}: {exc!r}") from exc
+        if got.status_code == 404:
+            return None
+        try:
+            got.raise_for_status()
+            body = got.json()
+            return Usage(**body["usage"]), body["sent_bytes"]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise ProviderError(
+                f"its stats agent at {address}: {got.status_code} {got.text[:200]}"
+            ) from exc
+
+
+def main() -> None:
+    """`python -m faas.agent`: serve this node's stats (FAAS_NAMESPACE's containers)."""
+    import uvicorn
+
+    from .config import Settings
+    from .docker_provider import DockerProvider
+    from .logging import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    secret = TOKEN_FILE.read_text().strip()
+    logger.info("stats agent of namespace {} on port {}", settings.namespace, PORT)
+    uvicorn.run(
+        app(DockerProvider(settings), secret), host="0.0.0.0", port=PORT, log_level="warning"
+    )
+
+
+if __name__ == "__main__":
+    main()
