@@ -24,10 +24,10 @@ import docker.errors
 import pytest
 import requests
 from docker.models.containers import Container
-from typer.testing import CliRunner
 
 from faas import egress
-from faas.cli import app
+from tests.platforms import Platform
+from tests.platforms import fn_name as fn_name  # the tiers import it from here
 
 ECHO_IMAGE = os.environ.get("FAAS_ECHO_IMAGE", "faas/echo:latest")
 
@@ -65,13 +65,14 @@ def engine() -> docker.DockerClient:
     return client
 
 
-class Stack:
+class Stack(Platform):
     """`faas up` in a subprocess, on free ports, in a namespace of its own."""
 
     def __init__(self, state_dir: Path, log: Path | None = None) -> None:
+        super().__init__("t" + secrets.token_hex(4), ECHO_IMAGE)
         self.state_dir = state_dir
         self.log = log  # where its stderr (the gateway's and Traefik's logs) goes, if set
-        self.namespace = "t" + secrets.token_hex(4)
+        self._engine = docker.from_env()
         self.http_port = free_port()
         self.gateway_port = free_port()
         self.traefik_api_port = free_port()
@@ -97,8 +98,10 @@ class Stack:
         self.direct = f"http://127.0.0.1:{self.gateway_port}"
         self.traefik_api = f"http://127.0.0.1:{self.traefik_api_port}"
         self.process: subprocess.Popen[str] | None = None
-        self.token = ""
-        self.session = requests.Session()
+
+    @property
+    def engine(self) -> docker.DockerClient:
+        return self._engine
 
     def start(self) -> None:
         with contextlib.ExitStack() as files:
@@ -112,13 +115,14 @@ class Stack:
             )
         assert self.process.stdout is not None
         deadline = time.monotonic() + 60
+        token = ""
         for line in self.process.stdout:
             if line.strip().startswith("token:"):
-                self.token = line.split(":", 1)[1].strip()
+                token = line.split(":", 1)[1].strip()
                 break
             assert time.monotonic() < deadline, "faas up did not print its token"
-        assert self.token, f"faas up exited with {self.process.wait()}"
-        self.session.headers["Authorization"] = f"Bearer {self.token}"
+        assert token, f"faas up exited with {self.process.wait()}"
+        self.authorize(token)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -127,28 +131,6 @@ class Stack:
         if self.process is not None and self.process.stdout is not None:
             self.process.stdout.close()
         self.process = None
-
-    def api(self, method: str, path: str, **kwargs: object) -> requests.Response:
-        return self.session.request(method, f"{self.url}/api/v1{path}", timeout=60, **kwargs)  # type: ignore[arg-type]
-
-    def invoke(
-        self, name: str, path: str = "/", method: str = "GET", **kwargs: object
-    ) -> requests.Response:
-        return requests.request(method, f"{self.url}/function/{name}{path}", timeout=30, **kwargs)  # type: ignore[arg-type]
-
-    def deploy(self, name: str, **spec: object) -> requests.Response:
-        return self.api("PUT", f"/functions/{name}", json={"image": ECHO_IMAGE, **spec})
-
-    @contextlib.contextmanager
-    def deployed(self, prefix: str, **spec: object) -> Iterator[str]:
-        """A function of the echo image (or `spec`), removed afterwards; yields its name."""
-        name = fn_name(prefix)
-        got = self.deploy(name, **spec)
-        assert got.status_code == 200, got.text
-        try:
-            yield name
-        finally:
-            self.api("DELETE", f"/functions/{name}")
 
     def remove_all(self, engine: docker.DockerClient) -> None:
         """Everything of this namespace: containers, networks, egress rules (which
@@ -199,8 +181,7 @@ def stack(engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory)
 
 def cli(stack: Stack, *args: str) -> tuple[int, str, str]:
     """The real CLI, in process, against `stack`: (exit code, stdout, stderr)."""
-    result = CliRunner().invoke(app, ["--url", stack.url, "--token", stack.token, *args])
-    return result.exit_code, result.stdout, result.stderr
+    return stack.cli(*args)
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -223,10 +204,6 @@ def assert_refused(
     assert [c.id for c in stack.containers(engine)] == before
 
 
-def fn_name(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
-
-
 @contextlib.contextmanager
 def image_from(engine: docker.DockerClient, name: str, dockerfile: str) -> Iterator[str]:
     """An image built from `dockerfile` alone (no context), removed afterwards."""
@@ -244,7 +221,7 @@ class Load:
     """Clients POSTing to a function until the block ends: `served` counts the
     answers, `failures` keeps every one that was not the function's echo."""
 
-    def __init__(self, stack: Stack, name: str, clients: int = 1, pace: float = 0.0) -> None:
+    def __init__(self, stack: Platform, name: str, clients: int = 1, pace: float = 0.0) -> None:
         self.url = f"{stack.url}/function/{name}/load"
         self.pace = pace
         self.served = 0

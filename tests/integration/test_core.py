@@ -1,4 +1,5 @@
-"""Deploy, invoke, update and remove functions through a real Traefik."""
+"""The Docker provider's side of the API and CLI through a real Traefik: what
+the parametrised suite (tests/providers/) does not cover on both providers."""
 
 from __future__ import annotations
 
@@ -14,63 +15,9 @@ from typer.testing import CliRunner
 
 from faas.cli import app
 
-from .conftest import ECHO_IMAGE, Load, Stack, assert_refused, cli, fn_name
+from .conftest import ECHO_IMAGE, Stack, assert_refused, cli, fn_name
 
 pytestmark = pytest.mark.integration
-
-
-def test_deploy_invoke_update_remove(stack: Stack, engine: docker.DockerClient) -> None:
-    name = fn_name("hello")
-    code, out, err = cli(stack, "deploy", name, "--image", ECHO_IMAGE, "-e", "ECHO_GREETING=hi")
-    assert code == 0, err
-    assert f"/function/{name}" in out
-
-    # deploy returns once Traefik routes it: no polling needed.
-    got = stack.invoke(name)
-    assert got.status_code == 200
-    echo = got.json()
-    assert echo["method"] == "GET"
-    assert echo["path"] == "/"
-    assert echo["env"] == {"ECHO_GREETING": "hi", "FAAS_FUNCTION_NAME": name}
-
-    body = b'{"x": [1, 2, 3]}\x00\xff'
-    got = stack.invoke(
-        name,
-        "/sub/path?q=1&q=2&empty=",
-        method="POST",
-        data=body,
-        headers={"X-Custom": "yes", "Content-Type": "application/octet-stream"},
-    )
-    assert got.status_code == 200
-    assert got.headers["X-Echo"] == "1"  # response headers come back
-    echo = got.json()
-    assert echo["method"] == "POST"
-    assert echo["path"] == "/sub/path"  # prefix stripped
-    assert echo["query"] == {"q": ["1", "2"], "empty": [""]}
-    assert echo["headers"]["x-custom"] == "yes"
-    assert echo["body"] == body.decode("utf-8", "replace")
-
-    for method in ("PUT", "DELETE", "PATCH"):
-        assert stack.invoke(name, "/m", method=method).json()["method"] == method
-    # The function's own status codes pass through.
-    assert stack.invoke(name, headers={"X-Echo-Status": "418"}).status_code == 418
-    # Another function's path prefix does not reach this one.
-    assert stack.invoke(name + "x").status_code == 404
-
-    # Update: new env, the old container replaced, still one container.
-    old = {c.id for c in stack.containers(engine, name)}
-    got = stack.deploy(name, env={"ECHO_GREETING": "bye"})
-    assert got.status_code == 200, got.text
-    assert stack.invoke(name).json()["env"]["ECHO_GREETING"] == "bye"
-    now = stack.containers(engine, name)
-    assert len(now) == 1
-    assert now[0].id not in old
-
-    code, out, _ = cli(stack, "rm", name)
-    assert code == 0
-    assert stack.invoke(name).status_code == 404
-    assert stack.containers(engine, name) == []
-    assert stack.api("GET", f"/functions/{name}").status_code == 404
 
 
 def test_plain_http_matches_the_cli(stack: Stack, tmp_path: Path) -> None:
@@ -279,16 +226,3 @@ def test_cli_errors_are_one_line(stack: Stack) -> None:
         app, ["--url", stack.url, "deploy", "x", "--image", "e", "-e", "NOEQUALS"]
     )
     assert result.exit_code == 2
-
-
-def test_updates_under_load_lose_no_request(stack: Stack) -> None:
-    name = fn_name("roll")
-    assert stack.deploy(name).status_code == 200
-    with Load(stack, name, clients=3) as load:
-        for version in range(3):
-            got = stack.deploy(name, env={"ECHO_V": str(version)})
-            assert got.status_code == 200, got.text
-            assert stack.invoke(name).json()["env"]["ECHO_V"] == str(version)
-    assert load.failures == []
-    assert load.served > 0
-    assert stack.api("DELETE", f"/functions/{name}").status_code == 204

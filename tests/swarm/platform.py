@@ -20,10 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker
 import requests
-from typer.testing import CliRunner
 
-from faas.cli import app
+from tests.platforms import Platform
 
 from .cluster import Cluster, Node
 
@@ -31,19 +31,23 @@ REPO = Path(__file__).resolve().parents[2]
 WEB_PORT = 8080
 
 
-class SwarmStack:
+class SwarmStack(Platform):
     """`faas up` with FAAS_PROVIDER=swarm, in a container on the manager."""
 
+    provider = "swarm"
+    api_timeout = 90.0
+
     def __init__(self, cluster: Cluster, image: str, port: int, **env: str) -> None:
+        # `image`: the echo image in the cluster's registry. It also runs the
+        # platform's container: any Debian bookworm image does, the interpreter is mounted.
+        super().__init__("s" + secrets.token_hex(4), image)
         self.cluster = cluster
-        self.image = image  # any Debian bookworm image: the interpreter is mounted
-        self.namespace = "s" + secrets.token_hex(4)
+        self.image = image
         self.network = f"faas-{self.namespace}"
         self.container = f"faas-{self.namespace}-platform"
         self.port = port
         self.url = f"http://{cluster.manager.ip}:{port}"
-        self.token = ""
-        self.session = requests.Session()
+        self._engine: docker.DockerClient | None = None
         self.env = {
             "FAAS_PROVIDER": "swarm",
             "FAAS_NAMESPACE": self.namespace,
@@ -66,6 +70,13 @@ class SwarmStack:
     def manager(self) -> Node:
         return self.cluster.manager
 
+    @property
+    def engine(self) -> docker.DockerClient:
+        """The manager's engine: services, and the containers of the tasks it runs."""
+        if self._engine is None:
+            self._engine = docker.DockerClient(base_url=self.manager.socket)
+        return self._engine
+
     def start(self) -> None:
         m = self.manager
         m.docker("network", "create", "--driver", "overlay", "--attachable",
@@ -82,15 +93,16 @@ class SwarmStack:
             argv += ["-e", f"{key}={value}"]
         m.docker(*argv, self.image, "-m", "faas.cli", "up", "--port", str(WEB_PORT))
         deadline = time.monotonic() + 90
-        while not self.token:
+        token = ""
+        while not token:
             logs = m.docker("logs", self.container, check=False)
             for line in logs.splitlines():
                 if line.strip().startswith("token:"):
-                    self.token = line.split(":", 1)[1].strip()
+                    token = line.split(":", 1)[1].strip()
             if time.monotonic() > deadline:
                 raise RuntimeError(f"faas up did not print its token:\n{self.logs()}")
             time.sleep(0.2)
-        self.session.headers["Authorization"] = f"Bearer {self.token}"
+        self.authorize(token)
 
     def logs(self) -> str:
         return self.manager.docker("logs", "--tail", "60", self.container, check=False)
@@ -122,19 +134,6 @@ class SwarmStack:
             m.docker("network", "rm", self.network, check=False)
             time.sleep(0.5)
 
-    def api(self, method: str, path: str, **kwargs: object) -> requests.Response:
-        return self.session.request(method, f"{self.url}/api/v1{path}", timeout=90, **kwargs)  # type: ignore[arg-type]
-
-    def invoke(
-        self, name: str, path: str = "/", method: str = "GET", **kwargs: object
-    ) -> requests.Response:
-        return requests.request(method, f"{self.url}/function/{name}{path}", timeout=30, **kwargs)  # type: ignore[arg-type]
-
-    def cli(self, *args: str) -> tuple[int, str, str]:
-        """The real CLI, in process, against this platform: (exit code, stdout, stderr)."""
-        result = CliRunner().invoke(app, ["--url", self.url, "--token", self.token, *args])
-        return result.exit_code, result.stdout, result.stderr
-
     def engine_services(self, engine: Any, name: str) -> list[dict[str, Any]]:
         wanted = [f"faas.namespace={self.namespace}", f"faas.function={name}"]
         return list(engine.api.services(filters={"label": wanted}))
@@ -152,6 +151,9 @@ class SwarmStack:
         if name:
             wanted += ["--filter", f"label=faas.function={name}"]
         return self.manager.docker("service", "ls", "-q", *wanted).split()
+
+    def instances(self, name: str | None = None) -> list[str]:
+        return self.services(name)
 
 
 @contextlib.contextmanager
