@@ -185,10 +185,15 @@ def test_logs_through_the_cli(platform: Platform) -> None:
 
 def test_stats_count_the_calls_and_sample_the_replica(platform: Platform) -> None:
     with platform.deployed("stats") as name:
+        wait_for(lambda: stats(platform, name)["memory_bytes"] is not None, 15, "a memory sample")
+        row = stats(platform, name)
+        # The echo's resident memory, under the platform's default limit (256m).
+        assert 1 << 20 < int(str(row["memory_bytes"])) < 256 << 20
+        assert row["memory_limit_bytes"] == 256 << 20
+
         # Traefik counts the requests its router for the function served. Right
-        # after a deploy, one or two may still reach the gateway by the
-        # catch-all (seen on a loaded host with the Swarm provider), counted
-        # under the gateway's service: count from the first the function's had.
+        # after a deploy, one may still reach the gateway by the catch-all,
+        # counted under the gateway's service: count from the first the function's had.
         def counted() -> bool:
             assert platform.invoke(name).status_code == 200
             return int(str(stats(platform, name)["invocations"])) > 0
@@ -197,20 +202,36 @@ def test_stats_count_the_calls_and_sample_the_replica(platform: Platform) -> Non
         before = int(str(stats(platform, name)["invocations"]))
         for _ in range(7):
             assert platform.invoke(name).status_code == 200
-        for _ in range(3):
-            assert platform.invoke(name, headers={"X-Echo-Status": "503"}).status_code == 503
+        # One error, last: see test_a_functions_own_5xx_leaves_it_routed.
+        assert platform.invoke(name, headers={"X-Echo-Status": "503"}).status_code == 503
         row = stats(platform, name)
-        assert (row["name"], row["state"]) == (name, "running")
-        assert row["invocations"] == before + 10
-        assert row["error_rate"] == pytest.approx(3 / (before + 10))
+        assert (row["name"], row["state"], row["cold_starts"]) == (name, "running", 0)
+        assert row["invocations"] == before + 8
+        assert row["error_rate"] == pytest.approx(1 / (before + 8))
         p50, p99 = float(str(row["p50_seconds"])), float(str(row["p99_seconds"]))
         assert 0 < p50 <= p99 < 5
-        assert row["cold_starts"] == 0
-        wait_for(lambda: stats(platform, name)["memory_bytes"] is not None, 15, "a memory sample")
-        row = stats(platform, name)
-        # The echo's resident memory, under the platform's default limit (256m).
-        assert 1 << 20 < int(str(row["memory_bytes"])) < 256 << 20
-        assert row["memory_limit_bytes"] == 256 << 20
+
+
+def test_a_functions_own_5xx_leaves_it_routed(
+    platform: Platform, request: pytest.FixtureRequest
+) -> None:
+    """A 5xx is the function's answer, not a sign its replica is gone: the next
+    requests still reach it."""
+    if platform.provider == "swarm":
+        # Found by this suite: the passive health check on the function's Traefik
+        # service (labels.service_labels, for tasks of a dead node) counts a 5xx
+        # answer as a failed attempt, so one 503 of the function's own takes its
+        # only replica out for failureWindow (10 s): Traefik answers "no available
+        # server" meanwhile.
+        request.applymarker(
+            pytest.mark.xfail(strict=True, reason="Swarm: a 5xx takes the replica out")
+        )
+    with platform.deployed("own5xx") as name:
+        for _ in range(3):
+            got = platform.invoke(name, headers={"X-Echo-Status": "503"})
+            assert (got.status_code, got.headers.get("X-Echo")) == (503, "1"), got.text
+        got = platform.invoke(name)
+        assert (got.status_code, got.headers.get("X-Echo")) == (200, "1"), got.text
 
 
 @pytest.mark.parametrize(
