@@ -234,16 +234,17 @@ def test_a_functions_own_5xx_leaves_it_routed(
         assert (got.status_code, got.headers.get("X-Echo")) == (200, "1"), got.text
 
 
-@pytest.mark.parametrize(
-    ("path", "body", "mentions"),
-    [
-        ("/functions/Bad_Name", {"image": "faas/echo:latest"}, "name"),
-        ("/functions/{name}", {"image": "Not An Image"}, "image"),
-        ("/functions/{name}", {"image": "faas/echo:latest", "port": 70000}, "port"),
-        ("/functions/{name}", {"image": "faas/echo:latest", "privileged": True}, "privileged"),
-        ("/functions/{name}", "{broken", "JSON"),
-    ],
-)
+# The request path and body, and what the error names.
+BAD_INPUT = [
+    ("/functions/Bad_Name", {"image": "faas/echo:latest"}, "name"),
+    ("/functions/{name}", {"image": "Not An Image"}, "image"),
+    ("/functions/{name}", {"image": "faas/echo:latest", "port": 70000}, "port"),
+    ("/functions/{name}", {"image": "faas/echo:latest", "privileged": True}, "privileged"),
+    ("/functions/{name}", "{broken", "JSON"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "mentions"), BAD_INPUT, ids=[m for _, _, m in BAD_INPUT])
 def test_bad_input_is_a_4xx_json_error_and_creates_nothing(
     platform: Platform, path: str, body: object, mentions: str
 ) -> None:
