@@ -199,10 +199,8 @@ def service_labels(spec: FunctionSpec, namespace: str, network: str) -> dict[str
     network named for Traefik's Swarm provider instead of its Docker one."""
     out = container_labels(spec, namespace, network)
     out["traefik.swarm.network"] = out.pop("traefik.docker.network")
-    # A task whose node died stays in Swarm's list (and Traefik's) until the
-    # manager declares the node down, ~10 s later: a server that refused or
-    # dropped a connection is left out for a while instead of failing requests.
-    service = f"traefik.http.services.{router_name(spec.name)}.loadbalancer.passivehealthcheck"
-    out[f"{service}.failurewindow"] = "10s"
-    out[f"{service}.maxfailedattempts"] = "1"
+    # No passive health check for tasks of a dead node: Traefik's counts a 5xx
+    # the function answered as a failed attempt, and took a function's only
+    # replica out for the whole window after one 503 of its own. The retry
+    # middleware sends a request whose dial failed to the next server instead.
     return out

@@ -212,20 +212,9 @@ def test_stats_count_the_calls_and_sample_the_replica(platform: Platform) -> Non
         assert 0 < p50 <= p99 < 5
 
 
-def test_a_functions_own_5xx_leaves_it_routed(
-    platform: Platform, request: pytest.FixtureRequest
-) -> None:
+def test_a_functions_own_5xx_leaves_it_routed(platform: Platform) -> None:
     """A 5xx is the function's answer, not a sign its replica is gone: the next
     requests still reach it."""
-    if platform.provider == "swarm":
-        # Found by this suite: the passive health check on the function's Traefik
-        # service (labels.service_labels, for tasks of a dead node) counts a 5xx
-        # answer as a failed attempt, so one 503 of the function's own takes its
-        # only replica out for failureWindow (10 s): Traefik answers "no available
-        # server" meanwhile.
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="Swarm: a 5xx takes the replica out")
-        )
     with platform.deployed("own5xx") as name:
         for _ in range(3):
             got = platform.invoke(name, headers={"X-Echo-Status": "503"})
