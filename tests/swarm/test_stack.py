@@ -12,6 +12,7 @@ import os
 import secrets
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -250,6 +251,29 @@ def test_invoke_keys_checked_in_traefik(stack: Stack, echo: str) -> None:
         assert "x-faas-key" not in got.json()["headers"]  # checked in Traefik, then dropped
     finally:
         assert stack.api.delete(url, timeout=60).status_code == 204
+
+
+def test_a_locked_out_client_locks_out_no_other(stack: Stack, swarm: Cluster) -> None:
+    """The gateway sees each caller's own address behind Traefik (X-Forwarded-For,
+    believed from the stack's network only): wrong tokens from one client lock that
+    client out, not everyone who comes through Traefik."""
+    other = swarm.nodes[1]  # another address: a request from inside that node's netns
+    probe = (
+        "import sys, urllib.request, urllib.error\n"
+        "req = urllib.request.Request(sys.argv[1], headers={'Authorization': 'Bearer wrong'})\n"
+        "codes = []\n"
+        "for _ in range(15):\n"
+        "    try:\n"
+        "        codes.append(urllib.request.urlopen(req, timeout=10).status)\n"
+        "    except urllib.error.HTTPError as exc:\n"
+        "        codes.append(exc.code)\n"
+        "print(' '.join(map(str, codes)))\n"
+    )
+    codes = sh("nsenter", f"--net=/var/run/netns/{other.netns}", sys.executable, "-c", probe,
+               f"{stack.http}/api/v1/functions").split()  # fmt: skip
+    assert (codes[0], codes[-1]) == ("401", "429"), codes  # that client is locked out
+    got = stack.api.get(f"{stack.http}/api/v1/functions", timeout=30)
+    assert got.status_code == 200, got.text  # this one is not
 
 
 def test_gateway_restart_keeps_state(stack: Stack, function: str) -> None:
