@@ -13,6 +13,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from . import egress
 
+# Swarmkit's limit on a Docker secret (its MaxSecretSize, 500 KiB, excluded).
+SWARM_SECRET_MAX_BYTES = 500 * 1024 - 1
+
 
 def host_port(host: str, port: int) -> str:
     """`host:port`, an IPv6 address in brackets."""
@@ -380,6 +383,15 @@ class Settings(BaseSettings):
         if not self.allowed_runtimes:
             return None
         return frozenset(r.strip() for r in self.allowed_runtimes.split(",") if r.strip())
+
+    @property
+    def secret_sizes(self) -> tuple[int, int]:
+        """Smallest and largest value of a secret, in bytes: on a Swarm, what Docker
+        secrets hold (1 to 511,999 bytes; swarmkit refuses others when a function
+        is deployed, long after the value was stored)."""
+        if self.provider == "swarm":
+            return 1, min(self.secret_max_bytes, SWARM_SECRET_MAX_BYTES)
+        return 0, self.secret_max_bytes
 
     @property
     def dynamic_dir(self) -> Path:

@@ -114,7 +114,8 @@ class Lifecycle:
         secrets: SecretStore | None = None,
     ) -> None:
         self.provider = provider
-        self.secrets = secrets or SecretStore(settings.secrets_dir, settings.secret_max_bytes)
+        smallest, largest = settings.secret_sizes
+        self.secrets = secrets or SecretStore(settings.secrets_dir, largest, smallest)
         # Secrets that deploys in flight have checked and will use, by function: a
         # secret must not go between a deploy's check and its containers' labels.
         self._deploying: dict[str, frozenset[str]] = {}

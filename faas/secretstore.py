@@ -66,9 +66,10 @@ def value_from(body: Mapping[str, object], text_key: str, raw_key: str) -> bytes
 class SecretStore:
     """One namespace's secrets in a private directory."""
 
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+    def __init__(self, directory: Path, max_bytes: int, min_bytes: int = 0) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
+        self.min_bytes = min_bytes
         self._lock = threading.Lock()
 
     def _path(self, name: str) -> Path:
@@ -138,10 +139,12 @@ class SecretStore:
                 raise SecretNotFound(name) from None
 
     def _check_size(self, value: bytes) -> None:
+        if len(value) < self.min_bytes:
+            raise InvalidSpec("value", f"must have at least {self.min_bytes} byte(s) here")
         if len(value) > self.max_bytes:
             raise PayloadTooLarge(
                 f"a secret's value may have at most {self.max_bytes} bytes "
-                f"(FAAS_SECRET_MAX_BYTES); this one has {len(value)}"
+                f"(FAAS_SECRET_MAX_BYTES; on a Swarm, Docker's limit); this one has {len(value)}"
             )
 
     def _written(self, value: bytes) -> str:

@@ -27,6 +27,7 @@ import builtins
 import contextlib
 import functools
 import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -85,6 +86,13 @@ class SwarmProvider(DockerProvider):
         # it creates), and what the pruning keeps though no service uses it yet.
         self._mounted: dict[str, dict[str, tuple[str, str]]] = {}
         self._secrets_lock = threading.Lock()
+
+    @functools.cached_property
+    def _secret_names_key(self) -> bytes:
+        """The key of the hashes in Docker secrets' names, derived from the admin
+        token (no state of its own; a new token renames them at the next deploy)."""
+        admin = auth.admin_token(self.settings).encode()
+        return hmac.new(admin, b"faas docker secret names", hashlib.sha256).digest()
 
     @property
     def _api(self) -> Any:
@@ -433,7 +441,7 @@ class SwarmProvider(DockerProvider):
             }
             made = {}
             for secret, value in values.items():
-                docker_name = docker_secret_name(ns, secret, value)
+                docker_name = docker_secret_name(ns, secret, value, self._secret_names_key)
                 if docker_name not in found:
                     created = self._api.create_secret(
                         docker_name, value, labels={labels.NAMESPACE: ns, labels.SECRET: secret}
@@ -444,7 +452,17 @@ class SwarmProvider(DockerProvider):
 
     def prune_secrets(self) -> None:
         """Remove the namespace's Docker secrets that no service references and no
-        function is about to (`_mounted`). One listing when there are none (a wake)."""
+        function is about to (`_mounted`). One listing when there are none (a wake).
+
+        Best effort: it runs after work that is done (a deploy serving, a secret
+        removed from the store), which an engine error here must not undo or fail;
+        what is left goes at the next pruning."""
+        try:
+            self._prune_secrets()
+        except FaasError as exc:
+            logger.warning("could not remove unused Docker secrets: {}", exc)
+
+    def _prune_secrets(self) -> None:
         ns = self.settings.namespace
         with self._secrets_lock, _engine_errors():
             mounted = {ref[0] for made in self._mounted.values() for ref in made.values()}
@@ -730,12 +748,14 @@ def _check_swarm(spec: FunctionSpec) -> None:
         )
 
 
-def docker_secret_name(namespace: str, secret: str, value: bytes) -> str:
+def docker_secret_name(namespace: str, secret: str, value: bytes, key: bytes) -> str:
     """The name of the Docker secret holding `value` for the namespace's `secret`:
     a new value gets a new name (a Docker secret cannot change), the same value
-    the same name (mounting again makes nothing). The hash is no leak beyond what
-    access to the engine gives already (it can read any secret, in a task)."""
-    digest = hashlib.sha256(b"\0".join([namespace.encode(), secret.encode(), value]))
+    the same name (mounting again makes nothing). Keyed (HMAC): a bare hash of a
+    short value in a name that any read-only user of the engine lists could be
+    brute-forced offline."""
+    message = b"\0".join([namespace.encode(), secret.encode(), value])
+    digest = hmac.new(key, message, hashlib.sha256)
     suffix = f"-{digest.hexdigest()[:12]}"
     # Long names are cut: the labels, not the name, say whose secret it is.
     prefix = f"faas-{namespace}-{secret}"[: _SECRET_NAME_MAX - len(suffix)].rstrip("-")

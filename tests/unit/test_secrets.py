@@ -125,6 +125,24 @@ def test_a_value_over_the_limit_is_refused_without_quoting_it(store: SecretStore
     assert store.read("db") == b"v" * 64
 
 
+def test_on_a_swarm_values_fit_a_docker_secret(tmp_path: Path) -> None:
+    """Swarm holds 1 to 511,999 bytes: a value it would refuse at the next deploy
+    is refused when it is stored, and the store keeps what it had."""
+    swarm = Settings(provider="swarm", state_dir=tmp_path, registry="r:5000")
+    assert swarm.secret_sizes == (1, 500 * 1024 - 1)
+    assert Settings(state_dir=tmp_path).secret_sizes == (0, 512 * 1024)
+    smallest, largest = swarm.secret_sizes
+    store = SecretStore(tmp_path / "secrets", largest, smallest)
+    with pytest.raises(InvalidSpec):
+        store.create("db", b"")
+    with pytest.raises(PayloadTooLarge):
+        store.create("db", b"v" * (largest + 1))
+    store.create("db", b"v" * largest)
+    with pytest.raises(InvalidSpec):
+        store.update("db", b"")
+    assert store.read("db") == b"v" * largest
+
+
 def test_names_in_paths_are_checked_before_any_file_is_touched(store: SecretStore) -> None:
     for name in ("../x", "a/b"):
         with pytest.raises(InvalidSpec):

@@ -117,19 +117,24 @@ def test_secrets_are_allowed_on_a_swarm() -> None:
 
 
 def test_a_new_value_gets_a_new_docker_secret_the_same_value_the_same_one() -> None:
-    first = docker_secret_name("ns", "db", b"one")
+    first = docker_secret_name("ns", "db", b"one", b"k")
     assert first.startswith("faas-ns-db-")
-    assert docker_secret_name("ns", "db", b"one") == first
-    assert docker_secret_name("ns", "db", b"two") != first
+    assert docker_secret_name("ns", "db", b"one", b"k") == first
+    assert docker_secret_name("ns", "db", b"two", b"k") != first
     # Per namespace and secret: two secrets of one value are two Docker secrets.
-    assert docker_secret_name("ns", "db2", b"one") != first
-    assert docker_secret_name("other", "db", b"one") != first
+    assert docker_secret_name("ns", "db2", b"one", b"k") != first
+    assert docker_secret_name("other", "db", b"one", b"k") != first
     assert "one" not in first.removeprefix("faas-ns-db-")
+    # Keyed: without the key (from the admin token) the hash tells nothing of the value.
+    assert docker_secret_name("ns", "db", b"one", b"other key") != first
 
 
 def test_a_long_secret_name_is_cut_to_swarms_limit_and_stays_distinct() -> None:
     long = "a" * 62 + "-b"
-    names = {docker_secret_name("ns", long, b"v"), docker_secret_name("ns", long[:-1] + "c", b"v")}
+    names = {
+        docker_secret_name("ns", long, b"v", b"k"),
+        docker_secret_name("ns", long[:-1] + "c", b"v", b"k"),
+    }
     assert len(names) == 2
     for name in names:
         assert len(name) <= _SECRET_NAME_MAX
