@@ -51,7 +51,8 @@ AGENTS_TTL = 5.0
 _CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
 
 # The (usage, bytes sent) of a container whose node's agent did not answer:
-# zeros, and a constant byte count, so idleness is judged by requests alone.
+# zeros, and a constant byte count (the last one it answered, if any), so
+# idleness is judged by requests alone.
 UNKNOWN = (Usage(0, 0, 0.0, 0, False), 0)
 
 Sample = tuple[Usage, int | None]
@@ -105,7 +106,12 @@ class Agents:
         self._lock = threading.Lock()
         self._addresses: dict[str, str] = {}
         self._read_at = -AGENTS_TTL
-        self._failing: set[str] = set()  # nodes whose failure was logged already
+        # node -> until when it is not asked again, after it failed (its failure is
+        # logged once): a dead node must not cost a sampling round a 2 s dial per task.
+        self._failing: dict[str, float] = {}
+        # container -> bytes sent when its agent last answered: reported while it
+        # does not, so that a flapping agent reads as no traffic, not as traffic.
+        self._sent: dict[str, int] = {}
 
     def addresses(self) -> dict[str, str]:
         with self._lock:
@@ -116,17 +122,30 @@ class Agents:
     def sample(self, node: str, container_id: str) -> Sample | None:
         """The container's sample from its node's agent; None when it says no such
         container runs; UNKNOWN (and a log line) when no agent answers."""
+        with self._lock:
+            retry_at = self._failing.get(node)
+            if retry_at is not None and time.monotonic() < retry_at:
+                return self._unknown(container_id)
         try:
             found = self._ask(node, container_id)
         except ProviderError as exc:
-            if node not in self._failing:
-                self._failing.add(node)
-                logger.warning("no stats from node {}: {} (zeros until it answers)", node, exc)
-            return UNKNOWN
-        if node in self._failing:
-            self._failing.discard(node)
-            logger.info("stats from node {} again", node)
+            with self._lock:
+                if node not in self._failing:
+                    logger.warning("no stats from node {}: {} (zeros until it answers)", node, exc)
+                self._failing[node] = time.monotonic() + AGENTS_TTL
+                return self._unknown(container_id)
+        with self._lock:
+            if self._failing.pop(node, None) is not None:
+                logger.info("stats from node {} again", node)
+            if found is None:
+                self._sent.pop(container_id, None)
+            elif found[1] is not None:
+                self._sent[container_id] = found[1]
         return found
+
+    def _unknown(self, container_id: str) -> Sample:
+        usage, sent = UNKNOWN
+        return usage, self._sent.get(container_id, sent)
 
     def _ask(self, node: str, container_id: str) -> Sample | None:
         try:

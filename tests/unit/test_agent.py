@@ -121,10 +121,15 @@ def test_a_container_the_agent_does_not_run_is_no_sample() -> None:
     assert agents(transport).sample("node2", CONTAINER) is None
 
 
-def test_an_agent_away_reads_as_zeros_logged_once_until_it_answers(log: list[str]) -> None:
-    up = False
+def test_an_agent_away_reads_as_zeros_logged_once_until_it_answers(
+    log: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr("faas.agent.time.monotonic", lambda: now[0])
+    up, dials = False, [0]
 
     def answer(request: httpx.Request) -> httpx.Response:
+        dials[0] += 1
         if not up:
             raise httpx.ConnectError("connection refused")
         return httpx.Response(200, json={"usage": vars(USAGE), "sent_bytes": 5})
@@ -132,14 +137,21 @@ def test_an_agent_away_reads_as_zeros_logged_once_until_it_answers(log: list[str
     a = agents(httpx.MockTransport(answer))
     assert a.sample("node2", CONTAINER) == agent.UNKNOWN
     assert a.sample("node2", CONTAINER) == agent.UNKNOWN
+    assert dials == [1]  # a failed node is not dialed again for a while
     assert a.sample("node3", CONTAINER) == agent.UNKNOWN  # no agent listed there
     warnings = [line for line in log if "no stats from node" in line]
     assert len(warnings) == 2, log
     assert "connection refused" in warnings[0]
     assert "no stats agent runs there" in warnings[1]
     up = True
+    assert a.sample("node2", CONTAINER) == agent.UNKNOWN  # still within the back-off
+    now[0] += agent.AGENTS_TTL
     assert a.sample("node2", CONTAINER) == (USAGE, 5)
     assert any("stats from node node2 again" in line for line in log)
+    # Away again: zeros, but the bytes it last sent, so that no traffic is seen.
+    up = False
+    now[0] += agent.AGENTS_TTL
+    assert a.sample("node2", CONTAINER) == (agent.UNKNOWN[0], 5)
 
 
 @pytest.mark.parametrize(
