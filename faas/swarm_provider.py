@@ -56,7 +56,7 @@ from loguru import logger
 from . import agent, auth, labels
 from .config import Settings
 from .docker_provider import DockerProvider, _engine_errors, _parse_time, own_container_id
-from .errors import BuildFailed, FaasError, FunctionNotFound, InvalidSpec
+from .errors import BuildFailed, FaasError, FunctionNotFound, InvalidSpec, ProviderError
 from .provider import EngineInfo, Instance, LogStream, State, Usage
 from .secretstore import MOUNT_PATH
 from .spec import FunctionSpec, memory_bytes
@@ -296,8 +296,13 @@ class SwarmProvider(DockerProvider):
         with self._secrets_lock:
             made = self._mounted.get(spec.name, {})
         missing = [s for s in spec.secrets if s not in made]
-        if missing:  # the core mounts a function's secrets before it creates an instance
-            raise InvalidSpec("secrets", f"secret {missing[0]!r} was not mounted")
+        if missing:
+            # The core mounts a function's secrets before it creates an instance: one
+            # is missing when its value left the store after the deploy.
+            raise ProviderError(
+                f"secret {missing[0]!r} of function {spec.name!r} has no value: "
+                "create it again (faas secrets create)"
+            )
         container["Secrets"] = _references({s: made[s] for s in spec.secrets})
         if r.ulimits:  # API 1.41; the SDK has no parameter for it
             container["Ulimits"] = [

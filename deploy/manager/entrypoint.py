@@ -63,6 +63,9 @@ def render(settings: Settings) -> None:
     ]
     https_port = int(os.environ.get("FAAS_HTTPS_PORT", "443"))
     cert, key = os.environ.get("FAAS_TLS_CERT_FILE"), os.environ.get("FAAS_TLS_KEY_FILE")
+    if bool(cert) != bool(key):
+        # Else Traefik would quietly serve its self-signed default certificate.
+        raise SystemExit("FAAS_TLS_CERT_FILE and FAAS_TLS_KEY_FILE go together: set both")
     values = traefik.compose_values(
         settings,
         https_port,
