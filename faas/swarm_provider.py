@@ -144,10 +144,13 @@ class SwarmProvider(DockerProvider):
         state, reason, address = State.STOPPED, "scaled to zero", None
         if replicas:
             state, reason = _task_state(task)
-            # The manager allocates the task's address before the node starts it,
-            # and learns that it runs some time after it does (the node reports in
-            # batches): a wake probes the address at once, not after that report.
-            if state in (State.RUNNING, State.STARTING) and task is not None:
+            # Only once it runs, though the manager allocates the address as it
+            # makes the task: a packet sent to it before the node has attached
+            # the container leaves the sender's ARP entry unresolved, and the
+            # kernel asks again only a second later (retrans_time_ms): a wake
+            # that probed early answered at 1.05 s, or 2.05 s, whenever the
+            # task had come up in between (measured; see docs/swarm.md).
+            if state is State.RUNNING and task is not None:
                 ip = self._task_ip(task)
                 address = f"{ip}:{spec.port}" if ip else None
         if invalid:
@@ -382,11 +385,23 @@ class SwarmProvider(DockerProvider):
             with _engine_errors():
                 try:
                     service = self._api.inspect_service(instance_id)
+                    spec = service["Spec"]
+                    # The spec as read, only its replicas changed (as `docker
+                    # service scale` does): the SDK's fetch_current_spec would
+                    # read it a second time, on the wake's path.
                     self._api.update_service(
                         instance_id,
                         service["Version"]["Index"],
+                        name=spec["Name"],
+                        labels=spec.get("Labels"),
                         mode=ServiceMode("replicated", replicas=replicas),
-                        fetch_current_spec=True,
+                        task_template=spec["TaskTemplate"],
+                        # create_service puts them beside the task template; an
+                        # update must carry them in it (Swarm migrates them).
+                        networks=spec["TaskTemplate"].get("Networks") or spec.get("Networks"),
+                        update_config=spec.get("UpdateConfig"),
+                        rollback_config=spec.get("RollbackConfig"),
+                        endpoint_spec=spec.get("EndpointSpec"),
                     )
                     return
                 except docker.errors.NotFound as exc:
