@@ -34,7 +34,7 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any, cast
 
 import docker.errors
@@ -381,35 +381,46 @@ class SwarmProvider(DockerProvider):
         return image  # built or loaded here and never pushed: only this node has it
 
     def _set_replicas(self, instance_id: str, replicas: int) -> None:
+        def scaled(spec: dict[str, Any]) -> dict[str, Any]:
+            # The spec as read, only its replicas changed (as `docker service
+            # scale` does): the SDK's fetch_current_spec would read it a second
+            # time, on the wake's path.
+            return {
+                "name": spec["Name"],
+                "labels": spec.get("Labels"),
+                "mode": ServiceMode("replicated", replicas=replicas),
+                "task_template": spec["TaskTemplate"],
+                # create_service puts them beside the task template; an update
+                # must carry them in it (Swarm migrates them).
+                "networks": spec["TaskTemplate"].get("Networks") or spec.get("Networks"),
+                "update_config": spec.get("UpdateConfig"),
+                "rollback_config": spec.get("RollbackConfig"),
+                "endpoint_spec": spec.get("EndpointSpec"),
+            }
+
+        if not self._update_service(instance_id, scaled):
+            raise FunctionNotFound(instance_id[:12])
+
+    def _update_service(
+        self, service_id: str, changes: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> bool:
+        """Update a service with `changes(its spec as read)` (update_service's
+        arguments), reading it again when another update came between the read and
+        ours; False when there is no such service."""
         for attempt in range(5):
             with _engine_errors():
                 try:
-                    service = self._api.inspect_service(instance_id)
-                    spec = service["Spec"]
-                    # The spec as read, only its replicas changed (as `docker
-                    # service scale` does): the SDK's fetch_current_spec would
-                    # read it a second time, on the wake's path.
+                    service = self._api.inspect_service(service_id)
                     self._api.update_service(
-                        instance_id,
-                        service["Version"]["Index"],
-                        name=spec["Name"],
-                        labels=spec.get("Labels"),
-                        mode=ServiceMode("replicated", replicas=replicas),
-                        task_template=spec["TaskTemplate"],
-                        # create_service puts them beside the task template; an
-                        # update must carry them in it (Swarm migrates them).
-                        networks=spec["TaskTemplate"].get("Networks") or spec.get("Networks"),
-                        update_config=spec.get("UpdateConfig"),
-                        rollback_config=spec.get("RollbackConfig"),
-                        endpoint_spec=spec.get("EndpointSpec"),
+                        service_id, service["Version"]["Index"], **changes(service["Spec"])
                     )
-                    return
-                except docker.errors.NotFound as exc:
-                    raise FunctionNotFound(instance_id[:12]) from exc
+                    return True
+                except docker.errors.NotFound:
+                    return False
                 except docker.errors.APIError as exc:
-                    # Another update came between the inspect and ours.
                     if "out of sequence" not in str(exc) or attempt == 4:
                         raise
+        return True  # not reached: the last attempt returns or raises
 
     # -- secrets: one immutable Docker secret per value --------------------------
 
@@ -502,23 +513,11 @@ class SwarmProvider(DockerProvider):
         self.prune_secrets()
 
     def _update_task_template(self, service_id: str, template: dict[str, Any]) -> None:
-        """Change part of a service's task template (Swarm merges it into the rest)."""
-        for attempt in range(5):
-            with _engine_errors():
-                try:
-                    service = self._api.inspect_service(service_id)
-                    self._api.update_service(
-                        service_id,
-                        service["Version"]["Index"],
-                        task_template=template,
-                        fetch_current_spec=True,
-                    )
-                    return
-                except docker.errors.NotFound:
-                    return  # removed meanwhile: nothing left to point anywhere
-                except docker.errors.APIError as exc:
-                    if "out of sequence" not in str(exc) or attempt == 4:
-                        raise
+        """Change part of a service's task template (Swarm merges it into the rest);
+        nothing when the service was removed meanwhile."""
+        self._update_service(
+            service_id, lambda spec: {"task_template": template, "fetch_current_spec": True}
+        )
 
     def start(self, instance_id: str) -> None:
         self._set_replicas(instance_id, 1)
