@@ -199,12 +199,7 @@ def service_labels(spec: FunctionSpec, namespace: str, network: str) -> dict[str
     network named for Traefik's Swarm provider instead of its Docker one."""
     out = container_labels(spec, namespace, network)
     out["traefik.swarm.network"] = out.pop("traefik.docker.network")
-    # A task whose node died stays in Swarm's list (and Traefik's) until the
-    # manager notices, seconds later. Power of two choices picks the server with
-    # fewer requests in flight: one whose dials hang (250 ms each) has more, so
-    # requests and the retry middleware's attempts go to live tasks. Not a
-    # passive health check: Traefik's counts a 5xx the function answered as a
-    # failed attempt, and one 503 took a function's only replica out for 10 s.
-    service = f"traefik.http.services.{router_name(spec.name)}.loadbalancer"
-    out[f"{service}.strategy"] = "p2c"
+    # No passive health check for the tasks of a dead node (listed until the
+    # manager notices): Traefik's counts a 5xx the function answered as a failed
+    # attempt, and one 503 took a function's only replica out for 10 s.
     return out

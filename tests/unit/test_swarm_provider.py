@@ -76,7 +76,6 @@ def test_service_labels_name_the_network_for_traefiks_swarm_provider() -> None:
     assert "traefik.docker.network" not in got
     # No passive health check: it counts the function's own 5xx as failures.
     assert not [k for k in got if "healthcheck" in k]
-    assert got["traefik.http.services.fn-f.loadbalancer.strategy"] == "p2c"
     assert labels.spec_from_labels(got) == spec  # the state, on the service
     assert labels.service_name("f", "swarm") == "fn-f@swarm"
     assert labels.service_name("f") == "fn-f@docker"
