@@ -169,6 +169,9 @@ class DockerProvider:
             memory_bytes=int(info.get("MemTotal") or 0),
         )
 
+    def nodes(self) -> dict[str, str]:
+        return {}  # one host: the gateway goes with it
+
     def logs(
         self,
         instance_id: str,

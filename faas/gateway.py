@@ -7,6 +7,7 @@ Run with `uvicorn faas.gateway:create_app --factory`; `faas up` does that.
     faas.openfaas   the OpenFaaS gateway API (/system/*, /healthz) for faas-cli
     faas.lifecycle  deploy, wake, drain, rollout, remove  ->  Provider / Router
     faas.scaler     idle detection;  faas.sampler  resource samples
+    faas.nodes      a lost node's instances fenced off before the engine notices
 
 Endpoints raise `faas.errors`; `STATUS` below is the one table from error
 class to HTTP status, applied by Starlette's exception handlers.
@@ -63,6 +64,7 @@ from .invoke import CALL_ID, Invoker
 from .keys import Keys
 from .lifecycle import Lifecycle
 from .logging import configure_logging
+from .nodes import NodeWatch
 from .openfaas import OpenFaasApi
 from .provider import Provider, Router
 from .proxy import Proxy
@@ -203,6 +205,7 @@ def build_app(
             asyncio.create_task(scaler.run()),
             asyncio.create_task(autoscaler.run()),
             asyncio.create_task(workers.run()),
+            asyncio.create_task(NodeWatch(lifecycle).run()),
         ]
         if sampler is not None:
             tasks.append(asyncio.create_task(sampler.run()))

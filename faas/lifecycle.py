@@ -10,6 +10,9 @@
     resume    single-flight as a wake: unpause -> answers -> undrain; the requests that
               came meanwhile are forwarded by the gateway itself
     remove    retire every instance, wait until unrouted
+    fence     a node stopped answering (faas.nodes): drain the functions with
+              replicas there and elsewhere, forward to the others until the
+              engine has moved the lost ones and the proxy forgot them -> undrain
     secrets   a function's secrets exist before anything is made; the provider
               mounts them; a new value reaches the running instances (or they
               are replaced); a secret in use cannot be removed
@@ -80,6 +83,8 @@ Probe = Callable[[str, str], bool]
 # then every this many, to notice a crash (or learn the address).
 INSPECT_EVERY = 10
 PROBE_PAUSE = 0.01
+# How often a fence asks the engine whether it has moved a lost node's instances.
+FENCE_POLL = 0.5
 # Pause attempts per instance (the engine's freezer can time out under load).
 PAUSE_ATTEMPTS = 3
 
@@ -134,6 +139,8 @@ class Lifecycle:
         self._draining: dict[str, asyncio.Event] = {}
         # Instances the gateway must not forward to: not answering yet, or on their way out.
         self._unready: set[str] = set()
+        # Nodes fenced off (`fence`): the gateway forwards nothing to instances there.
+        self._lost: set[str] = set()
 
     def _lock(self, name: str) -> threading.Lock:
         with self._locks_guard:
@@ -680,6 +687,70 @@ class Lifecycle:
         except FaasError as exc:
             logger.warning("route of {} not restored: {}", spec.name, exc)
 
+    def fence(self, node: str, lost: Callable[[], bool]) -> None:
+        """Keep requests off the instances on `node`, which stopped answering, while
+        `lost()` and until the engine has moved them elsewhere.
+
+        Each function with ready replicas both there and on other nodes is drained:
+        the gateway forwards its requests to the others (`address`), until the
+        engine has replaced the lost replicas and the proxy no longer routes to
+        them. A function whose every replica is there is left alone: nothing
+        else could answer, and the node may yet come back."""
+        self._lost.add(node)
+        try:
+            fenced = self._on_lost_node(node, served_elsewhere=True)
+            if not fenced:
+                return
+            logger.warning(
+                "node {} lost: {} forwarded by the gateway until its replicas move",
+                node,
+                ", ".join(sorted(fenced)),
+            )
+            began = time.monotonic()
+            with contextlib.ExitStack() as drains:
+                for name in fenced:
+                    drains.enter_context(self._drained(name, wait=False))
+                while lost() and fenced.keys() & self._on_lost_node(node).keys():
+                    time.sleep(FENCE_POLL)
+                if not lost():
+                    logger.info("node {} answers again: its replicas serve again", node)
+                    return
+                for name, addresses in fenced.items():
+                    self._forget_route(name, addresses)
+            logger.info(
+                "node {}: its replicas moved; {} back on the proxy after {:.1f} s",
+                node,
+                ", ".join(sorted(fenced)),
+                time.monotonic() - began,
+            )
+        finally:
+            self._lost.discard(node)
+
+    def _on_lost_node(
+        self, node: str, *, served_elsewhere: bool = False
+    ) -> dict[str, builtins.list[str]]:
+        """Function -> addresses of its ready replicas on `node`; with
+        `served_elsewhere`, only for the functions that also have ready replicas
+        on nodes not lost."""
+        by_name: defaultdict[str, builtins.list[Instance]] = defaultdict(builtins.list)
+        for instance in self.provider.instances():
+            if instance.state is State.RUNNING and instance.address:
+                by_name[instance.spec.name].append(instance)
+        return {
+            name: [i.address for i in found if i.address and i.node == node]
+            for name, found in by_name.items()
+            if any(i.node == node for i in found)
+            and (not served_elsewhere or any(i.node not in self._lost for i in found))
+        }
+
+    def _forget_route(self, name: str, addresses: Collection[str]) -> None:
+        if self.router is None:
+            return
+        try:
+            self.router.unrouted(name, addresses)
+        except FaasError as exc:
+            logger.warning("the proxy still routes {} to a lost node: {}", name, exc)
+
     # -- waking and draining, for the requests that wait -------------------------
 
     async def address(self, fn: Function) -> tuple[str, float | None]:
@@ -698,7 +769,10 @@ class Lifecycle:
         if drained:
             fn = await run_in_threadpool(self.get, name)
         leaving = {i.address for i in fn.replicas if i.id in self._unready}
-        addresses = [a for a in fn.addresses if a not in leaving]
+        lost = {i.address for i in fn.replicas if i.node in self._lost}
+        ready = [a for a in fn.addresses if a not in leaving]
+        # A lost node's replicas only when there is nothing else: they may yet answer.
+        addresses = [a for a in ready if a not in lost] or ready
         if addresses:
             return random.choice(addresses), None  # noqa: S311 - balancing, not secrets
         address = await self.wake(name)

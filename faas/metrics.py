@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -144,9 +144,19 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.nodes = Gauge(
+            "faas_nodes",
+            "Nodes of a multi-node engine by state: up (answering the gateway), lost "
+            "(fenced off: their replicas get no requests until the engine moves them).",
+            ["state"],
+            registry=r,
+        )
+        self.node_losses = Counter(
+            "faas_node_losses", "Nodes that stopped answering the gateway.", registry=r
+        )
         self.loop_errors = Counter(
             "faas_loop_errors",
-            "Failed rounds of a background loop (scaler, sampler); the loop goes on.",
+            "Failed rounds of a background loop (scaler, sampler, nodes); the loop goes on.",
             ["loop"],
             registry=r,
         )

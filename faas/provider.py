@@ -43,6 +43,7 @@ class Instance:
     address: str | None = None
     reason: str = ""  # why it is failed, stopped or invalid, when known
     oom_killed: bool = False  # the engine's flag: its last exit was an OOM kill
+    node: str | None = None  # the node it runs on, where the engine has several
 
 
 @dataclass(frozen=True)
@@ -155,8 +156,9 @@ class Router(Protocol):
         in time."""
         ...
 
-    def unrouted(self, name: str) -> None:
-        """Return once the function has no route left."""
+    def unrouted(self, name: str, addresses: Collection[str] | None = None) -> None:
+        """Return once the function has no route left (to any of `addresses`, if
+        given); raise ProviderError when it still has after the timeout."""
         ...
 
     def drain(self, name: str, *, wait: bool = True) -> None:
@@ -199,6 +201,13 @@ class Provider(Protocol):
         ...
 
     def engine_info(self) -> EngineInfo: ...
+
+    def nodes(self) -> dict[str, str]:
+        """Node id -> an "ip:port" that accepts TCP connections while the node is
+        up, where the engine runs instances on several nodes (empty on one host):
+        the core watches them to fence off a lost node's instances before the
+        engine notices (faas.nodes)."""
+        ...
 
     def instances(self, name: str | None = None) -> builtins.list[Instance]:
         """Every instance of the namespace, or of one function; in no particular order."""

@@ -162,6 +162,7 @@ class SwarmProvider(DockerProvider):
             created=_parse_time(service["CreatedAt"]),
             address=address,
             reason=reason,
+            node=str(task["NodeID"]) if address and task is not None else None,
         )
 
     def _task_ip(self, task: Task) -> str | None:
@@ -179,6 +180,11 @@ class SwarmProvider(DockerProvider):
         with _engine_errors():
             node = self._api.inspect_node(task["NodeID"])
         return str(node["Description"]["Hostname"])
+
+    def nodes(self) -> dict[str, str]:
+        """The stats agents' addresses: one per node, on the functions' network,
+        which is what a node must reach to serve (and the gateway, to forward)."""
+        return self._agents.addresses()
 
     def engine_info(self) -> EngineInfo:
         with _engine_errors():

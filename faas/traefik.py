@@ -439,5 +439,13 @@ class TraefikRouter:
         counts, seconds = _per_service(_REQUESTS, text), _per_service(_BUSY, text)
         return {s: Traffic(counts.get(s, 0.0), seconds[s]) for s in seconds}
 
-    def unrouted(self, name: str) -> None:
-        self._wait(name, lambda servers: servers is None, f"drop the route of {name}")
+    def unrouted(self, name: str, addresses: Collection[str] | None = None) -> None:
+        if addresses is None:
+            self._wait(name, lambda servers: servers is None, f"drop the route of {name}")
+            return
+        gone = {f"http://{address}" for address in addresses}
+        self._wait(
+            name,
+            lambda servers: not gone & set(servers or ()),
+            f"drop the route of {name} to {', '.join(sorted(addresses))}",
+        )

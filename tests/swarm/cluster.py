@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -278,10 +278,9 @@ class Cluster:
 
     def _form_swarm(self) -> None:
         m = self.manager
-        # A lost node's tasks are listed (and routed to) until the manager misses its
-        # heartbeats: every 1 s instead of 5 (docs/swarm.md, "A dead node").
-        m.docker("swarm", "init", "--advertise-addr", m.ip, "--default-addr-pool", SWARM_POOL,
-                 "--dispatcher-heartbeat", "1s")  # fmt: skip
+        # Docker's default heartbeat (5 s), as users have it: a lost node is noticed
+        # by the gateway long before the manager (faas/nodes.py).
+        m.docker("swarm", "init", "--advertise-addr", m.ip, "--default-addr-pool", SWARM_POOL)
         token = m.docker("swarm", "join-token", "-q", "worker")
         for node in self.nodes[1:]:
             node.docker("swarm", "join", "--token", token, "--advertise-addr", node.ip,
@@ -307,7 +306,10 @@ class Cluster:
     # -- failures -------------------------------------------------------------
 
     def stop_daemon(self, node: Node) -> None:
-        """Kill a node's dockerd and everything it ran: as if the machine went away."""
+        """The node goes away as a machine would: off the network first (packets to
+        it are lost: nothing there answers, or refuses, again), then its dockerd and
+        everything it ran, containers included, are killed."""
+        sh("ip", "-n", f"{self.tag}-sw", "link", "set", f"{self.tag}-{node.name}s", "down")
         _kill_netns(node.netns)
         _wait(lambda: not _alive(node.pid), f"dockerd of {node.netns} gone", 30)
 
@@ -361,9 +363,10 @@ def _alive(pid: int) -> bool:
 
 
 def _kill_netns(netns: str) -> None:
-    """SIGKILL every process in the network namespace, until none is left."""
+    """SIGKILL every process in the network namespace and every descendant of one
+    (the containers, in namespaces of their own), until none is left."""
     for _ in range(50):
-        pids = [int(p) for p in sh("ip", "netns", "pids", netns, check=False).split()]
+        pids = _descendants(int(p) for p in sh("ip", "netns", "pids", netns, check=False).split())
         if not pids:
             return
         for pid in pids:
@@ -372,6 +375,23 @@ def _kill_netns(netns: str) -> None:
         for pid in pids:
             _alive(pid)  # reaps our own children
         time.sleep(0.1)
+
+
+def _descendants(roots: Iterable[int]) -> list[int]:
+    """`roots` and all their descendants, read from /proc at once: a killed shim's
+    children would be handed to init, out of reach."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], list(roots)
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
 
 
 def _unmount_under(base: Path) -> None:

@@ -175,25 +175,29 @@ def running_platform(cluster: Cluster, image: str, port: int, **env: str) -> Ite
 
 class Load:
     """Clients POSTing to a function until the block ends; every answer that is
-    not the function's echo is kept in `failures` with its time (monotonic)."""
+    not the function's echo is kept in `failures` with the time it was sent
+    (monotonic), and every request's (sent, seconds taken) in `times`."""
 
     def __init__(self, stack: SwarmStack, name: str, clients: int = 1) -> None:
         self.url = f"{stack.url}/function/{name}/load"
         self.served = 0
         self.failures: list[tuple[float, str]] = []
+        self.times: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._clients = [threading.Thread(target=self._run) for _ in range(clients)]
 
     def _run(self) -> None:
         session = requests.Session()
         while not self._stop.is_set():
+            sent = time.monotonic()
             try:
                 got = session.post(self.url, data=b"payload", timeout=15)
                 if got.status_code != 200 or got.json()["body"] != "payload":
-                    self.failures.append((time.monotonic(), f"{got.status_code} {got.text[:80]}"))
+                    self.failures.append((sent, f"{got.status_code} {got.text[:80]}"))
                 self.served += 1
             except requests.RequestException as exc:
-                self.failures.append((time.monotonic(), repr(exc)[:120]))
+                self.failures.append((sent, repr(exc)[:120]))
+            self.times.append((sent, time.monotonic() - sent))
 
     def __enter__(self) -> Load:
         for client in self._clients:

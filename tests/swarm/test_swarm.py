@@ -336,6 +336,14 @@ def test_functions_survive_a_restart_of_the_managers_dockerd(
         platform.api("DELETE", f"/functions/{name}")
 
 
+def _metric(platform: SwarmStack, sample: str) -> float:
+    """The value of one sample (name and labels) of the gateway's metrics; 0 if absent."""
+    for line in platform.api("GET", "/metrics").text.splitlines():
+        if line.startswith(f"{sample} "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def _answers(platform: SwarmStack, name: str) -> bool:
     try:
         return platform.invoke(name).status_code == 200
@@ -351,9 +359,10 @@ def _ok(platform: SwarmStack, path: str) -> bool:
 
 
 def test_a_worker_lost_under_load(platform: SwarmStack, swarm: Cluster, echo: str) -> None:
-    """A worker's dockerd and everything it ran die while 3 replicas serve a constant
-    load: requests fail only until the node's tasks are known gone; the task moves
-    to a live node."""
+    """A worker goes away (off the network, everything it ran killed) while 3
+    replicas serve a constant load: the gateway fences its replica off long before
+    the manager notices (Docker's default 5 s heartbeat); only the requests that
+    were on their way to it fail; Swarm then moves the task to a live node."""
     name = fn_name("failover")
     got = platform.api("PUT", f"/functions/{name}", json={"image": echo, "min_scale": 3})
     assert got.status_code == 200, got.text
@@ -364,11 +373,16 @@ def test_a_worker_lost_under_load(platform: SwarmStack, swarm: Cluster, echo: st
     victim_id = victim.docker("info", "-f", "{{.Swarm.NodeID}}")
     lost = {t["ServiceID"] for t in running_tasks(platform, name) if t["NodeID"] == victim_id}
     assert lost, placed
+    # The gateway watches a node once it has answered there (its stats agent).
+    wait_for(lambda: _metric(platform, 'faas_nodes{state="up"}') == 3, 60, "every node up")
+    losses = _metric(platform, "faas_node_losses_total")
     with Load(platform, name, clients=4) as load:
         wait_for(lambda: load.served > 50, 20, "load to flow")
         served_before = load.served
         killed = time.monotonic()
         swarm.stop_daemon(victim)
+        wait_for(lambda: _metric(platform, "faas_node_losses_total") > losses, 10, "the fence")
+        fenced = time.monotonic() - killed
         wait_for(
             lambda: len(nodes := task_nodes(platform, name)) == 3 and victim.netns not in nodes,
             90,
@@ -380,18 +394,24 @@ def test_a_worker_lost_under_load(platform: SwarmStack, swarm: Cluster, echo: st
     # Swarm moved the lost task (same service, new node), or the autoscaler
     # replaced it first (min_scale 3: a new service) while Swarm had not yet.
     moved = [s for s in lost if s in {t["ServiceID"] for t in running_tasks(platform, name)}]
-    last = max((at - killed for at, _ in load.failures), default=0.0)
+    # Until the fence, a request sent to the lost replica waits for a dial timeout
+    # (250 ms) and goes to another; after it, none does.
+    slow = [(at - killed, took) for at, took in load.times if at > killed and took > 0.25]
+    late = [(at, took) for at, took in slow if at > fenced + 0.5]
     print(
-        f"\nnode lost: {len(load.failures)} failed of {load.served - served_before} requests; "
-        f"last failure {last:.1f} s after the loss; 3 replicas again after {recovered:.1f} s "
+        f"\nnode lost: fenced after {fenced:.1f} s; {len(load.failures)} failed of "
+        f"{load.served - served_before} requests; {len(slow)} waited for a dial timeout, "
+        f"the last sent {max((at for at, _ in slow), default=0.0):.1f} s after the loss; "
+        f"3 replicas again after {recovered:.1f} s "
         f"({'rescheduled by Swarm' if moved else 'replaced by the autoscaler'}); "
         f"failures: {[f for _, f in load.failures[:4]]}"
     )
-    # Until the manager misses the node's heartbeats (every 1 s here) and Traefik drops
-    # its tasks, requests whose attempts all meet them fail: many, for seconds. A
-    # passive health check kept that to the requests in flight, but took a function's
-    # only replica out for 10 s after one 5xx of its own (docs/swarm.md, "A dead node").
-    assert last < 10, load.failures
+    # Only requests on their way to the lost node when it went fail (they wait
+    # for their answer until FAAS_REQUEST_TIMEOUT): at most one per client.
+    assert len(load.failures) <= 4, load.failures
+    assert all(at - killed < fenced for at, _ in load.failures), (fenced, load.failures)
+    assert fenced < 5, "the gateway noticed the loss no sooner than the manager would"
+    assert len(late) <= 2, late
     assert shown(platform, name)["ready_replicas"] == 3
     assert engine.api.inspect_node(victim_id)["Status"]["State"] == "down"
     platform.api("DELETE", f"/functions/{name}")

@@ -44,6 +44,7 @@ class FakeProvider:
         self.most_in_usage = 0
         self.mounted: dict[str, dict[str, bytes]] = {}  # function -> its secrets' values
         self.live_secrets = True  # whether running instances see new values (mount_secrets)
+        self.node_addresses: dict[str, str] = {}  # what nodes() says
         self._ids = itertools.count(1)
         self._clock = itertools.count()
         self._lock = threading.Lock()
@@ -72,6 +73,9 @@ class FakeProvider:
         return EngineInfo(
             runtimes=frozenset({"runc", "crun"}), default_runtime="runc", memory_bytes=self.memory
         )
+
+    def nodes(self) -> dict[str, str]:
+        return dict(self.node_addresses)
 
     def instances(self, name: str | None = None) -> builtins.list[Instance]:
         return [i for i in self.items.values() if name is None or i.spec.name == name]
@@ -203,8 +207,10 @@ class FakeRouter:
         if self.fail_route:
             raise DeployFailed(spec.name, "the proxy did not route it", Cause.ROUTE)
 
-    def unrouted(self, name: str) -> None:
-        self.events.append(("unrouted", name))
+    def unrouted(self, name: str, addresses: Collection[str] | None = None) -> None:
+        self.events.append(
+            ("unrouted", name if addresses is None else f"{name} {sorted(addresses)}")
+        )
 
     def drain(self, name: str, *, wait: bool = True) -> None:
         self.events.append(("drain", name))

@@ -1,0 +1,132 @@
+"""Watching the nodes of a multi-node engine, to fence a lost node off before the engine does.
+
+A Swarm manager takes a node for dead only once it has missed its heartbeats
+(about 4 s with a 1 s dispatcher heartbeat, 15-20 s with Docker's default);
+until then the node's tasks stay "running", the proxy keeps routing to them,
+and every request whose attempts all meet them fails. The gateway needs no
+consensus to stop sending there: it opens a TCP connection to an address on
+each node (`Provider.nodes`: the stats agents) every INTERVAL seconds, and after
+MISSES missed in a row, fences the node (`Lifecycle.fence`) until it answers
+again or the engine has moved its instances. A connection, not an HTTP call:
+the kernel accepts it however busy the process is, so a slow agent does not
+read as a lost node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+
+from loguru import logger
+from starlette.concurrency import run_in_threadpool
+
+from .errors import FaasError
+from .lifecycle import Lifecycle
+
+INTERVAL = 0.25
+# On one network a connection takes well under a millisecond; an event loop held
+# up for a moment must not make a node look lost, hence also MISSES.
+TIMEOUT = 0.5
+MISSES = 2
+
+
+async def answers(address: str, timeout: float = TIMEOUT) -> bool:
+    """Whether a TCP connection to "ip:port" opens within `timeout` seconds."""
+    host, _, port = address.rpartition(":")
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(host, int(port))
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+class NodeWatch:
+    """Connects to every node in turn and fences those that stop answering."""
+
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        interval: float = INTERVAL,
+        misses: int = MISSES,
+        timeout: float = TIMEOUT,
+    ) -> None:
+        self.lifecycle = lifecycle
+        self.interval = interval
+        self.misses = misses
+        self.timeout = timeout
+        self.lost: set[str] = set()
+        # node -> the address that last answered there: only a node seen up can be
+        # lost, and only at that address (an agent that moved is not a lost node).
+        self._seen: dict[str, str] = {}
+        self._missed: Counter[str] = Counter()
+        self._fences: set[asyncio.Task[None]] = set()
+        self._listed: set[str] = set()  # the nodes the provider named last
+        self._failing = False
+
+    async def run(self) -> None:
+        """Watch forever (until cancelled); a round the engine fails is logged once."""
+        try:
+            while True:
+                try:
+                    await self.round()
+                except FaasError as exc:
+                    self.lifecycle.metrics.loop_errors.labels("nodes").inc()
+                    if not self._failing:
+                        logger.warning("cannot watch the nodes: {}", exc)
+                    self._failing = True
+                else:
+                    self._failing = False
+                await asyncio.sleep(self.interval)
+        finally:
+            self.lost.clear()  # the fences' threads end at their next look
+
+    async def round(self) -> None:
+        nodes = await run_in_threadpool(self.lifecycle.provider.nodes)
+        if not nodes:
+            return
+        up = await asyncio.gather(*(answers(a, self.timeout) for a in nodes.values()))
+        for (node, address), ok in zip(nodes.items(), up, strict=True):
+            if ok:
+                self._seen[node] = address
+                self._missed.pop(node, None)
+                if node in self.lost:
+                    self.lost.discard(node)
+                    logger.info("node {} answers again", node)
+                continue
+            if self._seen.get(node) != address:
+                continue
+            self._missed[node] += 1
+            if self._missed[node] >= self.misses and node not in self.lost:
+                self.lost.add(node)
+                self.lifecycle.metrics.node_losses.inc()
+                logger.warning(
+                    "node {} does not answer at {} ({} tries): its instances get no requests",
+                    node,
+                    address,
+                    self._missed[node],
+                )
+                self._fence(node)
+        self._listed = set(nodes)
+        self.lifecycle.metrics.nodes.labels("up").set(sum(up))
+        self.lifecycle.metrics.nodes.labels("lost").set(len(self.lost))
+
+    def _fence(self, node: str) -> None:
+        fence = asyncio.create_task(self._hold(node))
+        self._fences.add(fence)
+        fence.add_done_callback(self._fences.discard)
+
+    async def _hold(self, node: str) -> None:
+        try:
+            await run_in_threadpool(self.lifecycle.fence, node, lambda: node in self.lost)
+        except FaasError as exc:
+            logger.warning("fence of node {} ended early: {}", node, exc)
+        finally:
+            if node not in self._listed:  # gone from the engine: nothing to watch
+                self.lost.discard(node)
+                self._seen.pop(node, None)
+                self._missed.pop(node, None)
