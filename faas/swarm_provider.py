@@ -441,13 +441,15 @@ class SwarmProvider(DockerProvider):
         instances, and its next call here, once the old ones are gone, removes
         the Docker secrets no service uses any more."""
         with self._secrets_lock:
-            made = self._ensure_secrets(values)
+            made, listed = self._ensure_secrets(values)
+            # As this gateway left them (a wake's remount): the services point at them.
+            unchanged = bool(made) and made == self._mounted.get(name)
             if made:
                 self._mounted[name] = made
             else:
                 self._mounted.pop(name, None)
         seen = True
-        for service in self._services(name):
+        for service in [] if unchanged else self._services(name):
             spec = service["Spec"]
             wanted = _references(
                 {
@@ -463,13 +465,17 @@ class SwarmProvider(DockerProvider):
                 seen = False
             else:
                 self._update_task_template(service["ID"], {"ContainerSpec": {"Secrets": wanted}})
-        self.prune_secrets()
+        self.prune_secrets(listed)
         return seen
 
-    def _ensure_secrets(self, values: Mapping[str, bytes]) -> dict[str, tuple[str, str]]:
-        """secret -> (ID, name) of the Docker secret holding its value, made if missing."""
+    def _ensure_secrets(
+        self, values: Mapping[str, bytes]
+    ) -> tuple[dict[str, tuple[str, str]], set[str] | None]:
+        """secret -> (ID, name) of the Docker secret holding its value, made if
+        missing; and the IDs of the namespace's Docker secrets it listed (None when
+        it listed none)."""
         if not values:
-            return {}
+            return {}, None
         ns = self.settings.namespace
         with _engine_errors():
             found = {
@@ -485,26 +491,29 @@ class SwarmProvider(DockerProvider):
                     )
                     found[docker_name] = created["ID"]
                 made[secret] = (str(found[docker_name]), docker_name)
-        return made
+        return made, {str(i) for i in found.values()}
 
-    def prune_secrets(self) -> None:
+    def prune_secrets(self, listed: set[str] | None = None) -> None:
         """Remove the namespace's Docker secrets that no service references and no
-        function is about to (`_mounted`). One listing when there are none (a wake).
+        function is about to (`_mounted`). No more engine calls when there are none.
 
         Best effort: it runs after work that is done (a deploy serving, a secret
         removed from the store), which an engine error here must not undo or fail;
-        what is left goes at the next pruning."""
+        what is left goes at the next pruning. `listed`: the IDs of the
+        namespace's Docker secrets, if the caller has just listed them."""
         try:
-            self._prune_secrets()
+            self._prune_secrets(listed)
         except FaasError as exc:
             logger.warning("could not remove unused Docker secrets: {}", exc)
 
-    def _prune_secrets(self) -> None:
+    def _prune_secrets(self, listed: set[str] | None) -> None:
         ns = self.settings.namespace
         with self._secrets_lock, _engine_errors():
             mounted = {ref[0] for made in self._mounted.values() for ref in made.values()}
-            found = self._api.secrets(filters={"label": f"{labels.NAMESPACE}={ns}"})
-            unused = {s["ID"] for s in found} - mounted
+            if listed is None:
+                found = self._api.secrets(filters={"label": f"{labels.NAMESPACE}={ns}"})
+                listed = {s["ID"] for s in found}
+            unused = listed - mounted
             if not unused:
                 return
             for service in self._services():
