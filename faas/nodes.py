@@ -1,15 +1,16 @@
 """Watching the nodes of a multi-node engine, to fence a lost node off before the engine does.
 
 A Swarm manager takes a node for dead only once it has missed its heartbeats
-(about 4 s with a 1 s dispatcher heartbeat, 15-20 s with Docker's default);
-until then the node's tasks stay "running", the proxy keeps routing to them,
-and every request whose attempts all meet them fails. The gateway needs no
-consensus to stop sending there: it opens a TCP connection to an address on
-each node (`Provider.nodes`: the stats agents) every INTERVAL seconds, and after
-MISSES missed in a row, fences the node (`Lifecycle.fence`) until it answers
-again or the engine has moved its instances. A connection, not an HTTP call:
-the kernel accepts it however busy the process is, so a slow agent does not
-read as a lost node.
+(about 14 s after a loss with Docker's default 5 s dispatcher heartbeat);
+until then the node's tasks stay "running" and the proxy keeps routing to
+them: each request sent there waits for a dial timeout before its retry goes
+elsewhere, or for its answer until the request timeout on a kept-alive
+connection. The gateway needs no consensus to stop sending there: it opens a
+TCP connection to an address on each node (`Provider.nodes`: the stats
+agents) every INTERVAL seconds, and after MISSES missed in a row fences the
+node (`Lifecycle.fence`) until it answers again or the engine has moved its
+instances. A connection, not an HTTP call: the kernel accepts it however busy
+the process is, so a slow agent does not read as a lost node.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class NodeWatch:
         # lost, and only at that address (an agent that moved is not a lost node).
         self._seen: dict[str, str] = {}
         self._missed: Counter[str] = Counter()
-        self._fences: set[asyncio.Task[None]] = set()
+        self._fences: dict[str, asyncio.Task[None]] = {}  # node -> its fence, while it lasts
         self._listed: set[str] = set()  # the nodes the provider named last
         self._failing = False
 
@@ -116,9 +117,11 @@ class NodeWatch:
         self.lifecycle.metrics.nodes.labels("lost").set(len(self.lost))
 
     def _fence(self, node: str) -> None:
+        if node in self._fences:  # lost again before that fence saw it answer: it goes on
+            return
         fence = asyncio.create_task(self._hold(node))
-        self._fences.add(fence)
-        fence.add_done_callback(self._fences.discard)
+        self._fences[node] = fence
+        fence.add_done_callback(lambda _: self._fences.pop(node, None))
 
     async def _hold(self, node: str) -> None:
         try:

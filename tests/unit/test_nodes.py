@@ -118,7 +118,7 @@ def test_the_watch_fences_a_node_after_misses_in_a_row_and_not_before(
         assert watch.lost == set()  # one miss is not enough
         await watch.round()
         assert watch.lost == {"n1"}
-        await asyncio.gather(*watch._fences)  # in a worker thread
+        await asyncio.gather(*watch._fences.values())  # in a worker thread
 
     asyncio.run(rounds())
     assert fenced == ["n1"]
