@@ -113,10 +113,13 @@ class Agents:
         # does not, so that a flapping agent reads as no traffic, not as traffic.
         self._sent: dict[str, int] = {}
 
-    def addresses(self) -> dict[str, str]:
+    def addresses(self, *, fresh: bool = False) -> dict[str, str]:
+        """Node id -> agent address, read again when `fresh` or older than AGENTS_TTL;
+        a failed read is not tried again before AGENTS_TTL unless `fresh`."""
         with self._lock:
-            if time.monotonic() - self._read_at >= AGENTS_TTL:
-                self._addresses, self._read_at = self._find(), time.monotonic()
+            if fresh or time.monotonic() - self._read_at >= AGENTS_TTL:
+                self._read_at = time.monotonic()
+                self._addresses = self._find()
             return self._addresses
 
     def sample(self, node: str, container_id: str) -> Sample | None:

@@ -169,7 +169,7 @@ class DockerProvider:
             memory_bytes=int(info.get("MemTotal") or 0),
         )
 
-    def nodes(self) -> dict[str, str]:
+    def nodes(self, *, fresh: bool = False) -> dict[str, str]:
         return {}  # one host: the gateway goes with it
 
     def logs(

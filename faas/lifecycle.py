@@ -687,60 +687,77 @@ class Lifecycle:
         except FaasError as exc:
             logger.warning("route of {} not restored: {}", spec.name, exc)
 
-    def fence(self, node: str, lost: Callable[[], bool]) -> None:
+    def fence(self, node: str, lost: Callable[[], bool]) -> bool:
         """Keep requests off the instances on `node`, which stopped answering, while
-        `lost()` and until the engine has moved them elsewhere.
+        `lost()` and until the engine has moved them elsewhere; True when it ended
+        because the node answers again.
 
-        Each function with ready replicas both there and on other nodes is drained:
-        the gateway forwards its requests to the others (`address`), until the
-        engine has replaced the lost replicas and the proxy no longer routes to
-        them. A function whose every replica is there is left alone: nothing
-        else could answer, and the node may yet come back."""
+        Each function with ready replicas both there and on other nodes is drained
+        (looked at again every FENCE_POLL seconds: a replica may start elsewhere
+        meanwhile): the gateway forwards its requests to the others (`address`),
+        until the engine has moved the lost replicas and the proxy no longer
+        routes to them. A function whose every replica is there is left alone:
+        nothing else could answer, and the node may yet come back."""
         self._lost.add(node)
+        fenced: dict[str, set[str]] = {}  # function -> its lost addresses
+        began = time.monotonic()
         try:
-            fenced = self._on_lost_node(node, served_elsewhere=True)
-            if not fenced:
-                return
-            logger.warning(
-                "node {} lost: {} forwarded by the gateway until its replicas move",
-                node,
-                ", ".join(sorted(fenced)),
-            )
-            began = time.monotonic()
             with contextlib.ExitStack() as drains:
-                for name in fenced:
-                    drains.enter_context(self._drained(name, wait=False))
-                while lost() and fenced.keys() & self._on_lost_node(node).keys():
+                while lost() and self._fence_more(node, fenced, drains):
                     time.sleep(FENCE_POLL)
                 if not lost():
-                    logger.info("node {} answers again: its replicas serve again", node)
-                    return
+                    logger.info("node {} answers again", node)
+                    return True
                 for name, addresses in fenced.items():
                     self._forget_route(name, addresses)
-            logger.info(
-                "node {}: its replicas moved; {} back on the proxy after {:.1f} s",
-                node,
-                ", ".join(sorted(fenced)),
-                time.monotonic() - began,
-            )
+            if fenced:
+                logger.info(
+                    "node {}: its replicas moved; {} back on the proxy after {:.1f} s",
+                    node,
+                    ", ".join(sorted(fenced)),
+                    time.monotonic() - began,
+                )
+            return False
         finally:
             self._lost.discard(node)
 
-    def _on_lost_node(
-        self, node: str, *, served_elsewhere: bool = False
-    ) -> dict[str, builtins.list[str]]:
-        """Function -> addresses of its ready replicas on `node`; with
-        `served_elsewhere`, only for the functions that also have ready replicas
-        on nodes not lost."""
+    def _fence_more(
+        self, node: str, fenced: dict[str, set[str]], drains: contextlib.ExitStack
+    ) -> bool:
+        """One look at a lost node: drain the functions that have replicas there and
+        elsewhere, unless `fenced` already; False once no replica is left there."""
+        try:
+            there = self._on_lost_node(node)
+        except FaasError as exc:  # the manager may be busy with the loss: hold on
+            logger.warning("node {}: cannot list its replicas: {}", node, exc)
+            return True
+        for name, (addresses, elsewhere) in there.items():
+            if name in fenced:
+                fenced[name] |= addresses
+            elif elsewhere:
+                logger.warning(
+                    "node {} lost: {} forwarded by the gateway until its replicas move",
+                    node,
+                    name,
+                )
+                drains.enter_context(self._drained(name, wait=False))
+                fenced[name] = set(addresses)
+        return bool(there)
+
+    def _on_lost_node(self, node: str) -> dict[str, tuple[set[str], bool]]:
+        """Function -> (addresses of its ready replicas on `node`, whether it has
+        ready replicas on nodes not lost too), for the functions with some there."""
         by_name: defaultdict[str, builtins.list[Instance]] = defaultdict(builtins.list)
         for instance in self.provider.instances():
             if instance.state is State.RUNNING and instance.address:
                 by_name[instance.spec.name].append(instance)
         return {
-            name: [i.address for i in found if i.address and i.node == node]
+            name: (
+                {i.address for i in found if i.address and i.node == node},
+                any(i.node not in self._lost for i in found),
+            )
             for name, found in by_name.items()
             if any(i.node == node for i in found)
-            and (not served_elsewhere or any(i.node not in self._lost for i in found))
         }
 
     def _forget_route(self, name: str, addresses: Collection[str]) -> None:

@@ -146,8 +146,9 @@ class Metrics:
         )
         self.nodes = Gauge(
             "faas_nodes",
-            "Nodes of a multi-node engine by state: up (answering the gateway), lost "
-            "(fenced off: their replicas get no requests until the engine moves them).",
+            "Nodes of a multi-node engine by state: up (answered the gateway's last "
+            "check), lost (stopped answering: their replicas get no requests where "
+            "others can serve, until the engine moves them or the node answers).",
             ["state"],
             registry=r,
         )

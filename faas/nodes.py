@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import Counter
 
 from loguru import logger
 from starlette.concurrency import run_in_threadpool
 
-from .errors import FaasError
 from .lifecycle import Lifecycle
+from .logging import logged
 
 INTERVAL = 0.25
 # On one network a connection takes well under a millisecond; an event loop held
@@ -70,15 +71,15 @@ class NodeWatch:
         self._failing = False
 
     async def run(self) -> None:
-        """Watch forever (until cancelled); a round the engine fails is logged once."""
+        """Watch forever (until cancelled); a round that fails is logged once."""
         try:
             while True:
                 try:
                     await self.round()
-                except FaasError as exc:
+                except Exception as exc:
                     self.lifecycle.metrics.loop_errors.labels("nodes").inc()
                     if not self._failing:
-                        logger.warning("cannot watch the nodes: {}", exc)
+                        logged(exc).warning("cannot watch the nodes: {}", exc)
                     self._failing = True
                 else:
                     self._failing = False
@@ -87,47 +88,58 @@ class NodeWatch:
             self.lost.clear()  # the fences' threads end at their next look
 
     async def round(self) -> None:
-        nodes = await run_in_threadpool(self.lifecycle.provider.nodes)
-        if not nodes:
-            return
+        provider = self.lifecycle.provider
+        nodes = await run_in_threadpool(provider.nodes)
         up = await asyncio.gather(*(answers(a, self.timeout) for a in nodes.values()))
-        for (node, address), ok in zip(nodes.items(), up, strict=True):
+        self._listed = set(nodes)
+        self.lifecycle.metrics.nodes.labels("up").set(sum(up))
+        # Nothing answers: the trouble is on this side (an event loop held up, the
+        # gateway's own network), not on every node at once.
+        missed = [n for (n, a), ok in zip(nodes.items(), up, strict=True) if not ok]
+        if missed and any(up):
+            # A miss counts only where the engine still places the node's agent: one
+            # restarted elsewhere on the node (a new address) is no lost node.
+            now = await run_in_threadpool(functools.partial(provider.nodes, fresh=True))
+            for node in missed:
+                if self._seen.get(node) == nodes[node] == now.get(node):
+                    self._miss(node)
+        for node, ok in zip(nodes, up, strict=True):
             if ok:
-                self._seen[node] = address
+                self._seen[node] = nodes[node]
                 self._missed.pop(node, None)
                 if node in self.lost:
                     self.lost.discard(node)
                     logger.info("node {} answers again", node)
-                continue
-            if self._seen.get(node) != address:
-                continue
-            self._missed[node] += 1
-            if self._missed[node] >= self.misses and node not in self.lost:
-                self.lost.add(node)
-                self.lifecycle.metrics.node_losses.inc()
-                logger.warning(
-                    "node {} does not answer at {} ({} tries): its instances get no requests",
-                    node,
-                    address,
-                    self._missed[node],
-                )
-                self._fence(node)
-        self._listed = set(nodes)
-        self.lifecycle.metrics.nodes.labels("up").set(sum(up))
         self.lifecycle.metrics.nodes.labels("lost").set(len(self.lost))
 
-    def _fence(self, node: str) -> None:
-        if node in self._fences:  # lost again before that fence saw it answer: it goes on
+    def _miss(self, node: str) -> None:
+        self._missed[node] += 1
+        if self._missed[node] < self.misses or node in self.lost:
             return
-        fence = asyncio.create_task(self._hold(node))
-        self._fences[node] = fence
-        fence.add_done_callback(lambda _: self._fences.pop(node, None))
+        self.lost.add(node)
+        self.lifecycle.metrics.node_losses.inc()
+        logger.warning(
+            "node {} does not answer at {} ({} tries): its replicas get no requests "
+            "where others can serve them",
+            node,
+            self._seen[node],
+            self._missed[node],
+        )
+        if node not in self._fences:  # else that fence goes on (`_hold`)
+            fence = asyncio.create_task(self._hold(node))
+            self._fences[node] = fence
+            fence.add_done_callback(lambda _: self._fences.pop(node, None))
 
     async def _hold(self, node: str) -> None:
+        def lost() -> bool:
+            return node in self.lost
+
         try:
-            await run_in_threadpool(self.lifecycle.fence, node, lambda: node in self.lost)
-        except FaasError as exc:
-            logger.warning("fence of node {} ended early: {}", node, exc)
+            # A fence that ended as the node answered, when it is lost again meanwhile.
+            while await run_in_threadpool(self.lifecycle.fence, node, lost) and lost():
+                pass
+        except Exception as exc:
+            logged(exc).warning("fence of node {} ended early: {}", node, exc)
         finally:
             if node not in self._listed:  # gone from the engine: nothing to watch
                 self.lost.discard(node)

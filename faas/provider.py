@@ -202,11 +202,11 @@ class Provider(Protocol):
 
     def engine_info(self) -> EngineInfo: ...
 
-    def nodes(self) -> dict[str, str]:
+    def nodes(self, *, fresh: bool = False) -> dict[str, str]:
         """Node id -> an "ip:port" that accepts TCP connections while the node is
         up, where the engine runs instances on several nodes (empty on one host):
         the core watches them to fence off a lost node's instances before the
-        engine notices (faas.nodes)."""
+        engine notices (faas.nodes). It may be a few seconds old unless `fresh`."""
         ...
 
     def instances(self, name: str | None = None) -> builtins.list[Instance]:

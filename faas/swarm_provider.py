@@ -181,10 +181,10 @@ class SwarmProvider(DockerProvider):
             node = self._api.inspect_node(task["NodeID"])
         return str(node["Description"]["Hostname"])
 
-    def nodes(self) -> dict[str, str]:
+    def nodes(self, *, fresh: bool = False) -> dict[str, str]:
         """The stats agents' addresses: one per node, on the functions' network,
         which is what a node must reach to serve (and the gateway, to forward)."""
-        return self._agents.addresses()
+        return self._agents.addresses(fresh=fresh)
 
     def engine_info(self) -> EngineInfo:
         with _engine_errors():
@@ -442,14 +442,12 @@ class SwarmProvider(DockerProvider):
         the Docker secrets no service uses any more."""
         with self._secrets_lock:
             made, listed = self._ensure_secrets(values)
-            # As this gateway left them (a wake's remount): the services point at them.
-            unchanged = bool(made) and made == self._mounted.get(name)
             if made:
                 self._mounted[name] = made
             else:
                 self._mounted.pop(name, None)
         seen = True
-        for service in [] if unchanged else self._services(name):
+        for service in self._services(name):
             spec = service["Spec"]
             wanted = _references(
                 {
@@ -595,12 +593,15 @@ class SwarmProvider(DockerProvider):
     def _agent_addresses(self) -> dict[str, str]:
         """Node id -> "ip:port" of the agents' running tasks on the functions' network."""
         with _engine_errors():
-            tasks = cast(
-                builtins.list[Task],
-                self._api.tasks(
-                    filters={"service": self._agent_service, "desired-state": "running"}
-                ),
-            )
+            try:
+                tasks = cast(
+                    builtins.list[Task],
+                    self._api.tasks(
+                        filters={"service": self._agent_service, "desired-state": "running"}
+                    ),
+                )
+            except docker.errors.NotFound:  # no agents (a gateway outside a container)
+                return {}
         return {
             str(t["NodeID"]): f"{ip}:{agent.PORT}"
             for t in tasks

@@ -74,7 +74,7 @@ class FakeProvider:
             runtimes=frozenset({"runc", "crun"}), default_runtime="runc", memory_bytes=self.memory
         )
 
-    def nodes(self) -> dict[str, str]:
+    def nodes(self, *, fresh: bool = False) -> dict[str, str]:
         return dict(self.node_addresses)
 
     def instances(self, name: str | None = None) -> builtins.list[Instance]:
