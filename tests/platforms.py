@@ -78,7 +78,9 @@ class Platform:
     def instances(self, name: str | None = None) -> list[str]:
         """Ids of what holds the replicas of function `name` (of every function
         if None) in the engine: containers (Docker), services (Swarm)."""
-        found = self.engine.containers.list(all=True, filters=self._labels(name))
+        found = self.engine.containers.list(
+            all=True, filters=self._labels(name), ignore_removed=True
+        )
         return [str(c.id) for c in found]
 
     def leftovers(self, name: str) -> list[str]:
@@ -87,7 +89,10 @@ class Platform:
         wanted = self._labels(name)
         return [
             *(f"instance {i}" for i in self.instances(name)),
-            *(f"container {c.name}" for c in self.engine.containers.list(all=True, filters=wanted)),
+            *(
+                f"container {c.name}"
+                for c in self.engine.containers.list(all=True, filters=wanted, ignore_removed=True)
+            ),
             *(f"network {n.name}" for n in self.engine.networks.list(filters=wanted)),
             *(f"volume {v.name}" for v in self.engine.volumes.list(filters=wanted)),
         ]

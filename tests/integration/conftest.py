@@ -146,7 +146,9 @@ class Stack(Platform):
         wanted = [f"faas.namespace={self.namespace}"]
         if name:
             wanted.append(f"faas.function={name}")
-        return list(engine.containers.list(all=True, filters={"label": wanted}))
+        return list(
+            engine.containers.list(all=True, filters={"label": wanted}, ignore_removed=True)
+        )
 
 
 @contextlib.contextmanager
