@@ -48,7 +48,7 @@ async def answers(address: str, timeout: float = TIMEOUT) -> bool:
 
 
 class NodeWatch:
-    """Connects to every node in turn and fences those that stop answering."""
+    """Connects to every node each round and fences those that stop answering."""
 
     def __init__(
         self,
@@ -110,6 +110,11 @@ class NodeWatch:
                 if node in self.lost:
                     self.lost.discard(node)
                     logger.info("node {} answers again", node)
+        # Gone from the engine's list, and no fence holds it: nothing to watch.
+        for node in set(self._seen) - self._listed - self._fences.keys():
+            self.lost.discard(node)
+            del self._seen[node]
+            self._missed.pop(node, None)
         self.lifecycle.metrics.nodes.labels("lost").set(len(self.lost))
 
     def _miss(self, node: str) -> None:
@@ -140,8 +145,3 @@ class NodeWatch:
                 pass
         except Exception as exc:
             logged(exc).warning("fence of node {} ended early: {}", node, exc)
-        finally:
-            if node not in self._listed:  # gone from the engine: nothing to watch
-                self.lost.discard(node)
-                self._seen.pop(node, None)
-                self._missed.pop(node, None)

@@ -173,12 +173,19 @@ def test_the_watch_fences_a_node_after_misses_in_a_row_and_not_before(
         await watch.round()
         assert watch.lost == {"n1"}
         await asyncio.gather(*watch._fences.values())  # in a worker thread
+        assert life.metrics.nodes.labels("lost")._value.get() == 1
+        await watch.round()
+        assert watch.lost == {"n1"}  # its fence ended, but it still does not answer
+        # The engine drops the node (its agent) from its list: nothing left to watch.
+        del provider.node_addresses["n1"]
+        await watch.round()
+        assert watch.lost == set()
 
     asyncio.run(rounds())
     assert fenced == ["n1"]
     assert life.metrics.node_losses._value.get() == 1
     assert life.metrics.nodes.labels("up")._value.get() == 1
-    assert life.metrics.nodes.labels("lost")._value.get() == 1
+    assert life.metrics.nodes.labels("lost")._value.get() == 0
 
 
 def test_no_miss_counts_when_nothing_answers_or_where_the_agent_moved(
